@@ -1,0 +1,192 @@
+"""Architecture configurations for RefineFace (detector) and CRFace (ranker).
+
+Paper values are the defaults; presets name the variants users pick on the command line.
+A config travels with every checkpoint (JSON) and every exported model (ONNX metadata).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field, fields, replace
+
+from rfdeploy.contract import PreprocessContract
+
+BACKBONES = ("resnet18", "resnet50", "resnet101", "resnet152", "mobilenet_v2")
+# TensorRT refuses TopK with K above this (FACTS): larger candidate sets are selected per level.
+TENSORRT_MAX_TOPK = 3840
+
+
+@dataclass(frozen=True)
+class FSMConfig:
+    """Feature Supervision Module (training only)."""
+
+    enabled: bool = True
+    roi_size: int = 5
+    num_proposals: int = 512
+    proposal_nms: float = 0.7
+    channels: int = 256
+    num_convs: int = 3
+    neg_iou: float = 0.4
+    pos_iou: float = 0.7
+    loss_weight: float = 1.0
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    name: str = "refineface_r50"
+    kind: str = "refineface"
+    backbone: str = "resnet50"
+    fpn_channels: int = 256
+    head_channels: int = 256
+    head_convs: int = 4  # RFE replaces the middle two when use_rfe
+    use_rfe: bool = True
+    strides: tuple[int, ...] = (4, 8, 16, 32, 64, 128)
+    # anchor sizes per level are stride * each scale; aspect ratio is height / width
+    anchor_scales: tuple[float, ...] = (2.0, 2.0 * math.sqrt(2.0))
+    anchor_ratio: float = 1.25
+    # RetinaNet/SSD-style deltas: (dx, dy) / center_var, log(dw, dh) / size_var
+    center_variance: float = 0.1
+    size_variance: float = 0.2
+    stc_levels: tuple[int, ...] = (0, 1, 2)  # P2-P4: two-step classification
+    str_levels: tuple[int, ...] = (3, 4, 5)  # P5-P7: two-step regression
+    stc_threshold: float = 0.99  # drop anchors whose first-step negative confidence exceeds this
+    candidates: int = 5000  # fixed-size candidate set out of the network (pre-NMS)
+    score_threshold: float = 0.05
+    nms_iou: float = 0.4
+    max_detections: int = 750
+    output_score_threshold: float = 0.5  # what `infer` reports by default
+    sml_alpha: float = 15.0
+    focal_alpha: float = 0.25
+    focal_gamma: float = 2.0
+    fsm: FSMConfig = field(default_factory=FSMConfig)
+    contract: PreprocessContract = field(default_factory=PreprocessContract)
+
+    def __post_init__(self):
+        if self.kind != "refineface":
+            raise ValueError(f"not a detector config (kind={self.kind!r})")
+        if self.backbone not in BACKBONES:
+            raise ValueError(f"unknown backbone {self.backbone!r}; choose from {BACKBONES}")
+        if len(self.strides) != 6:
+            raise ValueError("RefineFace uses six pyramid levels (P2-P7)")
+        if set(self.stc_levels) & set(self.str_levels):
+            raise ValueError("a level is either STC (low) or STR (high), not both")
+        if self.candidates < 1 or self.max_detections < 1:
+            raise ValueError("candidates and max_detections must be >= 1")
+        if not 0.0 < self.stc_threshold <= 1.0:
+            raise ValueError("stc_threshold must be in (0, 1]")
+        if self.head_convs < 2 or (self.use_rfe and self.head_convs < 4):
+            raise ValueError("head_convs must be >= 2 (>= 4 with RFE, which replaces the middle two)")
+
+    @property
+    def num_anchors(self) -> int:
+        return len(self.anchor_scales)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DetectorConfig":
+        d = dict(d)
+        _reject_unknown(cls, d)
+        if "fsm" in d:
+            d["fsm"] = FSMConfig(**d["fsm"])
+        if "contract" in d:
+            d["contract"] = PreprocessContract.from_dict(d["contract"])
+        for k in ("strides", "anchor_scales", "stc_levels", "str_levels"):
+            if k in d:
+                d[k] = tuple(d[k])
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class RankerConfig:
+    name: str = "crface_large"
+    kind: str = "crface"
+    backbone: str = "resnet50"
+    fpn_channels: int = 256
+    conf_channels: int = 256  # confidence module width (paper: 256 large, 64 small)
+    bpn_channels: int = 64
+    bpn_layers: int = 9
+    bpn_kernel: tuple[int, int] = (3, 5)
+    num_boxes: int = 3840  # N: the paper uses 5000; TensorRT's TopK stops at 3840
+    rank_pairs: int = 10
+    # The ranker sees the whole image downscaled so its long side is this (CRFace trains at 1024).
+    contract: PreprocessContract = field(
+        default_factory=lambda: PreprocessContract(resize="long_side", resize_to=1024)
+    )
+
+    def __post_init__(self):
+        if self.kind != "crface":
+            raise ValueError(f"not a ranker config (kind={self.kind!r})")
+        if self.backbone not in BACKBONES:
+            raise ValueError(f"unknown backbone {self.backbone!r}; choose from {BACKBONES}")
+        if self.bpn_layers % 3 != 0 or self.bpn_layers < 3:
+            raise ValueError("bpn_layers must be a multiple of 3 (features join the FPN every 3 layers)")
+        if self.num_boxes < 2:
+            raise ValueError("num_boxes must be >= 2")
+        if self.contract.resize != "long_side":
+            raise ValueError("the ranker's contract must resize the whole image (resize='long_side')")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RankerConfig":
+        d = dict(d)
+        _reject_unknown(cls, d)
+        if "contract" in d:
+            d["contract"] = PreprocessContract.from_dict(d["contract"])
+        if "bpn_kernel" in d:
+            d["bpn_kernel"] = tuple(d["bpn_kernel"])
+        return cls(**d)
+
+
+def _reject_unknown(cls, d: dict) -> None:
+    unknown = set(d) - {f.name for f in fields(cls)}
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} fields: {sorted(unknown)}")
+
+
+_DETECTOR_PRESETS = {
+    "refineface_r18": dict(backbone="resnet18"),
+    "refineface_r50": dict(backbone="resnet50"),
+    "refineface_r101": dict(backbone="resnet101"),
+    "refineface_r152": dict(backbone="resnet152"),
+    "refineface_mbv2": dict(backbone="mobilenet_v2"),
+}
+_RANKER_PRESETS = {
+    "crface_large": dict(backbone="resnet50", fpn_channels=256, conf_channels=256),
+    # paper 5.5: MobileNet backbone and a 64-channel confidence module (MobileNetV1 there;
+    # MobileNetV2 here, the only ImageNet MobileNet weights available)
+    "crface_small": dict(backbone="mobilenet_v2", fpn_channels=64, conf_channels=64),
+}
+
+
+def detector_config(name: str = "refineface_r50", **overrides) -> DetectorConfig:
+    if name not in _DETECTOR_PRESETS:
+        raise ValueError(f"unknown detector preset {name!r}; choose from {sorted(_DETECTOR_PRESETS)}")
+    return DetectorConfig(name=name, **{**_DETECTOR_PRESETS[name], **overrides})
+
+
+def ranker_config(name: str = "crface_large", **overrides) -> RankerConfig:
+    if name not in _RANKER_PRESETS:
+        raise ValueError(f"unknown ranker preset {name!r}; choose from {sorted(_RANKER_PRESETS)}")
+    return RankerConfig(name=name, **{**_RANKER_PRESETS[name], **overrides})
+
+
+def preset_names() -> list[str]:
+    return sorted(_DETECTOR_PRESETS) + sorted(_RANKER_PRESETS)
+
+
+def config_from_dict(d: dict) -> DetectorConfig | RankerConfig:
+    kind = d.get("kind")
+    if kind == "refineface":
+        return DetectorConfig.from_dict(d)
+    if kind == "crface":
+        return RankerConfig.from_dict(d)
+    raise ValueError(f"config has unknown kind {kind!r} (expected 'refineface' or 'crface')")
+
+
+def config_to_json(cfg: DetectorConfig | RankerConfig) -> str:
+    return json.dumps(cfg.to_dict(), sort_keys=True)
