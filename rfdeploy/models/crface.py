@@ -1,0 +1,83 @@
+"""CRFace confidence ranker (Vesdapunt & Wang): re-scores any detector's candidates.
+
+Inputs: the whole image (downscaled, see RankerConfig.contract) and an N x 5 matrix of candidates
+(x, y, w, h normalised by image width/height, score), sorted by score descending, zero-padded.
+Output: refined scores [B, N] = clip(score + residual, 0, 1); padded rows stay 0.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from rfdeploy.models.backbones import Backbone
+from rfdeploy.models.config import RankerConfig
+
+
+class BoxProcessingNetwork(nn.Module):
+    """BPN: convolutions over the N x 5 candidate matrix, 64 channels, kernel 3x5 (padding 1x2)
+    keeping N x 5, leaky ReLU, skip connections on every layer but the first. The output of every
+    third layer is handed to the image branch."""
+
+    def __init__(self, channels: int, layers: int, kernel: tuple[int, int]):
+        super().__init__()
+        pad = (kernel[0] // 2, kernel[1] // 2)
+        self.convs = nn.ModuleList(
+            [nn.Conv2d(1 if i == 0 else channels, channels, kernel, padding=pad) for i in range(layers)]
+        )
+
+    def forward(self, boxes: torch.Tensor) -> list[torch.Tensor]:
+        x = boxes.unsqueeze(1)  # B,1,N,5
+        taps = []
+        for i, conv in enumerate(self.convs):
+            y = F.leaky_relu(conv(x), 0.1)
+            x = y if i == 0 else x + y
+            if (i + 1) % 3 == 0:
+                taps.append(x)
+        return taps
+
+
+class CRFace(nn.Module):
+    def __init__(self, cfg: RankerConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.backbone = Backbone(cfg.backbone)
+        self.bpn = BoxProcessingNetwork(cfg.bpn_channels, cfg.bpn_layers, cfg.bpn_kernel)
+        joins = cfg.bpn_layers // 3
+        # FPN over the last `joins` backbone stages (C3-C5 for the paper's 9-layer BPN); each lateral
+        # takes the backbone stage concatenated with the BPN features resized to its size.
+        stage_channels = self.backbone.channels[-joins:]
+        self.lateral = nn.ModuleList(
+            [nn.Conv2d(c + cfg.bpn_channels, cfg.fpn_channels, 1) for c in stage_channels]
+        )
+        self.smooth = nn.ModuleList(
+            [nn.Conv2d(cfg.fpn_channels, cfg.fpn_channels, 3, padding=1) for _ in stage_channels]
+        )
+        self.conf_convs = nn.ModuleList(
+            [nn.Conv2d(cfg.fpn_channels, cfg.conf_channels, 3, padding=1) for _ in stage_channels]
+        )
+        self.conf_fc = nn.ModuleList([nn.Linear(cfg.conf_channels, cfg.num_boxes) for _ in stage_channels])
+        # zero-initialised output layer: an untrained ranker returns the detector's scores
+        for fc in self.conf_fc:
+            nn.init.zeros_(fc.weight)
+            nn.init.zeros_(fc.bias)
+
+    def forward(self, image: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+        feats = self.backbone(image)[-len(self.lateral):]
+        taps = self.bpn(boxes)
+        lat = [
+            l(torch.cat([f, F.interpolate(t, size=f.shape[-2:], mode="nearest")], dim=1))
+            for l, f, t in zip(self.lateral, feats, taps)
+        ]
+        td = [lat[-1]]
+        for x in reversed(lat[:-1]):
+            td.insert(0, x + F.interpolate(td[0], size=x.shape[-2:], mode="nearest"))
+        residual = 0
+        for s, conv, fc, x in zip(self.smooth, self.conf_convs, self.conf_fc, td):
+            y = F.relu(conv(s(x)))
+            residual = residual + fc(y.mean(dim=(2, 3)))
+        residual = residual / len(td)
+        scores = boxes[..., 4]
+        valid = (scores > 0).to(scores.dtype)
+        return (scores + residual).clamp(0.0, 1.0) * valid

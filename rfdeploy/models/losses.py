@@ -1,0 +1,251 @@
+"""Training losses: STC (focal, both steps), STR (smooth L1, both steps), SML, FSM, and CRFace's
+pairwise ranking loss. Nothing here is used by the inference path or the exported graph.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torchvision.ops import box_iou, nms, roi_align, sigmoid_focal_loss
+
+from rfdeploy.models.anchors import cxcywh_to_xyxy, decode, encode
+from rfdeploy.models.config import DetectorConfig
+
+POS, NEG, IGNORE = 1, 0, -1
+
+
+def match_anchors(anchors_xyxy, gt, gt_ignore, neg_thr: float, pos_thr: float):
+    """Label anchors: IoU >= pos_thr -> face, < neg_thr -> background, between -> ignored.
+
+    Every face also claims its best anchor (small faces would otherwise get no positive), and
+    anchors that overlap an ignore-flagged face are neither positive nor negative.
+    Returns (labels [A] in {1, 0, -1}, matched gt index [A]).
+    """
+    n = anchors_xyxy.shape[0]
+    labels = torch.zeros(n, dtype=torch.long, device=anchors_xyxy.device)
+    matched = torch.zeros(n, dtype=torch.long, device=anchors_xyxy.device)
+    if gt.numel() == 0:
+        return labels, matched
+    iou = box_iou(gt, anchors_xyxy)  # G, A
+    valid = ~gt_ignore
+    iou_valid = iou.masked_fill(~valid[:, None], -1.0)
+    best, matched = iou_valid.max(dim=0)
+    labels[(best >= neg_thr) & (best < pos_thr)] = IGNORE
+    labels[best >= pos_thr] = POS
+    if valid.any():
+        gi = valid.nonzero().squeeze(1)
+        best_anchor = iou_valid[gi].argmax(dim=1)
+        labels[best_anchor] = POS
+        matched[best_anchor] = gi
+    if gt_ignore.any():
+        near_ignored = (iou[gt_ignore] >= neg_thr).any(dim=0)
+        labels[near_ignored & (labels != POS)] = IGNORE
+    return labels, matched
+
+
+def scale_aware_margin(widths, heights, alpha: float) -> torch.Tensor:
+    """SML margin m = alpha / sqrt(w * h): small samples get a larger margin."""
+    return alpha / torch.sqrt((widths * heights).clamp(min=1.0))
+
+
+def focal_with_margin(logits, labels, margin=None, alpha=0.25, gamma=2.0):
+    """Sigmoid focal loss summed over labelled samples (labels 0/1; -1 skipped).
+
+    With a margin (SML), positives are scored as sigmoid(x - m) and negatives as sigmoid(x + m):
+    each sample must clear its decision boundary by m.
+    """
+    keep = labels >= 0
+    x, y = logits[keep], labels[keep].to(logits.dtype)
+    if margin is not None:
+        m = margin[keep]
+        x = x - m * (2 * y - 1)
+    return sigmoid_focal_loss(x, y, alpha=alpha, gamma=gamma, reduction="sum")
+
+
+class FeatureSupervision(nn.Module):
+    """FSM (training only): RoIAlign 5x5 on each proposal's own pyramid level, three 3x3 convs,
+    a prediction conv and global average pooling give a face/background logit."""
+
+    def __init__(self, in_channels: int, channels: int, num_convs: int, roi_size: int):
+        super().__init__()
+        layers: list[nn.Module] = []
+        for i in range(num_convs):
+            layers += [nn.Conv2d(in_channels if i == 0 else channels, channels, 3, padding=1), nn.ReLU(inplace=True)]
+        self.tower = nn.Sequential(*layers)
+        self.pred = nn.Conv2d(channels, 1, 3, padding=1)
+        nn.init.constant_(self.pred.bias, -4.6)  # focal-loss prior p = 0.01
+        self.roi_size = roi_size
+
+    def forward(self, features, strides, rois_per_level):
+        """rois_per_level[l]: [R_l, 5] (batch index, x1, y1, x2, y2) -> logits in the same order."""
+        outs = []
+        for f, s, rois in zip(features, strides, rois_per_level):
+            if rois.shape[0] == 0:
+                continue
+            r = roi_align(f, rois, (self.roi_size, self.roi_size), spatial_scale=1.0 / s, sampling_ratio=2, aligned=True)
+            outs.append(self.pred(self.tower(r)).mean(dim=(1, 2, 3)))
+        return torch.cat(outs) if outs else features[0].new_zeros(0)
+
+
+def level_for_size(boxes_xyxy, strides, scales) -> torch.Tensor:
+    """Pyramid level whose anchors best fit a box's size (for ground truth added to FSM rois)."""
+    size = torch.sqrt(((boxes_xyxy[:, 2] - boxes_xyxy[:, 0]) * (boxes_xyxy[:, 3] - boxes_xyxy[:, 1])).clamp(min=1))
+    mean_scale = float(torch.tensor(scales).mean())
+    lvl = torch.round(torch.log2(size / (strides[0] * mean_scale))).long()
+    return lvl.clamp(0, len(strides) - 1)
+
+
+class RefineFaceLoss(nn.Module):
+    """L = L_STR + L_STC + L_FSM, with SML inside the classification losses.
+
+    Owns the FSM head, so a detector's own parameters never include it.
+    """
+
+    def __init__(self, cfg: DetectorConfig, use_fsm: bool | None = None, use_sml: bool = True):
+        super().__init__()
+        self.cfg = cfg
+        self.use_fsm = cfg.fsm.enabled if use_fsm is None else use_fsm
+        self.use_sml = use_sml
+        self.fsm = (
+            FeatureSupervision(cfg.fpn_channels, cfg.fsm.channels, cfg.fsm.num_convs, cfg.fsm.roi_size)
+            if self.use_fsm
+            else None
+        )
+
+    def forward(self, raw: dict, targets: list[dict]) -> dict:
+        cfg = self.cfg
+        cv, sv = cfg.center_variance, cfg.size_variance
+        levels = range(len(raw["anchors"]))
+        sizes = [a.shape[0] for a in raw["anchors"]]
+        anchors = torch.cat(raw["anchors"])  # A,4 cx,cy,w,h
+        lvl_of = torch.cat([torch.full((n,), l, device=anchors.device) for l, n in enumerate(sizes)])
+        stc_mask = torch.isin(lvl_of, torch.tensor(cfg.stc_levels, device=anchors.device))
+        str_mask = torch.isin(lvl_of, torch.tensor(cfg.str_levels, device=anchors.device))
+        batch = raw["cls2"][0].shape[0]
+
+        def full(per_level: dict, width: int | None):
+            # per-level tensors on a subset of levels -> [B, A(, width)] with zeros elsewhere
+            shape = (batch, anchors.shape[0]) + ((width,) if width else ())
+            out = anchors.new_zeros(shape)
+            start = 0
+            for l, n in zip(levels, sizes):
+                if l in per_level:
+                    out[:, start:start + n] = per_level[l]
+                start += n
+            return out
+
+        cls1 = full(raw["cls1"], None)
+        reg1 = full(raw["reg1"], 4)
+        cls2 = torch.cat(raw["cls2"], 1)
+        reg2 = torch.cat(raw["reg2"], 1)
+
+        sums = {k: anchors.new_zeros(()) for k in ("stc1", "stc2", "str1", "str2", "fsm")}
+        npos = {k: 0 for k in ("stc1", "stc2", "str1", "str2", "fsm")}
+        fsm_rois = [[] for _ in levels]
+        fsm_labels = [[] for _ in levels]
+        anchors_xyxy = cxcywh_to_xyxy(anchors)
+        for b, t in enumerate(targets):
+            gt, ign = t["boxes"], t.get("ignore", torch.zeros(len(t["boxes"]), dtype=torch.bool, device=anchors.device))
+            # first step: IoU 0.3 / 0.7 on the preset anchors
+            lab1, m1 = match_anchors(anchors_xyxy, gt, ign, 0.3, 0.7)
+            margin1 = self._margin(anchors)
+            l1 = torch.where(stc_mask, lab1, torch.full_like(lab1, IGNORE))
+            sums["stc1"] = sums["stc1"] + focal_with_margin(cls1[b], l1, margin1, cfg.focal_alpha, cfg.focal_gamma)
+            npos["stc1"] += int((l1 == POS).sum())
+            pos_r1 = (lab1 == POS) & str_mask
+            if pos_r1.any():
+                tgt = encode(gt[m1[pos_r1]], anchors[pos_r1], cv, sv)
+                sums["str1"] = sums["str1"] + F.smooth_l1_loss(reg1[b][pos_r1], tgt, reduction="sum", beta=1 / 9)
+                npos["str1"] += int(pos_r1.sum())
+            # second step: STR levels regress from the refined anchors (not back-propagated into
+            # the first step through the anchors), IoU 0.4 / 0.5
+            refined = torch.where(str_mask[:, None], decode(reg1[b].detach(), anchors, cv, sv), anchors)
+            lab2, m2 = match_anchors(cxcywh_to_xyxy(refined), gt, ign, 0.4, 0.5)
+            # STC: the second step only sees anchors the first step did not reject
+            rejected = stc_mask & ((1 - torch.sigmoid(cls1[b].detach())) > cfg.stc_threshold)
+            lab2 = torch.where(rejected, torch.full_like(lab2, IGNORE), lab2)
+            sums["stc2"] = sums["stc2"] + focal_with_margin(cls2[b], lab2, self._margin(refined), cfg.focal_alpha, cfg.focal_gamma)
+            npos["stc2"] += int((lab2 == POS).sum())
+            pos2 = lab2 == POS
+            if pos2.any():
+                tgt = encode(gt[m2[pos2]], refined[pos2], cv, sv)
+                sums["str2"] = sums["str2"] + F.smooth_l1_loss(reg2[b][pos2], tgt, reduction="sum", beta=1 / 9)
+                npos["str2"] += int(pos2.sum())
+            if self.fsm is not None:
+                self._fsm_samples(b, refined, reg2[b].detach(), cls2[b].detach(), lvl_of, gt, ign, fsm_rois, fsm_labels)
+
+        if self.fsm is not None:
+            rois = [torch.cat(r) if r else anchors.new_zeros((0, 5)) for r in fsm_rois]
+            labels = torch.cat([torch.cat(x) for x in fsm_labels if x]) if any(fsm_labels) else anchors.new_zeros(0)
+            logits = self.fsm(raw["features"], cfg.strides, rois)
+            if logits.numel():
+                sums["fsm"] = cfg.fsm.loss_weight * focal_with_margin(logits, labels.long(), None, cfg.focal_alpha, cfg.focal_gamma)
+                npos["fsm"] = int((labels == POS).sum())
+        losses = {k: sums[k] / max(1, npos[k]) for k in sums}
+        losses["total"] = losses["str1"] + losses["str2"] + losses["stc1"] + losses["stc2"] + losses["fsm"]
+        return losses
+
+    def _margin(self, anchors_cxcywh):
+        if not self.use_sml:
+            return None
+        return scale_aware_margin(anchors_cxcywh[:, 2], anchors_cxcywh[:, 3], self.cfg.sml_alpha)
+
+    def _fsm_samples(self, b, refined, reg2, cls2, lvl_of, gt, ign, rois_out, labels_out):
+        cfg = self.cfg
+        boxes = cxcywh_to_xyxy(decode(reg2, refined, cfg.center_variance, cfg.size_variance))
+        scores = torch.sigmoid(cls2)
+        # proposals: NMS 0.7 over the top-scoring predictions, the best 512 kept, plus ground truth
+        pre = torch.topk(scores, min(len(scores), 4 * cfg.fsm.num_proposals)).indices
+        keep = pre[nms(boxes[pre], scores[pre], cfg.fsm.proposal_nms)][: cfg.fsm.num_proposals]
+        props, lv = boxes[keep], lvl_of[keep]
+        valid_gt = gt[~ign]
+        if len(valid_gt):
+            props = torch.cat([props, valid_gt])
+            lv = torch.cat([lv, level_for_size(valid_gt, cfg.strides, cfg.anchor_scales).to(lv.device)])
+        labels = torch.zeros(len(props), dtype=torch.long, device=props.device)
+        if len(gt):
+            iou = box_iou(props, gt)
+            best_valid = iou.masked_fill(ign[None, :], 0).max(dim=1).values
+            labels[(best_valid >= cfg.fsm.neg_iou) & (best_valid < cfg.fsm.pos_iou)] = IGNORE
+            labels[best_valid >= cfg.fsm.pos_iou] = POS
+            if ign.any():
+                labels[(iou[:, ign].max(dim=1).values >= cfg.fsm.neg_iou) & (labels == 0)] = IGNORE
+        for l in range(len(cfg.strides)):
+            sel = (lv == l) & (labels >= 0)
+            if sel.any():
+                p = props[sel]
+                rois_out[l].append(torch.cat([p.new_full((len(p), 1), float(b)), p], 1))
+                labels_out[l].append(labels[sel].to(p.dtype))
+
+
+def ranking_loss(refined, oracle, valid, pairs: int = 10, sigma: float = 20.0, eps: float = 1e-3):
+    """CRFace pairwise ranking loss (RankNet form) over candidates sorted by detector score.
+
+    For each offset k = 1..pairs the pairs (i, i + k) are compared; a pair whose oracle confidences
+    (IoU with the closest ground truth) differ by more than eps contributes
+    log(1 + exp(-sigma * sign * (c'_i - c'_{i+k}))), sign = +1 when i should rank above i + k.
+    Ties carry no order and are skipped. Each offset's mean is averaged over the offsets, as the
+    paper divides the n-pair loss by n. (The paper's equation 2 is garbled; this is its intent: a
+    sigmoid cross-entropy on the difference of the predicted confidences.)
+    """
+    total = refined.new_zeros(())
+    used = 0
+    for k in range(1, pairs + 1):
+        if refined.shape[1] <= k:
+            break
+        d_pred = refined[:, :-k] - refined[:, k:]
+        d_gt = oracle[:, :-k] - oracle[:, k:]
+        mask = valid[:, :-k] & valid[:, k:] & (d_gt.abs() > eps)
+        if mask.any():
+            sign = torch.sign(d_gt[mask])
+            total = total + F.softplus(-sigma * sign * d_pred[mask]).mean()
+            used += 1
+    return total / max(1, used)
+
+
+def oracle_confidence(boxes_xyxy, gt_xyxy):
+    """IoU of each predicted box with its closest ground-truth box (0 when there is none)."""
+    if gt_xyxy.numel() == 0:
+        return boxes_xyxy.new_zeros(boxes_xyxy.shape[0])
+    return box_iou(boxes_xyxy, gt_xyxy).max(dim=1).values

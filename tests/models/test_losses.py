@@ -1,0 +1,103 @@
+import pytest
+import torch
+
+from rfdeploy.models import build
+from rfdeploy.models.losses import (
+    IGNORE,
+    POS,
+    RefineFaceLoss,
+    focal_with_margin,
+    match_anchors,
+    oracle_confidence,
+    ranking_loss,
+    scale_aware_margin,
+)
+
+
+def _targets():
+    return [
+        {"boxes": torch.tensor([[10.0, 10.0, 40.0, 48.0], [60.0, 20.0, 120.0, 95.0]]), "ignore": torch.tensor([False, False])},
+        {"boxes": torch.tensor([[30.0, 30.0, 70.0, 80.0]]), "ignore": torch.tensor([False])},
+    ]
+
+
+def _loss(cfg, use_fsm, use_sml, seed=0):
+    torch.manual_seed(seed)
+    model = build(cfg).train()
+    crit = RefineFaceLoss(cfg, use_fsm=use_fsm, use_sml=use_sml)
+    torch.manual_seed(1)
+    x = torch.randn(2, 3, 128, 128)
+    return crit(model.forward_raw(x), _targets())
+
+
+def test_total_is_sum_of_parts_and_backprops(tiny_det_cfg):
+    model = build(tiny_det_cfg).train()
+    crit = RefineFaceLoss(tiny_det_cfg)
+    losses = crit(model.forward_raw(torch.randn(2, 3, 128, 128)), _targets())
+    parts = sum(losses[k] for k in ("stc1", "stc2", "str1", "str2", "fsm"))
+    assert torch.allclose(losses["total"], parts)
+    assert all(losses[k] > 0 for k in ("stc1", "stc2", "str1", "str2", "fsm"))
+    losses["total"].backward()
+    assert crit.fsm.pred.weight.grad is not None and crit.fsm.pred.weight.grad.abs().sum() > 0
+    assert model.backbone.net.features[0][0].weight.grad.abs().sum() > 0
+
+
+def test_fsm_and_sml_change_the_training_loss(tiny_det_cfg):
+    base = _loss(tiny_det_cfg, use_fsm=False, use_sml=False)
+    with_fsm = _loss(tiny_det_cfg, use_fsm=True, use_sml=False)
+    with_sml = _loss(tiny_det_cfg, use_fsm=False, use_sml=True)
+    assert base["fsm"] == 0 and with_fsm["fsm"] > 0
+    assert with_fsm["total"] > base["total"]
+    assert not torch.isclose(with_sml["stc2"], base["stc2"])
+    # SML touches classification only
+    assert torch.isclose(with_sml["str2"], base["str2"])
+
+
+def test_fsm_and_sml_absent_from_inference_path(tiny_det_cfg):
+    model = build(tiny_det_cfg).eval()
+    names = [n for n, _ in model.named_modules()] + [n for n, _ in model.named_parameters()]
+    assert not any("fsm" in n or "loss" in n for n in names)
+    assert not any("margin" in n for n in names)
+
+
+def test_sml_gives_small_positives_a_larger_loss():
+    m_small = scale_aware_margin(torch.tensor([10.0]), torch.tensor([12.0]), 15.0)
+    m_large = scale_aware_margin(torch.tensor([200.0]), torch.tensor([250.0]), 15.0)
+    assert m_small > m_large
+    logit = torch.tensor([1.0])
+    pos = torch.tensor([POS])
+    small = focal_with_margin(logit, pos, m_small)
+    large = focal_with_margin(logit, pos, m_large)
+    plain = focal_with_margin(logit, pos, None)
+    assert small > large > plain
+
+
+def test_matching_thresholds_and_ignore():
+    anchors = torch.tensor([[0.0, 0, 10, 10], [0, 0, 10, 14], [0, 0, 10, 30], [50, 50, 60, 60], [100, 100, 110, 110]])
+    gt = torch.tensor([[0.0, 0, 10, 10], [100.0, 100, 110, 110]])
+    labels, matched = match_anchors(anchors, gt, torch.tensor([False, True]), 0.3, 0.7)
+    assert labels[0] == POS and matched[0] == 0
+    assert labels[1] == POS  # IoU 0.714
+    assert labels[2] == IGNORE or labels[2] == 0  # IoU 0.33: between thresholds -> ignored
+    assert labels[2] == IGNORE
+    assert labels[3] == 0
+    assert labels[4] == IGNORE  # overlaps an ignore-flagged face
+
+
+def test_ranking_loss_order():
+    oracle = torch.tensor([[0.9, 0.7, 0.5, 0.3, 0.0]])
+    valid = torch.ones_like(oracle, dtype=torch.bool)
+    right = torch.tensor([[0.95, 0.7, 0.45, 0.2, 0.0]])
+    wrong = right.flip(1)
+    assert ranking_loss(right, oracle, valid) < 1e-2
+    assert ranking_loss(wrong, oracle, valid) > 5.0
+    # ties in the oracle carry no order
+    tied = torch.zeros(1, 5)
+    assert ranking_loss(torch.rand(1, 5), tied, valid) == 0
+
+
+def test_oracle_confidence():
+    boxes = torch.tensor([[0.0, 0, 10, 10], [0, 0, 5, 10], [50, 50, 60, 60]])
+    gt = torch.tensor([[0.0, 0, 10, 10]])
+    assert oracle_confidence(boxes, gt).tolist() == pytest.approx([1.0, 0.5, 0.0])
+    assert oracle_confidence(boxes, torch.zeros(0, 4)).tolist() == [0, 0, 0]
