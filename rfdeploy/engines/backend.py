@@ -147,3 +147,23 @@ def current_gpu(device_index: int = 0) -> dict[str, str] | None:
         return {"name": name, "compute_capability": f"{props.major}.{props.minor}"}
     except Exception:  # noqa: BLE001
         return None
+
+
+def collecting_logger(trt):
+    """A TensorRT logger that keeps errors, so a failed build can say why."""
+
+    class _Collecting(trt.ILogger):
+        def __init__(self):
+            trt.ILogger.__init__(self)
+            self.errors: list[str] = []
+
+        def log(self, severity, msg):
+            if severity in (trt.ILogger.Severity.INTERNAL_ERROR, trt.ILogger.Severity.ERROR):
+                self.errors.append(str(msg))
+                log.error("TensorRT: %s", msg)
+            elif severity == trt.ILogger.Severity.WARNING:
+                log.warning("TensorRT: %s", msg)
+            else:
+                log.debug("TensorRT: %s", msg)
+
+    return _Collecting()

@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 from rfdeploy import __version__
 from rfdeploy.engines import onnxinfo
-from rfdeploy.engines.backend import BuilderBackend, current_gpu
+from rfdeploy.engines.backend import BuilderBackend, collecting_logger, current_gpu
 from rfdeploy.engines.manifest import (
     IOTensor,
     Manifest,
@@ -44,26 +44,6 @@ _DTYPE_NAMES = {
 def dtype_name(dt: Any) -> str:
     raw = getattr(dt, "name", str(dt).rsplit(".", 1)[-1])
     return _DTYPE_NAMES.get(raw, raw.lower())
-
-
-def _make_logger(trt):
-    """A TensorRT logger that keeps errors, so a failed build can say why."""
-
-    class _Collecting(trt.ILogger):
-        def __init__(self):
-            trt.ILogger.__init__(self)
-            self.errors: list[str] = []
-
-        def log(self, severity, msg):
-            if severity in (trt.ILogger.Severity.INTERNAL_ERROR, trt.ILogger.Severity.ERROR):
-                self.errors.append(str(msg))
-                log.error("TensorRT: %s", msg)
-            elif severity == trt.ILogger.Severity.WARNING:
-                log.warning("TensorRT: %s", msg)
-            else:
-                log.debug("TensorRT: %s", msg)
-
-    return _Collecting()
 
 
 def _parser_errors(parser) -> list[str]:
@@ -186,7 +166,7 @@ def build_engine(
 
     backend = BuilderBackend.load(prefer_backend)
     trt = backend.module
-    logger = _make_logger(trt)
+    logger = collecting_logger(trt)
     builder = trt.Builder(logger)
     network = builder.create_network(backend.network_flags())
     parser = trt.OnnxParser(network, logger)
