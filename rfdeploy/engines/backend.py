@@ -160,7 +160,7 @@ def collecting_logger(trt):
         def log(self, severity, msg):
             if severity in (trt.ILogger.Severity.INTERNAL_ERROR, trt.ILogger.Severity.ERROR):
                 self.errors.append(str(msg))
-                log.error("TensorRT: %s", msg)
+                log.debug("TensorRT error: %s", msg)  # raised to the caller inside the rfdeploy error
             elif severity == trt.ILogger.Severity.WARNING:
                 log.warning("TensorRT: %s", msg)
             else:

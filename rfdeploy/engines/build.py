@@ -47,16 +47,21 @@ def dtype_name(dt: Any) -> str:
 
 
 def _parser_errors(parser) -> list[str]:
+    def ask(err, attr, default):
+        # node_name/node_operator appeared in later parser releases.
+        fn = getattr(err, attr, None)
+        return fn() if callable(fn) else default
+
     out = []
     for i in range(parser.num_errors):
         e = parser.get_error(i)
         where = []
-        node = e.node()
+        node = ask(e, "node", -1)
         if node >= 0:
             where.append(f"node #{node}")
-        if e.node_name():
+        if ask(e, "node_name", ""):
             where.append(repr(e.node_name()))
-        if e.node_operator():
+        if ask(e, "node_operator", ""):
             where.append(f"op {e.node_operator()}")
         code = getattr(e.code(), "name", str(e.code()))
         out.append(f"[{code}] " + (" ".join(where) + ": " if where else "") + e.desc())
@@ -289,3 +294,32 @@ def _write_pair(out_path: Path, plan, manifest: Manifest) -> None:
         except FileNotFoundError:
             pass
         raise
+
+
+def build_engine_cli(
+    onnx_path: str | Path,
+    out_path: str | Path | None = None,
+    *,
+    min_shapes: Sequence[str] = (),
+    opt_shapes: Sequence[str] = (),
+    max_shapes: Sequence[str] = (),
+    presets: Sequence[str] = (),
+    workspace_mb: int | None = None,
+    opt_level: int | None = None,
+    timing_cache: str | Path | None = None,
+    compute_capabilities: Sequence[str] = (),
+    backend: str | None = None,
+    argv: Sequence[str] | None = None,
+) -> Manifest:
+    """What `rfdeploy build-engine` does after option parsing: shapes/presets as the user typed
+    them; ``out_path`` defaults to the ONNX path with ``.engine``; ``argv`` (the user's command)
+    is recorded as the rebuild command."""
+    from rfdeploy.engines.profiles import specs_from_cli
+
+    onnx_path = Path(onnx_path)
+    out = Path(out_path) if out_path is not None else onnx_path.with_suffix(".engine")
+    specs = specs_from_cli(min_shapes, opt_shapes, max_shapes, presets)
+    return build_engine(
+        onnx_path, out, specs, workspace_mb=workspace_mb, opt_level=opt_level, timing_cache=timing_cache,
+        compute_capabilities=list(compute_capabilities) or None, prefer_backend=backend, rebuild_command=argv,
+    )

@@ -36,6 +36,11 @@ def describe(path: str | Path) -> dict[str, Any]:
     )
 
 
+def info(path: str | Path) -> str:
+    """What `rfdeploy info FILE` prints."""
+    return format_description(describe(path))
+
+
 def describe_onnx(p: Path) -> dict[str, Any]:
     model = onnxinfo.load_onnx(p)
     return {

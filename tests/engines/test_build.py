@@ -221,3 +221,29 @@ def test_zz_build_times_under_budget(engines):
     assert BUILD_TIMES, "no builds measured"
     print("engine build seconds:", {k: round(v, 2) for k, v in BUILD_TIMES.items()})
     assert sum(BUILD_TIMES.values()) < 60
+
+
+def test_cli_entry_defaults_and_records_argv(trt_backend, tmp_path, detector_onnx):
+    from rfdeploy.engines.build import build_engine_cli
+
+    src = tmp_path / "model.onnx"
+    shutil.copy(detector_onnx, src)
+    argv = ["rfdeploy", "build-engine", str(src), "--fp16", "--profile", "vga"]
+    m = build_engine_cli(src, presets=["vga"], opt_level=0, argv=argv)
+    assert (tmp_path / "model.engine").is_file() and m.rebuild_command == tuple(argv)
+    assert load_manifest(tmp_path / "model.engine").build_options["opt_level"] == 0
+
+
+def test_package_imports_without_tensorrt():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['tensorrt'] = None; sys.modules['tensorrt_rtx'] = None\n"
+        "import rfdeploy.engines.build, rfdeploy.engines.runner, rfdeploy.engines.inspect\n"
+        "from rfdeploy.errors import BackendUnavailableError\n"
+        "from rfdeploy.engines.backend import load_trt_module\n"
+        "try:\n    load_trt_module()\nexcept BackendUnavailableError as e:\n    print('refused:', e.hint)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "refused: pip install" in r.stdout
