@@ -54,12 +54,14 @@ def test_ranker_learns_to_reorder(tiny_rank_cfg):
     boxes = _boxes(n, n)
     oracle = torch.rand(2, n)
     valid = torch.ones(2, n, dtype=torch.bool)
-    img = torch.randn(2, 3, 64, 64)
-    opt = torch.optim.Adam(m.parameters(), 1e-2)
+    img = torch.randn(2, 3, 32, 32)
+    # only the ranker's own layers train here; the backbone's part is covered elsewhere
+    params = [p for n, p in m.named_parameters() if not n.startswith("backbone.")]
+    opt = torch.optim.Adam(params, 1e-2)
     first = None
-    for _ in range(30):
+    for _ in range(15):
         loss = ranking_loss(m(img, boxes), oracle, valid)
-        first = first if first is not None else float(loss)
+        first = first if first is not None else loss.item()
         opt.zero_grad()
         loss.backward()
         opt.step()

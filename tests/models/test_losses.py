@@ -16,8 +16,8 @@ from rfdeploy.models.losses import (
 
 def _targets():
     return [
-        {"boxes": torch.tensor([[10.0, 10.0, 40.0, 48.0], [60.0, 20.0, 120.0, 95.0]]), "ignore": torch.tensor([False, False])},
-        {"boxes": torch.tensor([[30.0, 30.0, 70.0, 80.0]]), "ignore": torch.tensor([False])},
+        {"boxes": torch.tensor([[10.0, 10.0, 40.0, 48.0], [40.0, 20.0, 90.0, 85.0]]), "ignore": torch.tensor([False, False])},
+        {"boxes": torch.tensor([[8.0, 0.0, 88.0, 96.0]]), "ignore": torch.tensor([False])}  # P5-sized: STR positives,
     ]
 
 
@@ -26,14 +26,14 @@ def _loss(cfg, use_fsm, use_sml, seed=0):
     model = build(cfg).train()
     crit = RefineFaceLoss(cfg, use_fsm=use_fsm, use_sml=use_sml)
     torch.manual_seed(1)
-    x = torch.randn(2, 3, 128, 128)
+    x = torch.randn(2, 3, 96, 96)
     return crit(model.forward_raw(x), _targets())
 
 
 def test_total_is_sum_of_parts_and_backprops(tiny_det_cfg):
     model = build(tiny_det_cfg).train()
     crit = RefineFaceLoss(tiny_det_cfg)
-    losses = crit(model.forward_raw(torch.randn(2, 3, 128, 128)), _targets())
+    losses = crit(model.forward_raw(torch.randn(2, 3, 96, 96)), _targets())
     parts = sum(losses[k] for k in ("stc1", "stc2", "str1", "str2", "fsm"))
     assert torch.allclose(losses["total"], parts)
     assert all(losses[k] > 0 for k in ("stc1", "stc2", "str1", "str2", "fsm"))
