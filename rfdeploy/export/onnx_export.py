@@ -1,0 +1,139 @@
+"""PyTorch checkpoint -> ONNX: the inference path only, cleaned, checked, with the contract inside.
+
+The detector graph holds the decode (sigmoid, STC filter, STR refinement, box decode) and a
+fixed-size candidate selection: ``image [B,3,H,W] -> boxes [B,K,4], scores [B,K]``.
+The ranker graph: ``image [B,3,H,W], boxes [B,N,5] -> scores [B,N]``.
+Everything a backend needs to feed the model (preprocessing contract, config, thresholds) is
+written into ``metadata_props``; backends read it from there.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+import torch
+
+from rfdeploy import __version__
+from rfdeploy.errors import BuildError
+from rfdeploy.models.checkpoint import atomic_write_bytes
+from rfdeploy.models.config import DetectorConfig, RankerConfig
+
+DEFAULT_OPSET = 17
+
+# metadata keys (the one place backends read model facts from)
+KEY_CONTRACT = "rfdeploy.contract"
+KEY_CONFIG = "rfdeploy.config"
+KEY_KIND = "rfdeploy.kind"
+KEY_VERSION = "rfdeploy.version"
+KEY_SOURCE_SHA = "rfdeploy.source_sha256"
+KEY_PRECISION = "rfdeploy.precision"
+KEY_IO = "rfdeploy.io"
+
+DETECTOR_IO = {"inputs": ["image"], "outputs": ["boxes", "scores"]}
+RANKER_IO = {"inputs": ["image", "boxes"], "outputs": ["scores"]}
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    kind: str
+    metadata: dict[str, str]
+    verify: dict | None = None
+
+
+def model_metadata(cfg: DetectorConfig | RankerConfig, source_sha256: str | None) -> dict[str, str]:
+    kind = "detector" if isinstance(cfg, DetectorConfig) else "ranker"
+    meta = {
+        KEY_KIND: kind,
+        KEY_CONTRACT: cfg.contract.to_json(),
+        KEY_CONFIG: json.dumps(cfg.to_dict(), sort_keys=True),
+        KEY_VERSION: __version__,
+        KEY_PRECISION: "fp32",
+        KEY_IO: json.dumps(DETECTOR_IO if kind == "detector" else RANKER_IO),
+    }
+    if source_sha256:
+        meta[KEY_SOURCE_SHA] = source_sha256
+    return meta
+
+
+def read_metadata(model_or_path) -> dict[str, str]:
+    m = model_or_path if isinstance(model_or_path, onnx.ModelProto) else onnx.load(str(model_or_path), load_external_data=False)
+    return {p.key: p.value for p in m.metadata_props}
+
+
+def set_metadata(model: onnx.ModelProto, meta: dict[str, str]) -> None:
+    existing = {p.key: p for p in model.metadata_props}
+    for k, v in meta.items():
+        if k in existing:
+            existing[k].value = v
+        else:
+            p = model.metadata_props.add()
+            p.key, p.value = k, v
+
+
+def _trace_to_onnx(module: torch.nn.Module, args: tuple, input_names, output_names, dynamic_axes, opset: int) -> onnx.ModelProto:
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer warnings about shape arithmetic are expected here
+        torch.onnx.export(
+            module, args, buf, dynamo=False, opset_version=opset, input_names=input_names,
+            output_names=output_names, dynamic_axes=dynamic_axes, do_constant_folding=True,
+        )
+    return onnx.load_from_string(buf.getvalue())
+
+
+def clean_graph(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Constant folding / simplification (onnxslim), then checker and shape inference."""
+    import onnxslim
+
+    meta = {p.key: p.value for p in model.metadata_props}
+    try:
+        slim = onnxslim.slim(model)
+    except Exception as e:  # simplification is an optimisation; a failure must not lose the export
+        warnings.warn(f"onnxslim could not simplify the graph ({e}); keeping the traced graph")
+        slim = model
+    slim = onnx.shape_inference.infer_shapes(slim, strict_mode=False)
+    set_metadata(slim, meta)
+    onnx.checker.check_model(slim, full_check=True)
+    return slim
+
+
+def export_model(model: torch.nn.Module, out_path: str | os.PathLike, *, source_sha256: str | None = None,
+                 opset: int = DEFAULT_OPSET, sample_size: tuple[int, int] = (256, 320)) -> ExportResult:
+    """Export a RefineFace or CRFace module (eval mode, inference path only)."""
+    if opset < 17:
+        raise BuildError(f"opset {opset} is too old; rfdeploy exports opset >= 17")
+    cfg = model.cfg
+    model = model.eval().float().cpu()
+    h, w = sample_size
+    image = torch.zeros(1, 3, h, w)
+    try:
+        if isinstance(cfg, DetectorConfig):
+            proto = _trace_to_onnx(
+                model, (image,), ["image"], ["boxes", "scores"],
+                {"image": {0: "batch", 2: "height", 3: "width"}, "boxes": {0: "batch"}, "scores": {0: "batch"}},
+                opset,
+            )
+        else:
+            boxes = torch.zeros(1, cfg.num_boxes, 5)
+            proto = _trace_to_onnx(
+                model, (image, boxes), ["image", "boxes"], ["scores"],
+                {"image": {0: "batch", 2: "height", 3: "width"}, "boxes": {0: "batch"}, "scores": {0: "batch"}},
+                opset,
+            )
+        meta = model_metadata(cfg, source_sha256)
+        set_metadata(proto, meta)
+        proto = clean_graph(proto)
+    except BuildError:
+        raise
+    except Exception as e:
+        raise BuildError(f"ONNX export of {cfg.name} failed: {e}") from e
+    out_path = Path(out_path)
+    atomic_write_bytes(out_path, proto.SerializeToString())
+    return ExportResult(out_path, meta[KEY_KIND], meta)
