@@ -26,8 +26,9 @@ def _block(cin: int, cout: int, stride: int) -> nn.Sequential:
 class ToyDetector(nn.Module):
     """Two pyramid levels (strides 8 and 16), one anchor per location."""
 
-    def __init__(self, width: int = 16):
+    def __init__(self, width: int = 16, topk: bool = True):
         super().__init__()
+        self.topk = topk
         self.stem = nn.Sequential(_block(3, width, 2), _block(width, width, 2), _block(width, width, 2))
         self.down = _block(width, width, 2)
         self.head = nn.Sequential(nn.Conv2d(width, width, 3, 1, 1), nn.ReLU())
@@ -39,6 +40,7 @@ class ToyDetector(nn.Module):
             self.cls.bias.fill_(-1.0)
             self.stc.bias.fill_(-2.0)
             self.box.weight.mul_(0.3)
+            self.cls.weight.mul_(10.0)
 
     def _level(self, f: torch.Tensor, stride: int):
         h = self.head(f)
@@ -71,6 +73,8 @@ class ToyDetector(nn.Module):
         w = anc[..., 2] * torch.exp(box[..., 2] * 0.2)
         h = anc[..., 3] * torch.exp(box[..., 3] * 0.2)
         boxes = torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], -1)
+        if not self.topk:  # every anchor, for element-wise accuracy comparisons
+            return boxes, scores
         top, idx = torch.topk(scores, TOPK, dim=1)
         boxes = torch.gather(boxes, 1, idx.unsqueeze(-1).expand(-1, -1, 4))
         return boxes, top
@@ -102,9 +106,9 @@ def _set_metadata(path: Path, extra: dict[str, str] | None = None) -> None:
     onnx.save(m, str(path))
 
 
-def export_toy_detector(path: Path, seed: int = 0, width: int = 16) -> Path:
+def export_toy_detector(path: Path, seed: int = 0, width: int = 16, topk: bool = True) -> Path:
     torch.manual_seed(seed)
-    model = ToyDetector(width).eval()
+    model = ToyDetector(width, topk).eval()
     # non-trivial BN statistics so folded weights are not identity-like
     for mod in model.modules():
         if isinstance(mod, nn.BatchNorm2d):

@@ -35,6 +35,7 @@ from rfdeploy.errors import BuildError
 from rfdeploy.export.graph_regions import SENSITIVE_OPS, ensure_node_names, find_fp32_region
 from rfdeploy.export.precision_io import (
     PRECISION_KEY,
+    check_node_names,
     check_not_reduced,
     load_onnx,
     read_metadata,
@@ -276,7 +277,7 @@ def convert_fp16(
     inputs), every node of an op type in ``keep_fp32_ops``, nodes reading constants outside the fp16
     range, and the named ``keep_fp32_nodes``. Metadata is copied and ``rfdeploy.precision=fp16`` added.
 
-    Raises InputError (missing file), ModelFileError (not ONNX, or already reduced precision),
+    Raises InputError (missing file, unknown node in ``keep_fp32_nodes``), ModelFileError (not ONNX, or already reduced precision),
     BackendUnavailableError (``method="autocast"`` without ModelOpt), BuildError (conversion failed
     or produced a model with fp16 inside the kept region); ``dst_onnx`` is then left untouched.
     """
@@ -284,6 +285,7 @@ def convert_fp16(
     model = load_onnx(src_onnx)
     check_not_reduced(model, src_onnx)
     metadata = read_metadata(model)
+    check_node_names(model, keep_fp32_nodes, "keep_fp32_nodes")
     ensure_node_names(model)
     try:
         model = onnx.shape_inference.infer_shapes(model)

@@ -36,8 +36,8 @@ SENSITIVE_OPS = frozenset(
         "RoiAlign", "Range", "CumSum",
     }
 )
-# Their output does not depend on the input's element type: keeping them fp32 would only add a
-# full-size Cast of a feature map in front of them.
+# Their output does not depend on the input's element type: they follow the precision of the tensor
+# they read, so no full-size Cast is placed in front of them.
 TYPE_AGNOSTIC_OPS = frozenset({"Shape", "Size"})
 FP16_MAX = 65504.0
 
@@ -236,11 +236,15 @@ def find_fp32_region(
         if users and all(names[c] in reasons for c in users):
             reasons[names[i]] = REASON_CONSTANT
 
+    producers = _producers(graph)
     for i, node in enumerate(graph.node):
         if node.op_type in TYPE_AGNOSTIC_OPS and names[i] not in extra_nodes:
-            reasons.pop(names[i], None)
+            src = producers.get(node.input[0])
+            if src is not None and names[src] not in reasons:
+                reasons.pop(names[i], None)
+            elif src is None:
+                reasons.setdefault(names[i], REASON_TAIL)  # graph input: read the fp32 tensor itself
 
-    producers = _producers(graph)
     region = set(reasons)
     entry = set()
     for node in graph.node:

@@ -73,6 +73,13 @@ def save_onnx_atomic(model: onnx.ModelProto, dst: str | os.PathLike) -> Path:
     return dst
 
 
+def check_node_names(model: onnx.ModelProto, names, what: str) -> None:
+    """User-named nodes must exist in the model (InputError otherwise)."""
+    missing = sorted(set(names or ()) - {n.name for n in model.graph.node})
+    if missing:
+        raise InputError(f"{what}: no node named {missing[:5]} in the model")
+
+
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
