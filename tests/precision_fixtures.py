@@ -157,3 +157,31 @@ def write_images(folder: Path, count: int, size: tuple[int, int] = (160, 120), s
         Image.fromarray(arr).save(p)
         out.append(p)
     return out
+
+
+def build_with_tensorrt_rtx(path: Path) -> int:
+    """Parse and build ``path`` with TensorRT-RTX (CPU-only ahead-of-time build); plan size in bytes.
+
+    Skips the calling test when tensorrt_rtx is not importable.
+    """
+    import pytest
+
+    trt = pytest.importorskip("tensorrt_rtx", reason="tensorrt_rtx is not installed")
+    logger = trt.Logger(trt.Logger.ERROR)
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(path)):
+        raise AssertionError([str(parser.get_error(i)) for i in range(parser.num_errors)])
+    config = builder.create_builder_config()
+    profile = builder.create_optimization_profile()
+    for i in range(network.num_inputs):
+        t = network.get_input(i)
+        if len(t.shape) == 4:
+            profile.set_shape(t.name, (1, 3, 64, 64), (1, 3, 128, 128), (2, 3, 256, 256))
+        else:
+            profile.set_shape(t.name, (1, 1, 5), (1, 32, 5), (2, 64, 5))
+    config.add_optimization_profile(profile)
+    plan = builder.build_serialized_network(network, config)
+    assert plan is not None, f"TensorRT-RTX could not build {path}"
+    return plan.nbytes

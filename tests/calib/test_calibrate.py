@@ -281,3 +281,10 @@ def test_calibration_on_real_backgrounds(setup, tmp_path):
     x, _ = prepare_image(BACKGROUNDS / r.images[0], CONTRACT, 256)
     out = ort.InferenceSession(r.dst).run(None, {"image": x})
     assert np.isfinite(out[0]).all() and np.isfinite(out[1]).all()
+
+
+@pytest.mark.parametrize("name", ["det", "rank"])
+def test_int8_builds_with_tensorrt_rtx(setup, name):
+    from tests.precision_fixtures import build_with_tensorrt_rtx
+
+    assert build_with_tensorrt_rtx(setup["reports"][name].dst) > 0

@@ -198,3 +198,10 @@ def test_autocast_without_modelopt_is_a_clear_error(tmp_path, models):
     with pytest.raises(BackendUnavailableError, match="ModelOpt"):
         convert_fp16(models["det"], tmp_path / "x.onnx", method="autocast")
     assert convert_fp16(models["det"], tmp_path / "y.onnx", method="auto").method == "onnxconverter"
+
+
+@pytest.mark.parametrize("name", ["det_fp16", "rank_fp16"])
+def test_fp16_builds_with_tensorrt_rtx(models, name):
+    from tests.precision_fixtures import build_with_tensorrt_rtx
+
+    assert build_with_tensorrt_rtx(models[name]) > 0
