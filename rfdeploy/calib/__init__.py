@@ -1,0 +1,5 @@
+"""INT8 calibration: explicit Q/DQ ONNX files for TensorRT (see rfdeploy.calib.calibrate)."""
+
+from rfdeploy.calib.calibrate import CalibrationReport, calibrate
+
+__all__ = ["CalibrationReport", "calibrate"]

@@ -1,0 +1,95 @@
+"""Post-processing and checks of explicit Q/DQ models for TensorRT.
+
+TensorRT reads INT8 from QuantizeLinear/DequantizeLinear pairs and accepts only signed int8 with
+zero-point 0; DequantizeLinear of an int32 bias is refused by its ONNX parser (FACTS.md).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
+
+
+def _constant_values(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
+    out = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    for n in graph.node:
+        if n.op_type == "Constant":
+            for a in n.attribute:
+                if a.name == "value":
+                    out[n.output[0]] = numpy_helper.to_array(a.t)
+    return out
+
+
+def unquantize_region_inputs(model: onnx.ModelProto, region: set[str] | frozenset[str]) -> int:
+    """Make region nodes read the float tensor instead of a Q->DQ copy of it; returns rewired inputs.
+
+    onnxruntime quantizes a Conv's output when it quantizes the Conv, so the heads' last Conv would
+    hand int8-rounded logits to the Sigmoid / decode. The Q/DQ stays for non-region consumers.
+    """
+    graph = model.graph
+    producer = {t: n for n in graph.node for t in n.output}
+    changed = 0
+    for node in graph.node:
+        if node.name not in region:
+            continue
+        for i, t in enumerate(node.input):
+            dq = producer.get(t)
+            if dq is None or dq.op_type != "DequantizeLinear":
+                continue
+            q = producer.get(dq.input[0])
+            if q is None or q.op_type != "QuantizeLinear":
+                continue  # a weight stored as int8: leave it
+            node.input[i] = q.input[0]
+            changed += 1
+    if changed:
+        _remove_dead_nodes(model)
+    return changed
+
+
+def _remove_dead_nodes(model: onnx.ModelProto) -> None:
+    graph = model.graph
+    needed = {o.name for o in graph.output}
+    keep = []
+    for n in reversed(list(graph.node)):
+        if any(t in needed for t in n.output):
+            keep.append(n)
+            needed.update(t for t in n.input if t)
+    keep.reverse()
+    del graph.node[:]
+    graph.node.extend(keep)
+    inits = [i for i in graph.initializer if i.name in needed]
+    del graph.initializer[:]
+    graph.initializer.extend(inits)
+
+
+def qdq_problems(model: onnx.ModelProto, region: set[str] | frozenset[str] = frozenset()) -> list[str]:
+    """Everything in ``model`` that TensorRT would refuse or that breaks the fp32 region; [] if fine."""
+    graph = model.graph
+    consts = _constant_values(graph)
+    producer = {t: n for n in graph.node for t in n.output}
+    problems = []
+    for n in graph.node:
+        if n.op_type not in QDQ_OPS:
+            continue
+        if len(n.input) < 3 or n.input[2] not in consts:
+            problems.append(f"{n.name}: no constant zero-point (defaults to uint8)")
+            continue
+        zp = consts[n.input[2]]
+        if zp.dtype != np.int8:
+            problems.append(f"{n.name}: zero-point type {zp.dtype}, TensorRT needs int8")
+        elif np.any(zp != 0):
+            problems.append(f"{n.name}: non-zero zero-point")
+        if n.op_type == "DequantizeLinear":
+            src = consts.get(n.input[0])
+            if src is not None and src.dtype != np.int8:
+                problems.append(f"{n.name}: dequantizes a {src.dtype} constant (e.g. a bias), TensorRT needs int8")
+    for n in graph.node:
+        if n.name in region:
+            for t in n.input:
+                p = producer.get(t)
+                if p is not None and p.op_type == "DequantizeLinear":
+                    problems.append(f"{n.name} ({n.op_type}) must stay float but reads {p.name}")
+    return problems
