@@ -222,20 +222,28 @@ class RefineFaceAugment:
         return np.asarray(out), nb, nig
 
 
-def letterbox(image, boxes, ignore, size: int, fill: tuple[int, int, int] = MEAN_FILL):
-    """Deterministic evaluation transform: long side resized to ``size``, padded bottom/right to
-    ``size`` x ``size`` with ``fill``. Same return values as RefineFaceAugment."""
+def resize_long_side(image, boxes, ignore, size: int, min_box: float = 2.0):
+    """Resize so the long side is ``size`` (no padding); boxes follow, tiny ones become ignore."""
     img = _as_pil(image)
     b, ig = _as_boxes(boxes, ignore)
     w, h = img.size
     k = size / max(w, h)
     nw, nh = max(1, round(w * k)), max(1, round(h * k))
-    canvas = Image.new("RGB", (size, size), fill)
-    canvas.paste(img.resize((nw, nh), Image.BILINEAR), (0, 0))
     kx, ky = nw / w, nh / h
-    nb = b * np.array([kx, ky, kx, ky], np.float32)
-    nig = ig | ((nb[:, 2:] - nb[:, :2]) < 2.0).any(axis=1) if len(nb) else ig
-    return np.asarray(canvas), nb.astype(np.float32), nig
+    nb = (b * np.array([kx, ky, kx, ky], np.float32)).astype(np.float32)
+    if len(nb):
+        ig = ig | ((nb[:, 2:] - nb[:, :2]) < min_box).any(axis=1)
+    return np.asarray(img.resize((nw, nh), Image.BILINEAR)), nb, ig
+
+
+def letterbox(image, boxes, ignore, size: int, fill: tuple[int, int, int] = MEAN_FILL):
+    """Deterministic evaluation transform: long side resized to ``size``, padded bottom/right to
+    ``size`` x ``size`` with ``fill``. Same return values as RefineFaceAugment."""
+    arr, nb, ig = resize_long_side(image, boxes, ignore, size)
+    canvas = np.empty((size, size, 3), np.uint8)
+    canvas[:] = fill
+    canvas[: arr.shape[0], : arr.shape[1]] = arr
+    return canvas, nb, ig
 
 
 def collate_fn(batch):

@@ -20,7 +20,7 @@ from torch.utils.data import Dataset
 from rfdeploy.contract import PreprocessContract
 from rfdeploy.errors import InputError
 from rfdeploy.runtime.preprocess import preprocess
-from rfdeploy.train.augment import letterbox
+from rfdeploy.train.augment import resize_long_side
 
 # (image, boxes, ignore, rng) -> (HxWx3 uint8, boxes, ignore)
 Transform = Callable[..., tuple[np.ndarray, np.ndarray, np.ndarray]]
@@ -168,14 +168,24 @@ def to_sample(
     if transform is not None:
         arr, b, ig = transform(image, boxes, ignore, rng)
     elif size is not None:
-        arr, b, ig = letterbox(image, boxes, ignore, size)
+        # padding is left to preprocess, whose padding is exactly zero after normalisation
+        arr, b, ig = resize_long_side(image, boxes, ignore, size)
     else:
         arr = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image)
         b, ig = np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(ignore, bool)
-    x, lb = preprocess(np.ascontiguousarray(arr), contract)
+    pad_to = (size, size) if transform is None and size is not None else None
+    x, lb = preprocess(np.ascontiguousarray(arr), contract, min_size=pad_to)
     b = b * np.float32(lb.scale)  # the contract may resize (ranker contracts: long side)
     target = {"boxes": torch.from_numpy(np.ascontiguousarray(b, np.float32)), "ignore": torch.from_numpy(ig.copy())}
     return torch.from_numpy(x[0]), target
+
+
+def _check_size(size: int | None, contract: PreprocessContract) -> None:
+    if size is not None and contract.resize == "none" and size % contract.pad_multiple:
+        raise ValueError(
+            f"size {size} is not a multiple of the contract's pad_multiple {contract.pad_multiple}: "
+            f"the padded tensors would not be {size}x{size}"
+        )
 
 
 class _EpochMixin:
@@ -189,8 +199,8 @@ class _EpochMixin:
 class DetectionDataset(Dataset, _EpochMixin):
     """Images with boxes from ``read_wider`` / ``read_json_annotations``.
 
-    ``transform``: e.g. ``RefineFaceAugment(size=640)``; None -> deterministic letterbox to ``size``
-    (evaluation). Per-item randomness comes from (seed, epoch, index), so workers agree.
+    ``transform``: e.g. ``RefineFaceAugment(size=640)``; None -> deterministic evaluation view:
+    long side resized to ``size``, padded bottom/right to ``size`` x ``size`` by the contract. Per-item randomness comes from (seed, epoch, index), so workers agree.
     """
 
     def __init__(
@@ -206,6 +216,7 @@ class DetectionDataset(Dataset, _EpochMixin):
             raise ValueError("give a transform or a size (samples must share one shape to batch)")
         self.records = list(records)
         self.contract = contract or PreprocessContract()
+        _check_size(size, self.contract)
         self.transform, self.size, self.seed = transform, size, int(seed)
 
     def __len__(self) -> int:
@@ -245,6 +256,7 @@ class SyntheticDataset(Dataset, _EpochMixin):
             raise ValueError("scene sizes vary: give a transform or a size so samples share one shape")
         self.generator, self.length = generator, int(length)
         self.contract = contract or PreprocessContract()
+        _check_size(size, self.contract)
         self.transform, self.size, self.seed = transform, size, int(seed)
 
     def __len__(self) -> int:
