@@ -86,7 +86,7 @@ def test_json_reader_and_detection_dataset(tmp_path):
     resized = np.asarray(Image.fromarray(img).resize((224, 134), Image.BILINEAR))
     ref, _ = preprocess(np.ascontiguousarray(resized), contract, min_size=(224, 224))
     assert torch.allclose(x, torch.from_numpy(ref[0]), atol=1e-5)
-    np.testing.assert_allclose(t["boxes"].numpy(), np.array([[40, 30, 90, 70], [1, 1, 3, 3]]) * 224 / 200, rtol=1e-5)
+    np.testing.assert_allclose(t["boxes"].numpy(), np.array([[40, 30, 90, 70], [1, 1, 3, 3]]) * ([224 / 200, 134 / 120] * 2), rtol=1e-5)
     assert t["ignore"].tolist() == [False, True]
 
     bad = tmp_path / "bad.json"
