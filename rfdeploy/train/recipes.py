@@ -1,0 +1,99 @@
+"""Ready training recipes: how the bundled default models are made.
+
+Data: real face crops pasted onto real face-free backgrounds (rfdeploy.train.synth), plus users'
+own WIDER FACE / JSON datasets. Nothing here trains on WIDER FACE unless the user provides it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rfdeploy.models.config import DetectorConfig, RankerConfig, detector_config, ranker_config
+
+
+def default_detector_config() -> DetectorConfig:
+    """The bundled CPU-friendly RefineFace: MobileNetV2 backbone, 64-channel FPN and heads."""
+    return detector_config("refineface_mbv2", fpn_channels=64, head_channels=64, candidates=1000)
+
+
+def default_ranker_config() -> RankerConfig:
+    """The bundled small CRFace: MobileNetV2, 64-channel confidence module, whole image at 640."""
+    from rfdeploy.contract import PreprocessContract
+
+    return ranker_config(
+        "crface_small", num_boxes=1000, contract=PreprocessContract(resize="long_side", resize_to=640)
+    )
+
+
+def synthetic_dataset(data_dir, cfg: DetectorConfig, *, length: int, size: int, seed: int = 0, split: str = "train"):
+    from rfdeploy.train.augment import RefineFaceAugment
+    from rfdeploy.train.datasets import SyntheticDataset
+    from rfdeploy.train.synth import SceneGenerator
+
+    d = Path(data_dir)
+    gen = SceneGenerator(d / "facecrops", d / "backgrounds", out_size=((640, 480), (1600, 1200)), seed=seed, split=split)
+    return SyntheticDataset(gen, length, contract=cfg.contract, transform=RefineFaceAugment(size=size), seed=seed)
+
+
+def train_default_detector(data_dir, out_dir, *, device="cpu", steps=20000, batch_size=32, size=640,
+                           workers=8, time_budget_s=None, lr=1e-2, cfg: DetectorConfig | None = None):
+    from rfdeploy.train.trainer import TrainOptions, train_detector
+
+    cfg = cfg or default_detector_config()
+    ds = synthetic_dataset(data_dir, cfg, length=batch_size * 200, size=size)
+    opts = TrainOptions(steps=steps, batch_size=batch_size, device=device, workers=workers, lr=lr,
+                        warmup_steps=min(300, steps // 10), time_budget_s=time_budget_s, log_every=20, save_every=500)
+    imagenet = Path(data_dir) / "models" / "mobilenet_v2_imagenet.pth"
+    return train_detector(cfg, ds, opts, out_dir, imagenet_weights=imagenet if imagenet.is_file() else None)
+
+
+def torch_candidates(model, device):
+    """rgb -> (boxes, scores) for one RefineFace module, the detector's full candidate set."""
+    from rfdeploy.runtime.preprocess import preprocess
+
+    model = model.to(device).eval()
+
+    @torch.no_grad()
+    def run(rgb):
+        x, lb = preprocess(rgb, model.cfg.contract)
+        b, s = model(torch.from_numpy(x).to(device))
+        return lb.to_image(b[0].float().cpu().numpy()), s[0].float().cpu().numpy()
+
+    return run
+
+
+def train_default_ranker(data_dir, detector_ckpt, out_dir, *, device="cpu", scenes=1500, steps=3000, batch_size=16,
+                         workers=4, time_budget_s=None, extra_onnx_detectors=(), cfg: RankerConfig | None = None):
+    """CRFace recipe: frozen detectors over composed scenes; oracle = IoU with the closest face."""
+    from rfdeploy.models import load
+    from rfdeploy.train.synth import SceneGenerator
+    from rfdeploy.train.trainer import RankerSamples, TrainOptions, build_ranker_samples, train_ranker
+
+    cfg = cfg or default_ranker_config()
+    d = Path(data_dir)
+    gen = SceneGenerator(d / "facecrops", d / "backgrounds", out_size=((640, 480), (1920, 1440)), seed=7)
+    detectors = [torch_candidates(load(detector_ckpt), device)]
+    for onnx_path in extra_onnx_detectors:
+        from rfdeploy.runtime.adapters import OnnxDetector
+
+        detectors.append(OnnxDetector(onnx_path).detect_candidates)
+    t = time.time()
+
+    def scenes_iter():
+        for i in range(scenes):
+            sc = gen.generate(i)
+            yield np.asarray(sc.image.convert("RGB")), sc.boxes[~sc.ignore]
+
+    items = build_ranker_samples(scenes_iter(), detectors, cfg)
+    prep_s = time.time() - t
+    opts = TrainOptions(steps=steps, batch_size=batch_size, device=device, workers=workers, optimizer="adam", lr=1e-3,
+                        warmup_steps=0, time_budget_s=time_budget_s, log_every=20, save_every=500)
+    imagenet = d / "models" / "mobilenet_v2_imagenet.pth"
+    res = train_ranker(cfg, RankerSamples(items), opts, out_dir, imagenet_weights=imagenet if imagenet.is_file() else None)
+    (Path(out_dir) / "prep.json").write_text(json.dumps({"samples": len(items), "prep_seconds": prep_s}))
+    return res

@@ -1,0 +1,251 @@
+"""Training loops for the detector (RefineFace recipe) and the ranker (CRFace recipe).
+
+Runs on CPU (slowly) and CUDA. Logs one JSON line per logged step (losses, learning rate, time)
+and saves checkpoints in the package's safetensors format.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rfdeploy.models import build
+from rfdeploy.models.checkpoint import save_checkpoint
+from rfdeploy.models.config import DetectorConfig, RankerConfig
+
+
+@dataclass
+class TrainOptions:
+    steps: int = 20000
+    batch_size: int = 32
+    lr: float = 1e-2
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    warmup_steps: int = 500
+    warmup_start_lr: float = 3.125e-4
+    # the paper divides the learning rate by 10 at 100 and 120 of 130 epochs
+    milestones: tuple[float, ...] = (100 / 130, 120 / 130)
+    optimizer: str = "sgd"  # sgd (RefineFace) or adam (CRFace)
+    workers: int = 4
+    device: str = "cpu"
+    amp: bool = True  # bf16 autocast on CUDA
+    log_every: int = 20
+    save_every: int = 1000
+    time_budget_s: float | None = None  # stop early (with a checkpoint) after this long
+    seed: int = 0
+    grad_clip: float = 10.0
+
+    def progress(self, step: int, elapsed_s: float) -> float:
+        """Fraction of training done: by steps, or by time when a time budget ends it sooner."""
+        p = step / max(1, self.steps)
+        if self.time_budget_s:
+            p = max(p, elapsed_s / self.time_budget_s)
+        return min(1.0, p)
+
+    def lr_at(self, step: int, progress: float) -> float:
+        if step < self.warmup_steps:
+            t = step / max(1, self.warmup_steps)
+            return self.warmup_start_lr + t * (self.lr - self.warmup_start_lr)
+        if self.optimizer == "adam":
+            # CRFace: exponential decay from lr to lr / 1000 over training
+            return self.lr * (1e-3 ** progress)
+        return self.lr * 0.1 ** sum(progress >= m for m in self.milestones)
+
+
+@dataclass
+class TrainResult:
+    checkpoint: Path
+    steps: int
+    seconds: float
+    log: Path
+    last_losses: dict = field(default_factory=dict)
+
+
+def _optimizer(params, opts: TrainOptions):
+    if opts.optimizer == "adam":
+        return torch.optim.Adam(params, lr=opts.lr, weight_decay=0.0)
+    return torch.optim.SGD(params, lr=opts.lr, momentum=opts.momentum, weight_decay=opts.weight_decay)
+
+
+def _loop(model, loss_fn, loader, opts: TrainOptions, out_dir: Path, step_fn, extra_params=()):
+    out_dir.mkdir(parents=True, exist_ok=True)
+    device = torch.device(opts.device)
+    model.to(device).train()
+    params = [p for p in model.parameters() if p.requires_grad] + list(extra_params)
+    optim = _optimizer(params, opts)
+    log_path = out_dir / "log.jsonl"
+    ckpt = out_dir / "last.safetensors"
+    start = time.time()
+    step, last = 0, {}
+    use_amp = opts.amp and device.type == "cuda"
+    with open(log_path, "a") as log:
+        epoch = 0
+        while step < opts.steps:
+            if hasattr(loader.dataset, "set_epoch"):
+                loader.dataset.set_epoch(epoch)
+            for batch in loader:
+                lr = opts.lr_at(step, opts.progress(step, time.time() - start))
+                for g in optim.param_groups:
+                    g["lr"] = lr
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                    losses = step_fn(model, loss_fn, batch, device)
+                total = losses["total"]
+                if not torch.isfinite(total):
+                    raise FloatingPointError(f"loss became {float(total)} at step {step}")
+                optim.zero_grad(set_to_none=True)
+                total.backward()
+                torch.nn.utils.clip_grad_norm_(params, opts.grad_clip)
+                optim.step()
+                step += 1
+                if step % opts.log_every == 0 or step == 1:
+                    last = {k: round(float(v.detach()), 5) for k, v in losses.items()}
+                    rec = {"step": step, "lr": lr, "time_s": round(time.time() - start, 1), **last}
+                    log.write(json.dumps(rec) + "\n")
+                    log.flush()
+                over_time = opts.time_budget_s is not None and time.time() - start > opts.time_budget_s
+                if step % opts.save_every == 0 or step >= opts.steps or over_time:
+                    save_checkpoint(model, ckpt)
+                if step >= opts.steps or over_time:
+                    break
+            epoch += 1
+            if opts.time_budget_s is not None and time.time() - start > opts.time_budget_s:
+                break
+    save_checkpoint(model, ckpt)
+    return TrainResult(ckpt, step, time.time() - start, log_path, last)
+
+
+def _detector_step(model, loss_fn, batch, device):
+    images, targets = batch
+    images = images.to(device, non_blocking=True)
+    targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
+    raw = model.forward_raw(images)
+    # losses in float32: matching and focal terms are precision-sensitive
+    raw = _to_float(raw)
+    return loss_fn(raw, targets)
+
+
+def _to_float(x):
+    if isinstance(x, torch.Tensor):
+        return x.float()
+    if isinstance(x, dict):
+        return {k: _to_float(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_to_float(v) for v in x]
+    return x
+
+
+def train_detector(cfg: DetectorConfig, dataset, opts: TrainOptions, out_dir, *, imagenet_weights=None,
+                   init_checkpoint=None, use_fsm: bool | None = None, use_sml: bool = True) -> TrainResult:
+    """Train RefineFace: L = L_STR + L_STC + L_FSM (SML inside the classification losses)."""
+    from rfdeploy.models.losses import RefineFaceLoss
+    from rfdeploy.train.augment import collate_fn
+
+    torch.manual_seed(opts.seed)
+    model = build(cfg)
+    if init_checkpoint is not None:
+        from rfdeploy.models import load
+
+        model.load_state_dict(load(init_checkpoint).state_dict())
+    elif imagenet_weights is not None:
+        model.backbone.load_imagenet(imagenet_weights)
+    loss_fn = RefineFaceLoss(cfg, use_fsm=use_fsm, use_sml=use_sml).to(opts.device)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=opts.batch_size, shuffle=not hasattr(dataset, "generator"), num_workers=opts.workers,
+        collate_fn=collate_fn, drop_last=True, persistent_workers=opts.workers > 0, pin_memory=opts.device.startswith("cuda"),
+    )
+    out_dir = Path(out_dir)
+    (out_dir / "options.json").parent.mkdir(parents=True, exist_ok=True)
+    (out_dir / "options.json").write_text(json.dumps({"config": cfg.to_dict(), "options": asdict(opts)}, indent=1, default=str))
+    return _loop(model, loss_fn, loader, opts, out_dir, _detector_step, extra_params=loss_fn.parameters())
+
+
+class RankerSamples(torch.utils.data.Dataset):
+    """Precomputed (ranker image tensor, N x 5 candidates, oracle IoU) triples, flipped at random.
+
+    Candidates come from frozen detectors run once over the training images (CRFace trains on
+    detector outputs, never back-propagating into the detector).
+    """
+
+    def __init__(self, items: list[tuple[np.ndarray, np.ndarray, np.ndarray]], flip: bool = True, seed: int = 0):
+        self.items, self.flip, self.seed, self.epoch = items, flip, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i):
+        x, cand, oracle = self.items[i]
+        x, cand = torch.from_numpy(x), torch.from_numpy(cand)
+        rng = np.random.default_rng([self.seed, self.epoch, i])
+        if self.flip and rng.random() < 0.5:
+            # horizontal flip of the image content; padding stays bottom/right, so flip the
+            # valid width only (candidates are normalised by the valid image size)
+            valid_w = int(round(float(self._valid_w(x))))
+            x = x.clone()
+            x[:, :, :valid_w] = x[:, :, :valid_w].flip(-1)
+            cand = cand.clone()
+            live = cand[:, 4] > 0
+            cand[live, 0] = 1.0 - cand[live, 0] - cand[live, 2]
+        return x, cand, torch.from_numpy(oracle)
+
+    @staticmethod
+    def _valid_w(x: torch.Tensor) -> int:
+        cols = (x.abs().sum(dim=(0, 1)) > 0).nonzero()
+        return int(cols.max()) + 1 if len(cols) else x.shape[-1]
+
+
+def _ranker_step(model, loss_fn, batch, device):
+    x, cand, oracle = (t.to(device, non_blocking=True) for t in batch)
+    refined = model(x, cand).float()
+    valid = cand[..., 4] > 0
+    return {"total": loss_fn(refined, oracle, valid)}
+
+
+def train_ranker(cfg: RankerConfig, samples: RankerSamples, opts: TrainOptions, out_dir, *, imagenet_weights=None) -> TrainResult:
+    """Train CRFace with the pairwise ranking loss (``cfg.rank_pairs`` pairs), detectors frozen."""
+    from functools import partial
+
+    from rfdeploy.models.losses import ranking_loss
+
+    torch.manual_seed(opts.seed)
+    model = build(cfg)
+    if imagenet_weights is not None:
+        model.backbone.load_imagenet(imagenet_weights)
+    loader = torch.utils.data.DataLoader(samples, batch_size=opts.batch_size, shuffle=True, num_workers=opts.workers, drop_last=True)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "options.json").write_text(json.dumps({"config": cfg.to_dict(), "options": asdict(opts)}, indent=1, default=str))
+    return _loop(model, partial(ranking_loss, pairs=cfg.rank_pairs), loader, opts, out_dir, _ranker_step)
+
+
+def build_ranker_samples(images_and_boxes, detectors, cfg: RankerConfig, *, min_score: float = 0.01) -> list:
+    """Run each detector over each (rgb uint8, gt boxes) pair; one sample per (image, detector).
+
+    ``detectors``: callables rgb -> (boxes [K,4] xyxy image pixels, scores [K]).
+    """
+    from rfdeploy.models.crface import pack_candidates
+    from rfdeploy.models.losses import oracle_confidence
+    from rfdeploy.runtime.preprocess import preprocess
+
+    items = []
+    for rgb, gt in images_and_boxes:
+        h, w = rgb.shape[:2]
+        x, _ = preprocess(rgb, cfg.contract, min_size=(cfg.contract.resize_to, cfg.contract.resize_to))
+        for det in detectors:
+            boxes, scores = det(rgb)
+            keep = scores >= min_score
+            cand, order = pack_candidates(boxes[keep], scores[keep], w, h, cfg.num_boxes)
+            oracle = np.zeros(cfg.num_boxes, np.float32)
+            if len(order):
+                kept_boxes = torch.from_numpy(np.asarray(boxes[keep], np.float32)[order])
+                oracle[: len(order)] = oracle_confidence(kept_boxes, torch.from_numpy(np.asarray(gt, np.float32).reshape(-1, 4))).numpy()
+            items.append((x[0], cand, oracle))
+    return items
