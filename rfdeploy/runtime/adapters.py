@@ -516,7 +516,8 @@ class OnnxDetector:
 
     ``adapter``: None (recognise the model), "retinaface", "centerface", a JSON adapter file, or a
     DetectorAdapter. ``adapter_options`` (score_threshold, max_candidates, long_side, ...) go to the
-    adapter's constructor when it is named or recognised.
+    adapter's constructor when it is named or recognised. ``threads``: onnxruntime intra-op threads
+    (None: its default).
     """
 
     def __init__(
@@ -524,6 +525,8 @@ class OnnxDetector:
         onnx_path: str | os.PathLike,
         adapter: str | os.PathLike | DetectorAdapter | None = None,
         providers: list[str] | None = None,
+        *,
+        threads: int | None = None,
         **adapter_options: Any,
     ):
         import onnx
@@ -552,6 +555,10 @@ class OnnxDetector:
             )
         opts = ort.SessionOptions()
         opts.log_severity_level = 3  # old exports list weights as inputs; ort warns about each one
+        if threads is not None:
+            if threads < 1:
+                raise ValueError(f"threads must be >= 1, got {threads}")
+            opts.intra_op_num_threads = threads
         try:
             self.session = ort.InferenceSession(model.SerializeToString(), opts, providers=providers)
         except Exception as e:

@@ -301,3 +301,26 @@ def test_third_party_detectors_find_the_dev_faces(dev_set, file, name, min_ap):
     elapsed = time.perf_counter() - start
     res = evaluate_detections(ann_path, preds, [0.5])
     assert res["ap"]["0.50"] >= min_ap, (name, res["ap"], elapsed)
+
+
+def test_evaluate_onnx_detector_on_an_annotated_folder(tmp_path):
+    from PIL import Image
+
+    from rfdeploy.eval.run import evaluate_onnx_detector
+
+    Image.fromarray(red_square_image()).save(tmp_path / "red.png")
+    Image.fromarray(np.zeros((30, 30, 3), np.uint8)).save(tmp_path / "black.png")
+    ann = {"images": [
+        {"file": "red.png", "width": 90, "height": 60, "faces": [{"box": [31, 15, 39, 27], "ignore": False}]},
+        {"file": "black.png", "width": 30, "height": 30, "faces": []},
+    ]}
+    (tmp_path / "annotations.json").write_text(json.dumps(ann))
+    # every candidate lies 2 px off the face in x and y: IoU 60/132 with it
+    res = evaluate_onnx_detector(centerface_like(tmp_path / "cf.onnx"), tmp_path / "annotations.json",
+                                 iou_thresholds=[0.3, 0.5], plot_path=tmp_path / "pr.png")
+    assert res["detector"] == "centerface" and res["num_detections"] >= 1
+    assert res["ap"] == {"0.30": pytest.approx(1.0), "0.50": 0.0}
+    assert (tmp_path / "pr.png").is_file()
+    (tmp_path / "red.png").unlink()
+    with pytest.raises(InputError, match="cannot read annotated image"):
+        evaluate_onnx_detector(tmp_path / "cf.onnx", tmp_path / "annotations.json")
