@@ -180,13 +180,18 @@ class DetectorAdapter(ABC):
     def finish(
         self, boxes_input_px: np.ndarray, scores: np.ndarray, letterbox: Letterbox
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Threshold, sort descending, cap, and map input-tensor boxes to image pixels."""
+        """Threshold, map input-tensor boxes to image pixels, sort descending, cap.
+
+        Boxes left with no area after clipping to the image (they lay in the padding) are dropped.
+        """
         scores = np.asarray(scores, np.float32).reshape(-1)
         boxes_input_px = np.asarray(boxes_input_px, np.float32).reshape(-1, 4)
         keep = np.flatnonzero(scores >= self.score_threshold)
-        order = keep[np.argsort(-scores[keep], kind="stable")][: self.max_candidates]
-        boxes = letterbox.to_image(boxes_input_px[order])
-        return boxes.astype(np.float32), scores[order]
+        boxes, scores = letterbox.to_image(boxes_input_px[keep]), scores[keep]
+        inside = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+        boxes, scores = boxes[inside], scores[inside]
+        order = np.argsort(-scores, kind="stable")[: self.max_candidates]
+        return boxes[order].astype(np.float32), scores[order]
 
     def __repr__(self) -> str:
         return (

@@ -142,6 +142,17 @@ def test_retinaface_decode_threshold_sort_cap_and_scale_back():
     np.testing.assert_allclose(boxes[0], [0, 0, 28 * 2, 20 * 2])
 
 
+def test_candidates_lying_in_the_padding_are_dropped():
+    priors = retinaface_priors(64, 64)
+    loc = np.zeros((1, len(priors), 4), np.float32)
+    conf = np.tile(np.float32([0.0, 0.9]), (1, len(priors), 1))
+    lb = Letterbox(scale=1.0, image_size=(40, 40), input_size=(64, 64))  # 24 px of padding
+    boxes, scores = RetinaFaceAdapter().decode({"loc": loc, "conf": conf}, lb)
+    keep = (priors[:, 0] - priors[:, 2] / 2 < 40) & (priors[:, 1] - priors[:, 3] / 2 < 40)
+    assert len(scores) == int(keep.sum()) < len(priors)
+    assert np.all(boxes[:, 2] > boxes[:, 0]) and np.all(boxes[:, 3] > boxes[:, 1])
+
+
 def test_retinaface_decode_rejects_outputs_that_do_not_fit_the_priors():
     lb = Letterbox(1.0, (64, 64), (64, 64))
     with pytest.raises(ModelFileError, match="priors"):
