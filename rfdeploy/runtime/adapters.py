@@ -1,0 +1,612 @@
+"""Third-party face detectors as ONNX files, described by small adapters.
+
+CRFace re-scores any detector's pre-NMS candidates, so the runtime accepts a foreign detector as an
+ONNX file plus an adapter that knows its input convention (a PreprocessContract) and how to turn its
+raw outputs into boxes and scores. Built in: RetinaFace (MobileNet0.25 family, priors decoded
+outside the graph) and CenterFace (heatmap/scale/offset at stride 4). Detectors that already output
+decoded boxes and scores are described by a small JSON file (see ``DecodedBoxesAdapter``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rfdeploy.contract import PreprocessContract
+from rfdeploy.errors import BackendUnavailableError, InputError, ModelFileError
+from rfdeploy.runtime.detections import Detections
+from rfdeploy.runtime.preprocess import Letterbox, preprocess
+
+DEFAULT_SCORE_THRESHOLD = 0.02
+DEFAULT_MAX_CANDIDATES = 5000
+
+Dim = int | str | None
+
+
+# --------------------------------------------------------------------------------------------
+# Model signature: what an ONNX file takes and gives, used to recognise it and to explain errors.
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    shape: tuple[Dim, ...]
+    dtype: str
+
+    def __str__(self) -> str:
+        dims = ",".join("?" if d is None else str(d) for d in self.shape)
+        return f"{self.name}[{dims}]:{self.dtype}"
+
+
+@dataclass(frozen=True)
+class ModelSignature:
+    inputs: tuple[TensorInfo, ...]
+    outputs: tuple[TensorInfo, ...]
+
+    def output(self, name: str) -> TensorInfo | None:
+        return next((t for t in self.outputs if t.name == name), None)
+
+    def describe(self) -> str:
+        ins = ", ".join(str(t) for t in self.inputs) or "none"
+        outs = ", ".join(str(t) for t in self.outputs) or "none"
+        return f"inputs: {ins}; outputs: {outs}"
+
+
+def _tensor_info(value_info) -> TensorInfo:
+    import onnx
+
+    ttype = value_info.type.tensor_type
+    dims: list[Dim] = []
+    for d in ttype.shape.dim:
+        if d.HasField("dim_value"):
+            dims.append(int(d.dim_value))
+        elif d.HasField("dim_param"):
+            dims.append(d.dim_param)
+        else:
+            dims.append(None)
+    try:
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(ttype.elem_type).name
+    except (KeyError, ValueError, TypeError):
+        dtype = str(ttype.elem_type)
+    return TensorInfo(value_info.name, tuple(dims), dtype)
+
+
+def read_signature(model) -> ModelSignature:
+    """Inputs (initializers excluded: old exports list weights as graph inputs) and outputs."""
+    weights = {init.name for init in model.graph.initializer}
+    inputs = tuple(_tensor_info(v) for v in model.graph.input if v.name not in weights)
+    outputs = tuple(_tensor_info(v) for v in model.graph.output)
+    return ModelSignature(inputs, outputs)
+
+
+def make_spatial_dims_dynamic(model, input_name: str):
+    """Replace fixed batch/height/width dims of the image input and of every 4-D output by names.
+
+    Some exports fix the input to a placeholder size; onnxruntime then refuses other sizes.
+    """
+    image_inputs = [v for v in model.graph.input if v.name == input_name]
+    if not image_inputs:
+        raise ModelFileError(f"the model has no input named {input_name!r}")
+    _rename_dims(image_inputs[0], {0: "batch", 2: "height", 3: "width"})
+    for out in model.graph.output:
+        if len(out.type.tensor_type.shape.dim) == 4:
+            _rename_dims(out, {0: "batch", 2: f"{out.name}_h", 3: f"{out.name}_w"})
+    # Stale intermediate shapes would contradict the new input size.
+    del model.graph.value_info[:]
+    return model
+
+
+def _rename_dims(value_info, names: dict[int, str]) -> None:
+    dims = value_info.type.tensor_type.shape.dim
+    for index, name in names.items():
+        if index < len(dims):
+            dims[index].Clear()
+            dims[index].dim_param = name
+
+
+# --------------------------------------------------------------------------------------------
+# Adapters
+
+
+class DetectorAdapter(ABC):
+    """How to feed a third-party detector and decode its raw outputs into candidate boxes.
+
+    ``decode`` returns every candidate above ``score_threshold`` (pre-NMS), highest score first,
+    at most ``max_candidates``, as boxes [K,4] x1,y1,x2,y2 in source-image pixels and scores [K].
+    """
+
+    name: str = "adapter"
+
+    def __init__(
+        self,
+        score_threshold: float = DEFAULT_SCORE_THRESHOLD,
+        max_candidates: int = DEFAULT_MAX_CANDIDATES,
+        long_side: int | None = None,
+    ):
+        if not 0.0 <= score_threshold < 1.0:
+            raise ValueError(f"score_threshold must be in [0, 1), got {score_threshold}")
+        if max_candidates < 1:
+            raise ValueError(f"max_candidates must be >= 1, got {max_candidates}")
+        if long_side is not None and long_side < 32:
+            raise ValueError(f"long_side must be >= 32 pixels, got {long_side}")
+        self.score_threshold = float(score_threshold)
+        self.max_candidates = int(max_candidates)
+        self.long_side = long_side
+
+    # The input convention without resizing; ``contract`` adds the optional long-side resize.
+    @property
+    @abstractmethod
+    def base_contract(self) -> PreprocessContract: ...
+
+    @property
+    def contract(self) -> PreprocessContract:
+        c = self.base_contract
+        if self.long_side is None:
+            return c
+        return PreprocessContract(**{**c.to_dict(), "resize": "long_side", "resize_to": self.long_side})
+
+    @property
+    def input_size_policy(self) -> int:
+        """The input tensor's height and width are padded to a multiple of this."""
+        return self.contract.pad_multiple
+
+    @classmethod
+    def recognises(cls, signature: ModelSignature) -> bool:
+        """Whether a model with this signature looks like this adapter's detector."""
+        return False
+
+    def check(self, signature: ModelSignature) -> None:
+        """Raise ModelFileError if the model lacks what ``decode`` needs."""
+
+    def prepare_model(self, model, input_name: str):
+        """Fix up the loaded ONNX model before a session is created (default: unchanged)."""
+        return model
+
+    def preprocess(self, rgb: np.ndarray) -> tuple[np.ndarray, Letterbox]:
+        return preprocess(rgb, self.contract)
+
+    @abstractmethod
+    def decode(self, outputs: dict[str, np.ndarray], letterbox: Letterbox) -> tuple[np.ndarray, np.ndarray]:
+        ...
+
+    def finish(
+        self, boxes_input_px: np.ndarray, scores: np.ndarray, letterbox: Letterbox
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Threshold, map input-tensor boxes to image pixels, sort descending, cap.
+
+        Boxes left with no area after clipping to the image (they lay in the padding) are dropped.
+        """
+        scores = np.asarray(scores, np.float32).reshape(-1)
+        boxes_input_px = np.asarray(boxes_input_px, np.float32).reshape(-1, 4)
+        keep = np.flatnonzero(scores >= self.score_threshold)
+        boxes, scores = letterbox.to_image(boxes_input_px[keep]), scores[keep]
+        inside = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+        boxes, scores = boxes[inside], scores[inside]
+        order = np.argsort(-scores, kind="stable")[: self.max_candidates]
+        return boxes[order].astype(np.float32), scores[order]
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(score_threshold={self.score_threshold}, "
+            f"max_candidates={self.max_candidates}, long_side={self.long_side})"
+        )
+
+
+def _squeeze_batch(a: np.ndarray, rank: int, what: str) -> np.ndarray:
+    a = np.asarray(a)
+    if a.ndim == rank + 1:
+        if a.shape[0] != 1:
+            raise ModelFileError(f"{what}: expected batch size 1, got shape {a.shape}")
+        a = a[0]
+    if a.ndim != rank:
+        raise ModelFileError(f"{what}: expected {rank} dims (plus batch), got shape {a.shape}")
+    return a
+
+
+@lru_cache(maxsize=16)
+def retinaface_priors(
+    width: int,
+    height: int,
+    steps: tuple[int, ...] = (8, 16, 32),
+    min_sizes: tuple[tuple[int, ...], ...] = ((16, 32), (64, 128), (256, 512)),
+) -> np.ndarray:
+    """Square priors [N,4] as cx, cy, size, size in input pixels, in the network's output order.
+
+    Per level: rows, then columns, then the level's sizes; centres at (index + 0.5) * step.
+    """
+    parts = []
+    for step, sizes in zip(steps, min_sizes):
+        ny, nx = math.ceil(height / step), math.ceil(width / step)
+        ys, xs = np.meshgrid(np.arange(ny), np.arange(nx), indexing="ij")
+        centres = np.stack([(xs.ravel() + 0.5) * step, (ys.ravel() + 0.5) * step], axis=1)
+        centres = np.repeat(centres, len(sizes), axis=0)
+        wh = np.tile(np.asarray(sizes, np.float64), nx * ny)[:, None].repeat(2, axis=1)
+        parts.append(np.concatenate([centres, wh], axis=1))
+    priors = np.concatenate(parts, axis=0).astype(np.float32)
+    priors.setflags(write=False)
+    return priors
+
+
+class RetinaFaceAdapter(DetectorAdapter):
+    """RetinaFace with priors decoded outside the graph (outputs ``loc``, ``conf``, ``landmarks``).
+
+    BGR input minus the mean (104, 117, 123), no scaling; SSD-style deltas with variances 0.1/0.2.
+    """
+
+    name = "retinaface"
+    steps = (8, 16, 32)
+    min_sizes = ((16, 32), (64, 128), (256, 512))
+    variances = (0.1, 0.2)
+    loc_name, conf_name = "loc", "conf"
+
+    @property
+    def base_contract(self) -> PreprocessContract:
+        return PreprocessContract(
+            mean=(104.0, 117.0, 123.0), std=(1.0, 1.0, 1.0), channel_order="BGR", pad_multiple=32
+        )
+
+    @classmethod
+    def recognises(cls, signature: ModelSignature) -> bool:
+        loc, conf = signature.output(cls.loc_name), signature.output(cls.conf_name)
+        return (
+            len(signature.inputs) == 1
+            and loc is not None
+            and conf is not None
+            and len(loc.shape) == 3
+            and len(conf.shape) == 3
+        )
+
+    def check(self, signature: ModelSignature) -> None:
+        if not self.recognises(signature):
+            raise ModelFileError(
+                f"not a RetinaFace model: expected one image input and 3-D outputs "
+                f"{self.loc_name!r} and {self.conf_name!r} ({signature.describe()})"
+            )
+
+    def decode(self, outputs, letterbox):
+        loc = _squeeze_batch(outputs[self.loc_name], 2, "RetinaFace loc")
+        conf = _squeeze_batch(outputs[self.conf_name], 2, "RetinaFace conf")
+        width, height = letterbox.input_size
+        priors = retinaface_priors(width, height, self.steps, self.min_sizes)
+        if loc.shape != (len(priors), 4) or conf.shape[0] != len(priors):
+            raise ModelFileError(
+                f"RetinaFace outputs {loc.shape}/{conf.shape} do not match the {len(priors)} priors "
+                f"of a {width}x{height} input (steps {self.steps}, sizes {self.min_sizes})"
+            )
+        scores = conf[:, -1]  # softmax over (background, face)
+        keep = np.flatnonzero(scores >= self.score_threshold)
+        d, p = loc[keep].astype(np.float32), priors[keep]
+        centre = p[:, :2] + d[:, :2] * self.variances[0] * p[:, 2:]
+        size = p[:, 2:] * np.exp(d[:, 2:] * self.variances[1])
+        boxes = np.concatenate([centre - size / 2, centre + size / 2], axis=1)
+        return self.finish(boxes, scores[keep], letterbox)
+
+
+class CenterFaceAdapter(DetectorAdapter):
+    """CenterFace: stride-4 maps of face-centre heat, log box size and sub-cell centre offset.
+
+    Outputs (channels): heatmap (1), scale (2: log(h/4), log(w/4)), offset (2: dy, dx), landmarks
+    (10). Raw 0..255 pixels in; the export fixes its input to a placeholder size, rewritten here.
+    """
+
+    name = "centerface"
+    stride = 4
+
+    def __init__(self, *args, channel_order: str = "RGB", **kwargs):
+        super().__init__(*args, **kwargs)
+        if channel_order not in ("RGB", "BGR"):
+            raise ValueError(f"channel_order must be RGB or BGR, got {channel_order!r}")
+        self.channel_order = channel_order
+        self.heatmap_name = self.scale_name = self.offset_name = ""
+
+    @property
+    def base_contract(self) -> PreprocessContract:
+        return PreprocessContract(
+            mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), channel_order=self.channel_order, pad_multiple=32
+        )
+
+    @staticmethod
+    def _heads(signature: ModelSignature) -> tuple[str, str, str] | None:
+        """(heatmap, scale, offset) output names, found by channel counts 1, 2, 2 (+10 landmarks)."""
+        if len(signature.inputs) != 1 or len(signature.outputs) != 4:
+            return None
+        if any(len(t.shape) != 4 for t in signature.outputs):
+            return None
+        channels = [t.shape[1] for t in signature.outputs]
+        if sorted(channels, key=str) != sorted([1, 2, 2, 10], key=str):
+            return None
+        heat = next(t.name for t in signature.outputs if t.shape[1] == 1)
+        scale, offset = (t.name for t in signature.outputs if t.shape[1] == 2)  # export order
+        return heat, scale, offset
+
+    @classmethod
+    def recognises(cls, signature: ModelSignature) -> bool:
+        return cls._heads(signature) is not None
+
+    def check(self, signature: ModelSignature) -> None:
+        heads = self._heads(signature)
+        if heads is None:
+            raise ModelFileError(
+                "not a CenterFace model: expected one image input and four 4-D outputs with "
+                f"1, 2, 2 and 10 channels ({signature.describe()})"
+            )
+        self.heatmap_name, self.scale_name, self.offset_name = heads
+
+    def prepare_model(self, model, input_name: str):
+        return make_spatial_dims_dynamic(model, input_name)
+
+    def decode(self, outputs, letterbox):
+        if not self.heatmap_name:
+            raise RuntimeError("CenterFaceAdapter.check(signature) must run before decode")
+        heat = _squeeze_batch(outputs[self.heatmap_name], 3, "CenterFace heatmap")[0]
+        scale = _squeeze_batch(outputs[self.scale_name], 3, "CenterFace scale")
+        offset = _squeeze_batch(outputs[self.offset_name], 3, "CenterFace offset")
+        ys, xs = np.nonzero(heat >= self.score_threshold)
+        s = self.stride
+        h = np.exp(scale[0, ys, xs].astype(np.float32)) * s
+        w = np.exp(scale[1, ys, xs].astype(np.float32)) * s
+        cy = (ys + offset[0, ys, xs] + 0.5) * s
+        cx = (xs + offset[1, ys, xs] + 0.5) * s
+        boxes = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1)
+        return self.finish(boxes, heat[ys, xs], letterbox)
+
+    def __repr__(self) -> str:
+        return super().__repr__()[:-1] + f", channel_order={self.channel_order!r})"
+
+
+BOX_FORMATS = ("xyxy", "xywh", "cxcywh")
+
+
+class DecodedBoxesAdapter(DetectorAdapter):
+    """A detector whose graph already outputs decoded boxes [N,4] and scores [N] (or [N,C]).
+
+    Boxes are in input-tensor pixels, or in 0..1 of the input tensor when ``normalized``.
+    """
+
+    def __init__(
+        self,
+        boxes_output: str,
+        scores_output: str,
+        box_format: str = "xyxy",
+        normalized: bool = False,
+        score_index: int | None = None,
+        contract: PreprocessContract | None = None,
+        dynamic_input: bool = False,
+        name: str = "decoded-boxes",
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if box_format not in BOX_FORMATS:
+            raise ValueError(f"box_format must be one of {BOX_FORMATS}, got {box_format!r}")
+        if not boxes_output or not scores_output:
+            raise ValueError("boxes_output and scores_output must name model outputs")
+        self.name = name
+        self.boxes_output, self.scores_output = boxes_output, scores_output
+        self.box_format, self.normalized = box_format, bool(normalized)
+        self.score_index = score_index
+        self._contract = contract or PreprocessContract()
+        self.dynamic_input = bool(dynamic_input)
+
+    @property
+    def base_contract(self) -> PreprocessContract:
+        return self._contract
+
+    def check(self, signature: ModelSignature) -> None:
+        names = [t.name for t in signature.outputs]
+        missing = [n for n in (self.boxes_output, self.scores_output) if n not in names]
+        if missing or len(signature.inputs) != 1:
+            raise ModelFileError(
+                f"adapter {self.name!r} needs one image input and outputs {self.boxes_output!r}, "
+                f"{self.scores_output!r} ({signature.describe()})"
+            )
+
+    def prepare_model(self, model, input_name: str):
+        return make_spatial_dims_dynamic(model, input_name) if self.dynamic_input else model
+
+    def decode(self, outputs, letterbox):
+        boxes = np.asarray(outputs[self.boxes_output], np.float32)
+        if boxes.ndim == 3:
+            boxes = _squeeze_batch(boxes, 2, f"output {self.boxes_output!r}")
+        if boxes.ndim != 2 or boxes.shape[1] != 4:
+            raise ModelFileError(f"output {self.boxes_output!r}: expected [N,4] boxes, got {boxes.shape}")
+        scores = np.asarray(outputs[self.scores_output], np.float32)
+        if scores.ndim >= 2 and scores.shape[0] == 1 and scores.shape[1] == len(boxes) and len(boxes) != 1:
+            scores = scores[0]
+        if scores.ndim == 2:
+            if self.score_index is not None:
+                scores = scores[:, self.score_index]
+            elif scores.shape[1] == 1:
+                scores = scores[:, 0]
+            else:
+                raise ModelFileError(
+                    f"output {self.scores_output!r} has {scores.shape[1]} columns: set score_index"
+                )
+        scores = scores.reshape(-1)
+        if len(scores) != len(boxes):
+            raise ModelFileError(f"{len(boxes)} boxes but {len(scores)} scores")
+        if self.box_format == "xywh":
+            boxes = np.concatenate([boxes[:, :2], boxes[:, :2] + boxes[:, 2:]], axis=1)
+        elif self.box_format == "cxcywh":
+            boxes = np.concatenate([boxes[:, :2] - boxes[:, 2:] / 2, boxes[:, :2] + boxes[:, 2:] / 2], axis=1)
+        if self.normalized:
+            w, h = letterbox.input_size
+            boxes = boxes * np.asarray([w, h, w, h], np.float32)
+        return self.finish(boxes, scores, letterbox)
+
+
+ADAPTERS: dict[str, type[DetectorAdapter]] = {
+    RetinaFaceAdapter.name: RetinaFaceAdapter,
+    CenterFaceAdapter.name: CenterFaceAdapter,
+}
+
+_JSON_KEYS = {
+    "name", "boxes_output", "scores_output", "box_format", "normalized", "score_index",
+    "contract", "dynamic_input", "score_threshold", "max_candidates", "long_side",
+}
+
+
+def load_adapter_json(path: str | os.PathLike) -> DecodedBoxesAdapter:
+    """Read a detector description such as
+
+    ``{"boxes_output": "boxes", "scores_output": "scores", "box_format": "xywh",
+    "normalized": true, "contract": {"mean": [0,0,0], "std": [255,255,255]}}``.
+    """
+    path = Path(path)
+    try:
+        spec = json.loads(path.read_text())
+    except FileNotFoundError as e:
+        raise InputError(f"adapter file not found: {path}") from e
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelFileError(f"cannot read adapter file {path}: {e}") from e
+    if not isinstance(spec, dict):
+        raise ModelFileError(f"adapter file {path} must hold a JSON object")
+    unknown = set(spec) - _JSON_KEYS
+    if unknown:
+        raise ModelFileError(
+            f"adapter file {path}: unknown keys {sorted(unknown)}", hint=f"known keys: {sorted(_JSON_KEYS)}"
+        )
+    try:
+        if "contract" in spec:
+            spec["contract"] = PreprocessContract.from_dict(spec["contract"])
+        return DecodedBoxesAdapter(**spec)
+    except (TypeError, ValueError) as e:
+        raise ModelFileError(f"adapter file {path}: {e}") from e
+
+
+def resolve_adapter(adapter: str | os.PathLike | DetectorAdapter | None, signature: ModelSignature,
+                    **options: Any) -> DetectorAdapter:
+    """Pick an adapter: an instance as is, a known name, a JSON file, or by recognising the model."""
+    if isinstance(adapter, DetectorAdapter):
+        if options:
+            raise ValueError("adapter options go to the adapter's constructor, not with an instance")
+        chosen = adapter
+    elif adapter is None:
+        matches = [cls for cls in ADAPTERS.values() if cls.recognises(signature)]
+        if len(matches) != 1:
+            raise ModelFileError(
+                "unrecognised detector model: " + signature.describe()
+                if not matches
+                else f"the model fits several adapters {[c.name for c in matches]}: {signature.describe()}",
+                hint=f"pass adapter= one of {sorted(ADAPTERS)} or a JSON adapter file",
+            )
+        chosen = matches[0](**options)
+    elif str(adapter) in ADAPTERS:
+        chosen = ADAPTERS[str(adapter)](**options)
+    elif str(adapter).endswith(".json") or Path(adapter).is_file():
+        chosen = load_adapter_json(adapter)
+        if options:
+            raise ValueError("set options of a JSON adapter inside its file")
+    else:
+        raise ModelFileError(
+            f"unknown adapter {str(adapter)!r}", hint=f"use one of {sorted(ADAPTERS)} or a .json file"
+        )
+    chosen.check(signature)
+    return chosen
+
+
+# --------------------------------------------------------------------------------------------
+# Running a third-party detector
+
+
+class OnnxDetector:
+    """A third-party ONNX face detector run with onnxruntime, decoded by an adapter.
+
+    ``adapter``: None (recognise the model), "retinaface", "centerface", a JSON adapter file, or a
+    DetectorAdapter. ``adapter_options`` (score_threshold, max_candidates, long_side, ...) go to the
+    adapter's constructor when it is named or recognised. ``threads``: onnxruntime intra-op threads
+    (None: its default).
+    """
+
+    def __init__(
+        self,
+        onnx_path: str | os.PathLike,
+        adapter: str | os.PathLike | DetectorAdapter | None = None,
+        providers: list[str] | None = None,
+        *,
+        threads: int | None = None,
+        **adapter_options: Any,
+    ):
+        import onnx
+        import onnxruntime as ort
+
+        self.path = Path(onnx_path)
+        if not self.path.is_file():
+            raise ModelFileError(f"detector model not found: {self.path}")
+        try:
+            model = onnx.load(str(self.path))
+        except Exception as e:  # onnx raises DecodeError and friends for non-ONNX bytes
+            raise ModelFileError(f"{self.path} is not a readable ONNX model: {e}") from e
+        self.signature = read_signature(model)
+        self.adapter = resolve_adapter(adapter, self.signature, **adapter_options)
+        if len(self.signature.inputs) != 1:
+            raise ModelFileError(f"expected one image input: {self.signature.describe()}")
+        self.input_name = self.signature.inputs[0].name
+        model = self.adapter.prepare_model(model, self.input_name)
+
+        providers = list(providers or ["CPUExecutionProvider"])
+        missing = [p for p in providers if p not in ort.get_available_providers()]
+        if missing:
+            raise BackendUnavailableError(
+                f"onnxruntime providers {missing} are not available here "
+                f"(available: {ort.get_available_providers()})"
+            )
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3  # old exports list weights as inputs; ort warns about each one
+        if threads is not None:
+            if threads < 1:
+                raise ValueError(f"threads must be >= 1, got {threads}")
+            opts.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(model.SerializeToString(), opts, providers=providers)
+        except Exception as e:
+            raise ModelFileError(f"onnxruntime cannot load {self.path}: {e}") from e
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    @property
+    def name(self) -> str:
+        return self.adapter.name
+
+    def _run(self, rgb: np.ndarray) -> tuple[dict[str, np.ndarray], Letterbox]:
+        if not isinstance(rgb, np.ndarray) or rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+            shape = getattr(rgb, "shape", None)
+            raise InputError(f"expected an HxWx3 uint8 RGB image, got {shape} {getattr(rgb, 'dtype', type(rgb))}")
+        if min(rgb.shape[:2]) < 1:
+            raise InputError(f"empty image {rgb.shape}")
+        tensor, letterbox = self.adapter.preprocess(rgb)
+        values = self.session.run(self.output_names, {self.input_name: tensor})
+        return dict(zip(self.output_names, values)), letterbox
+
+    def detect_candidates(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """All pre-NMS candidates: boxes [K,4] x1,y1,x2,y2 image pixels, scores [K], descending."""
+        outputs, letterbox = self._run(rgb)
+        return self.adapter.decode(outputs, letterbox)
+
+    def detect(self, rgb: np.ndarray, nms_iou: float = 0.4, score_thr: float = 0.5) -> Detections:
+        """Final detections: candidates at or above ``score_thr`` after NMS, highest score first."""
+        boxes, scores = self.detect_candidates(rgb)
+        return nms_detections(boxes, scores, nms_iou=nms_iou, score_thr=score_thr)
+
+    def __repr__(self) -> str:
+        return f"OnnxDetector({str(self.path)!r}, adapter={self.adapter!r})"
+
+
+def nms_detections(boxes: np.ndarray, scores: np.ndarray, nms_iou: float = 0.4,
+                   score_thr: float = 0.5) -> Detections:
+    import torch
+    from torchvision.ops import nms
+
+    keep = scores >= score_thr
+    boxes, scores = boxes[keep], scores[keep]
+    if len(scores) == 0:
+        return Detections.empty()
+    idx = nms(torch.from_numpy(np.ascontiguousarray(boxes)), torch.from_numpy(np.ascontiguousarray(scores)), nms_iou)
+    idx = idx.numpy()
+    return Detections(boxes[idx], scores[idx])
