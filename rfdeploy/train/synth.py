@@ -62,7 +62,7 @@ _OCC_IN, _OCC_COVER = 0.7, 0.85
 # Working resolutions (sqrt of face-box area, px) above which a face is rendered smaller and then
 # enlarged: rotation and JPEG are the costly steps; blurred faces are rendered so that the blur is
 # this many pixels at working size.
-_ROTATE_MAX_FACE = 160.0
+_ROTATE_MAX_FACE = 144.0
 _JPEG_MAX_FACE = 192.0
 _BLUR_WORK_SIGMA = 1.5
 
@@ -110,7 +110,7 @@ class SynthOptions:
     ignore_occluded: float = 0.6
     min_visible: float = 0.6
     never_visible: float = 0.35
-    p_bg_resize: float = 0.35
+    p_bg_resize: float = 0.25
     place_attempts: int = 12
 
     def __post_init__(self):
@@ -303,15 +303,19 @@ def rotated_ellipse_extent(a: float, b: float, angle_deg: float) -> tuple[float,
     return math.sqrt((a * c) ** 2 + (b * s) ** 2), math.sqrt((a * s) ** 2 + (b * c) ** 2)
 
 
-def _iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    if len(boxes) == 0:
-        return np.zeros(0)
-    ix = np.clip(np.minimum(box[2], boxes[:, 2]) - np.maximum(box[0], boxes[:, 0]), 0, None)
-    iy = np.clip(np.minimum(box[3], boxes[:, 3]) - np.maximum(box[1], boxes[:, 1]), 0, None)
+def _iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    ix = np.clip(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
+    iy = np.clip(np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
     inter = ix * iy
-    area = (box[2] - box[0]) * (box[3] - box[1])
-    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    return inter / np.maximum(area + areas - inter, 1e-9)
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
+
+
+def _visible_fractions(boxes: np.ndarray, w: int, h: int) -> np.ndarray:
+    ix = np.clip(np.minimum(boxes[:, 2], w) - np.maximum(boxes[:, 0], 0.0), 0, None)
+    iy = np.clip(np.minimum(boxes[:, 3], h) - np.maximum(boxes[:, 1], 0.0), 0, None)
+    return ix * iy / np.maximum((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]), 1e-9)
 
 
 _GRID = (np.arange(6) + 0.5) / 6
@@ -330,12 +334,6 @@ def _ellipse_cover(boxes: np.ndarray, cx: float, cy: float, ax: float, ay: float
     v = dx * math.sin(t) + dy * math.cos(t)
     inside = (u / ax) ** 2 + (v / ay) ** 2 <= 1.0
     return inside.reshape(len(boxes), -1).mean(axis=1)
-
-
-def _visible_fraction(box: np.ndarray, w: int, h: int) -> float:
-    ix = max(0.0, min(box[2], w) - max(box[0], 0.0))
-    iy = max(0.0, min(box[3], h) - max(box[1], 0.0))
-    return ix * iy / max((box[2] - box[0]) * (box[3] - box[1]), 1e-9)
 
 
 def _log_uniform(rng: np.random.Generator, lo: float, hi: float) -> float:
@@ -359,7 +357,7 @@ class _FacePlan:
 
 @dataclass
 class _PreparedCrop:
-    levels: list[tuple[float, Image.Image, Image.Image]]  # (scale, rgb, alpha), scale 1, 1/2, ...
+    levels: list[tuple[float, Image.Image, Image.Image]]  # (scale, rgb, alpha): 1, 1/sqrt(2), ...
     box: tuple[float, float, float, float]
     size: tuple[int, int]
 
@@ -371,7 +369,8 @@ class SceneGenerator:
     ``face_size``: range of sqrt(face box area) in pixels (capped so a face fits the scene).
     ``split``: "train" (default), "holdout" (unseen crops and backgrounds), "dev" (crops from the
     dev photos on holdout backgrounds) or "all". With ``exclude_dev_crops`` (default) dev crops
-    never enter "train" or "all".
+    never enter "train" or "all". ``exclude_crops``: crop file names to leave out everywhere
+    (e.g. crops with drawn-on landmarks).
     """
 
     def __init__(
@@ -388,6 +387,7 @@ class SceneGenerator:
         holdout_fraction: float = 0.15,
         options: SynthOptions | None = None,
         dev_annotations: str | os.PathLike | None = None,
+        exclude_crops: Sequence[str] = (),
     ):
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
@@ -408,7 +408,9 @@ class SceneGenerator:
         self.crops_dir = Path(crops_dir)
         self.backgrounds_dir = Path(backgrounds_dir)
 
-        crop_splits = split_crops(load_crops(crops_dir, dev_annotations), holdout_fraction)
+        drop = set(exclude_crops)
+        all_crops = [c for c in load_crops(crops_dir, dev_annotations) if c.file not in drop]
+        crop_splits = split_crops(all_crops, holdout_fraction)
         bg_splits = split_backgrounds(load_backgrounds(backgrounds_dir), holdout_fraction)
         self.crop_splits, self.background_splits = crop_splits, bg_splits
         dev = [] if exclude_dev_crops else crop_splits["dev"]
@@ -454,10 +456,19 @@ class SceneGenerator:
             w, h = rgb.size
             box = (max(c.box[0], 0.0), max(c.box[1], 0.0), min(c.box[2], w), min(c.box[3], h))
             alpha = crop_alpha((w, h), box)
+            # Keep only the part the mask shows: less to resize, rotate and paste for every face.
+            x0, y0, x1, y1 = alpha.getbbox() or (0, 0, w, h)
+            rgb, alpha = rgb.crop((x0, y0, x1, y1)), alpha.crop((x0, y0, x1, y1))
+            box = (box[0] - x0, box[1] - y0, box[2] - x0, box[3] - y0)
+            w, h = rgb.size
+            # Levels a factor sqrt(2) apart, each covering the full extent (sizes rounded), so a
+            # face is resampled from at most 1.41x its size.
             levels = [(1.0, rgb, alpha)]
-            while min(levels[-1][1].size) >= 32:
-                s, r, a = levels[-1]
-                levels.append((s / 2, r.reduce(2), a.reduce(2)))
+            s = 1.0
+            while min(w, h) * s >= 24:
+                s /= math.sqrt(2.0)
+                size = (max(1, round(w * s)), max(1, round(h * s)))
+                levels.append((s, rgb.resize(size, Image.BILINEAR), alpha.resize(size, Image.BILINEAR)))
             pc = self._crop_cache[k] = _PreparedCrop(levels, box, (w, h))
         return pc
 
@@ -494,7 +505,7 @@ class SceneGenerator:
         out_boxes = np.zeros((0, 4), np.float32)
         if boxes:
             b = np.asarray(boxes, np.float32)
-            vis = np.array([_visible_fraction(x, W, H) for x in b], np.float32)
+            vis = _visible_fractions(b, W, H)
             b[:, 0::2] = b[:, 0::2].clip(0, W)
             b[:, 1::2] = b[:, 1::2].clip(0, H)
             out_boxes = b
@@ -557,24 +568,31 @@ class SceneGenerator:
             angle = float(rng.uniform(-opt.max_rotation, opt.max_rotation)) if rng.random() < opt.p_rotate else 0.0
             hx, hy = rotated_ellipse_extent(a, b, angle)
             border = rng.random() < opt.p_border
-            for _ in range(opt.place_attempts):
-                if border:
-                    cx = float(rng.uniform(-0.5 * hx, W + 0.5 * hx))
-                    cy = float(rng.uniform(-0.5 * hy, H + 0.5 * hy))
-                else:
-                    cx = float(rng.uniform(min(hx, W - hx), max(hx, W - hx)))
-                    cy = float(rng.uniform(min(hy, H - hy), max(hy, H - hy)))
-                box = np.array([cx - hx, cy - hy, cx + hx, cy + hy])
-                if _visible_fraction(box, W, H) < opt.never_visible:
-                    continue
-                if len(placed) and _iou(box, placed).max() > max_iou:
-                    continue
-                cover = _ellipse_cover(placed, cx, cy, a * _R_COVER, b * _R_COVER, angle)
-                if not crowded and len(cover) and cover.max() > opt.max_cover:
-                    continue
-                break
+            # All candidate positions at once; the first one passing every check wins.
+            K = opt.place_attempts
+            if border:
+                cxs = rng.uniform(-0.5 * hx, W + 0.5 * hx, K)
+                cys = rng.uniform(-0.5 * hy, H + 0.5 * hy, K)
             else:
+                cxs = rng.uniform(min(hx, W - hx), max(hx, W - hx), K)
+                cys = rng.uniform(min(hy, H - hy), max(hy, H - hy), K)
+            cand = np.stack([cxs - hx, cys - hy, cxs + hx, cys + hy], axis=1)
+            ok = _visible_fractions(cand, W, H) >= opt.never_visible
+            if len(placed):
+                ok &= _iou_matrix(cand, placed).max(axis=1) <= max_iou
+            if not ok.any():
                 continue  # no room for this face
+            if not crowded and len(placed):
+                for j in np.flatnonzero(ok):
+                    cover = _ellipse_cover(placed, cxs[j], cys[j], a * _R_COVER, b * _R_COVER, angle)
+                    if cover.max() <= opt.max_cover:
+                        break
+                else:
+                    continue
+            else:
+                j = int(np.flatnonzero(ok)[0])
+                cover = _ellipse_cover(placed, cxs[j], cys[j], a * _R_COVER, b * _R_COVER, angle)
+            cx, cy, box = float(cxs[j]), float(cys[j]), cand[j]
             occ = [1 - (1 - o) * (1 - cv) for o, cv in zip(occ, cover)]
             placed = np.vstack([placed, box[None]])
             occ.append(0.0)

@@ -132,6 +132,8 @@ def test_dev_crops_excluded_from_training_by_default(tiny_data):
     assert [c.file for c in g.crop_splits["dev"]] == ["dev_photo_0.png"]
     g_all = gen(tiny_data, out_size=(256, 256), exclude_dev_crops=False)
     assert any(c.dev for c in g_all.crops)
+    fewer = gen(tiny_data, out_size=(256, 256), exclude_crops=["ada_0.png"])
+    assert "ada_0.png" not in {c.file for c in fewer.crops} and len(fewer.crops) == len(g.crops) - 1
     dev = gen(tiny_data, out_size=(256, 256), split="dev")
     assert all(c.dev for c in dev.crops)
 
