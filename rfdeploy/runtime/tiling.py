@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from fractions import Fraction
 
 import numpy as np
 
@@ -35,7 +36,7 @@ DEFAULT_AUTO_TILE = 1024  # --tile auto: tile size for larger images (8 such til
 MIN_TILE = 64
 # Comparisons of box edges allow this much floating-point slack (pixels), so a box exactly at a
 # limit is not lost to rounding in the scale/offset arithmetic.
-EPS = 1e-6
+EPS = 1e-3
 MAX_PASSES = 32  # a bound on the scale pyramid; a pyramid this deep means a near-1 size ratio
 
 
@@ -196,7 +197,8 @@ def plan_pyramid(
         )
     if width < 1 or height < 1:
         raise ValueError(f"image size must be positive, got {width}x{height}")
-    ratio = min_face_at_tile / max_face_at_tile
+    # Exact rational arithmetic: the pass rules below are inequalities that must not flip on rounding.
+    ratio = Fraction(min_face_at_tile, max_face_at_tile)
     passes: list[Pass] = []
     w, h = width, height
     while True:
@@ -205,12 +207,12 @@ def plan_pyramid(
                 f"more than {MAX_PASSES} passes needed for {width}x{height}; "
                 f"lower min_face_at_tile ({min_face_at_tile}) relative to max_face_at_tile ({max_face_at_tile})"
             )
-        sx, sy = w / width, h / height
+        sx, sy = Fraction(w, width), Fraction(h, height)
         done = min(width, height) * max(sx, sy) <= max_face_at_tile
         passes.append(
             Pass(
-                scale_x=sx,
-                scale_y=sy,
+                scale_x=float(sx),
+                scale_y=float(sy),
                 width=w,
                 height=h,
                 tiles=tuple(plan_tiles(w, h, tile, overlap)),
@@ -221,11 +223,11 @@ def plan_pyramid(
         )
         if done:
             break
-        w, h = _next_size(width, height, max(sx, sy) * ratio, max_face_at_tile / min(width, height))
+        w, h = _next_size(width, height, max(sx, sy) * ratio, Fraction(max_face_at_tile, min(width, height)))
     return TilePlan(width, height, tile, max_face_at_tile, min_face_at_tile, margin, tuple(passes))
 
 
-def _next_size(width: int, height: int, s_step: float, s_stop: float) -> tuple[int, int]:
+def _next_size(width: int, height: int, s_step: Fraction, s_stop: Fraction) -> tuple[int, int]:
     """Size of the next pass.
 
     Both axis scales must be >= ``s_step`` (= previous larger axis scale * min/max face ratio), so
@@ -235,13 +237,13 @@ def _next_size(width: int, height: int, s_step: float, s_stop: float) -> tuple[i
     instead of stepping on to a thumbnail.
     """
 
-    def size(s: float, rnd) -> tuple[int, int]:
+    def size(s: Fraction, rnd) -> tuple[int, int]:
         return max(1, rnd(width * s)), max(1, rnd(height * s))
 
     if s_stop >= s_step:
         for rnd in (math.floor, math.ceil):
             w, h = size(s_stop, rnd)
-            if min(w / width, h / height) >= s_step:
+            if min(Fraction(w, width), Fraction(h, height)) >= s_step:
                 return w, h
     return size(s_step, math.ceil)
 
@@ -291,12 +293,12 @@ def to_image_coords(
 def to_tile_coords(
     boxes: np.ndarray, tile: Tile, scale: float | tuple[float, float] = 1.0
 ) -> np.ndarray:
-    """Inverse of :func:`to_image_coords`: image pixels -> tile-local pixels of a scaled pass."""
+    """Inverse of :func:`to_image_coords`: image pixels -> tile-local pixels of a scaled pass (float64)."""
     sx, sy = (scale, scale) if np.isscalar(scale) else scale
     b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4).copy()
     b[:, 0::2] = b[:, 0::2] * sx - tile.x0
     b[:, 1::2] = b[:, 1::2] * sy - tile.y0
-    return b.astype(np.float32)
+    return b
 
 
 def keep_mask(boxes: np.ndarray, tile: Tile, image_w: int, image_h: int, margin: float) -> np.ndarray:
