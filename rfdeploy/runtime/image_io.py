@@ -39,8 +39,9 @@ DEFAULT_MAX_PIXELS = 16384 * 16384
 MAX_PIXELS_ENV = "RFDEPLOY_MAX_PIXELS"
 
 # Formats Pillow may try. Restricting the list keeps rarely used (and rarely audited) decoders out
-# of the path of user files. MPO: many phone cameras write JPEGs that Pillow reads as MPO.
-SUPPORTED_FORMATS: tuple[str, ...] = ("JPEG", "MPO", "PNG", "GIF", "WEBP", "BMP", "TIFF", "PPM", "AVIF")
+# of the path of user files. JPEG includes MPO (many phone cameras write JPEGs that Pillow reads as
+# MPO); AVIF only where this Pillow build has it.
+SUPPORTED_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "PPM", "AVIF")
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
     {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".apng", ".gif", ".webp", ".bmp", ".dib",
      ".tif", ".tiff", ".ppm", ".pgm", ".pbm", ".pnm", ".mpo", ".avif"}
@@ -48,6 +49,13 @@ IMAGE_EXTENSIONS: frozenset[str] = frozenset(
 _GLOB_CHARS = frozenset("*?[")
 
 _PIL_LOCK = threading.Lock()
+
+
+def _open_formats() -> tuple[str, ...]:
+    from PIL import Image
+
+    Image.init()
+    return tuple(f for f in SUPPORTED_FORMATS if f in Image.OPEN)
 
 
 @dataclass
@@ -113,7 +121,7 @@ def load_image(path: str | os.PathLike, max_pixels: int | None | object = _USE_E
                 # Header only: Image.open is lazy. Our own check below gives the better message.
                 Image.MAX_IMAGE_PIXELS = None
                 try:
-                    im = Image.open(fh, formats=SUPPORTED_FORMATS)
+                    im = Image.open(fh, formats=_open_formats())
                 except UnidentifiedImageError:
                     raise InputError(*_unidentified_message(p, fh)) from None
                 _check_pixels(p, im.size, limit)
@@ -170,7 +178,7 @@ def _check_pixels(p: Path, size: tuple[int, int], limit: int | None) -> None:
 def _unidentified_message(p: Path, fh) -> tuple[str, str]:
     fh.seek(0)
     head = fh.read(64)
-    kinds = ", ".join(SUPPORTED_FORMATS)
+    kinds = ", ".join(_open_formats())
     if head[4:8] == b"ftyp" and head[8:12] in (b"heic", b"heix", b"hevc", b"heim", b"heis", b"mif1", b"msf1"):
         return f"{p}: HEIC/HEIF images are not supported", f"convert it to JPEG or PNG; readable formats: {kinds}"
     if head.lstrip()[:1] in (b"<", b"{") or all(32 <= b < 127 or b in (9, 10, 13) for b in head):
