@@ -195,7 +195,11 @@ def _decode(im, notes: list[str]) -> np.ndarray:
         kind = "animated image" if getattr(im, "is_animated", False) and im.format != "MPO" else "multi-frame image"
         notes.append(f"{kind} ({im.format}, {n_frames} frames): first frame used")
         im.seek(0)
+    # 16-bit colour files decode straight to 8-bit modes (Pillow keeps the high byte): say so.
+    deep_colour = im.mode in ("RGB", "RGBA") and any(";16" in str(getattr(t, "args", "")) for t in im.tile or ())
     im.load()  # forces the complete decode, so truncation is caught here
+    if deep_colour:
+        notes.append("16-bit image scaled to 8 bit")
 
     try:
         orientation = im.getexif().get(0x0112, 1)

@@ -80,6 +80,19 @@ def test_16bit_grey_png_is_scaled_not_clipped(tmp_path):
     assert any("16-bit" in n for n in out.notes)
 
 
+def test_16bit_rgb_png_is_scaled(tmp_path):
+    px = np.array([[[65535, 0, 256], [32768, 1000, 65280]]], ">u2")
+    raw = b"".join(b"\x00" + row.tobytes() for row in px)
+    ihdr = struct.pack(">IIBBBBB", 2, 1, 16, 2, 0, 0, 0)
+    p = tmp_path / "rgb16.png"
+    p.write_bytes(b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", zlib.compress(raw))
+                  + _png_chunk(b"IEND", b""))
+    out = load_image(p)
+    expected = np.rint(px.astype(np.float64) * 255 / 65535)
+    assert np.abs(out.rgb.astype(int) - expected).max() <= 1  # scaled (a clip would give 255s)
+    assert "16-bit image scaled to 8 bit" in out.notes
+
+
 def test_32bit_float_tiff_is_scaled(tmp_path):
     a = np.array([[0.0, 0.5, 1.0]], np.float32)
     p = _save(Image.fromarray(a), tmp_path / "f.tif")
@@ -322,3 +335,17 @@ def test_iter_errors(tmp_path):
     link.symlink_to(tmp_path / "gone.jpg")
     with pytest.raises(InputError, match="broken link"):
         iter_image_paths([link])
+
+
+def test_shared_dev_photos_load_at_their_annotated_size():
+    ann = Path("/work/shared/data/realfaces/dev/annotations.json")
+    if not ann.exists():
+        pytest.skip("shared dev photos (/work/shared/data/realfaces/dev) are not on this machine")
+    import json
+
+    images = json.loads(ann.read_text())["images"]
+    paths = iter_image_paths([ann.parent])
+    assert len(paths) == len(images)
+    for rec in images:
+        out = load_image(ann.parent / rec["file"])
+        assert out.rgb.shape == (rec["height"], rec["width"], 3), rec["file"]
