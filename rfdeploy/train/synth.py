@@ -711,7 +711,8 @@ class SceneGenerator:
         sw, sh = src.size
         k = max(w / sw, h / sh, 1.0)
         rw, rh = w / k, h / k
-        x0, y0 = float(rng.uniform(0, sw - rw)), float(rng.uniform(0, sh - rh))
+        # max(0, .): rw can exceed sw by a rounding error when the patch spans the whole source
+        x0, y0 = float(rng.uniform(0, max(0.0, sw - rw))), float(rng.uniform(0, max(0.0, sh - rh)))
         patch = src.resize((w, h), Image.BILINEAR, box=(x0, y0, x0 + rw, y0 + rh))
         mask = self._occ_template.resize((w, h), Image.BILINEAR)
         scene.paste(patch, (round(cx - w / 2), round(cy - h / 2)), mask)

@@ -1,0 +1,153 @@
+"""The runner interface and the choice of backend for a model file."""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+import numpy as np
+
+from rfdeploy.errors import BackendUnavailableError, InputError, ModelFileError
+
+BACKENDS = ("auto", "tensorrt", "onnxruntime", "torch")
+
+
+class Runner(ABC):
+    name: str = "runner"
+
+    def __init__(self):
+        self.active = False
+
+    @property
+    @abstractmethod
+    def metadata(self) -> dict[str, str]:
+        """The model file's metadata (rfdeploy.contract, rfdeploy.config, ...)."""
+
+    @property
+    def max_batch(self) -> int | None:
+        """Largest batch the model accepts (None: no limit)."""
+        return None
+
+    def describe(self) -> str:
+        return self.name
+
+    def activate(self) -> "Runner":
+        self.active = True
+        return self
+
+    def deactivate(self) -> None:
+        self.active = False
+
+    def __enter__(self):
+        return self.activate()
+
+    def __exit__(self, *exc):
+        self.deactivate()
+
+    @abstractmethod
+    def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        ...
+
+
+def model_kind(path: Path) -> str:
+    suffix = path.suffix.lower()
+    if suffix == ".onnx":
+        return "onnx"
+    if suffix in (".engine", ".plan", ".trt"):
+        return "engine"
+    if suffix in (".safetensors", ".pt", ".pth", ".bin"):
+        return "checkpoint"
+    raise InputError(f"{path}: unknown model file type {suffix!r}", hint="use .safetensors/.pt, .onnx or .engine")
+
+
+def cuda_available() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except Exception:
+        return False
+
+
+def open_runner(path: str | os.PathLike, *, backend: str = "auto", device: str = "cpu", fp16: bool = False,
+                onnx_cache: str | os.PathLike | None = None, notes: list[str] | None = None) -> Runner:
+    """A runner for a model file.
+
+    auto: an engine when one is given and can run here, else onnxruntime (a checkpoint is exported
+    to ONNX once, into ``onnx_cache``), else torch. What was chosen, and why, goes into ``notes``.
+    """
+    notes = notes if notes is not None else []
+    if backend not in BACKENDS:
+        raise InputError(f"unknown backend {backend!r}; choose from {BACKENDS}")
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"model file not found: {path}")
+    kind = model_kind(path)
+
+    if kind == "engine":
+        if backend not in ("auto", "tensorrt"):
+            raise InputError(f"{path} is a TensorRT engine; it runs only with --backend tensorrt")
+        from rfdeploy.runtime.backends.trt_runner import TrtRunner
+
+        return TrtRunner(path, device=device if device.startswith("cuda") else "cuda:0")
+    if backend == "tensorrt":
+        raise InputError(f"--backend tensorrt needs an engine file; {path} is {kind}",
+                         hint="build one with `rfdeploy build-engine`")
+
+    if kind == "onnx":
+        if backend == "torch":
+            raise InputError(f"{path} is an ONNX file; the torch backend needs a checkpoint")
+        from rfdeploy.runtime.backends.ort_runner import OrtRunner
+
+        return OrtRunner(path, device=device)
+
+    # a checkpoint
+    if backend == "torch":
+        from rfdeploy.runtime.backends.torch_runner import TorchRunner
+
+        return TorchRunner(path, device=device, fp16=fp16)
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        if backend == "onnxruntime":
+            raise BackendUnavailableError("onnxruntime is not installed", hint="pip install onnxruntime")
+        notes.append("onnxruntime not installed: using the torch backend")
+        from rfdeploy.runtime.backends.torch_runner import TorchRunner
+
+        return TorchRunner(path, device=device, fp16=fp16)
+    from rfdeploy.runtime.backends.ort_runner import OrtRunner
+
+    onnx_path = cached_export(path, onnx_cache, notes)
+    return OrtRunner(onnx_path, device=device)
+
+
+def default_cache_dir() -> Path:
+    env = os.environ.get("RFDEPLOY_CACHE")
+    if env:
+        return Path(env)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return Path(xdg) / "rfdeploy" if xdg else Path.home() / ".cache" / "rfdeploy"
+
+
+def cached_export(checkpoint: Path, cache_dir=None, notes: list[str] | None = None) -> Path:
+    """Export a checkpoint to ONNX once; the cache key is the checkpoint's sha256 and our version,
+    so a changed file is never served from a stale cache."""
+    from rfdeploy import __version__
+    from rfdeploy.models.checkpoint import sha256_file
+
+    sha = sha256_file(checkpoint)
+    cache = Path(cache_dir) if cache_dir else default_cache_dir() / "onnx"
+    out = cache / f"{checkpoint.stem}-{sha[:16]}-v{__version__}.onnx"
+    if out.is_file():
+        return out
+    from rfdeploy.export.onnx_export import export_model
+    from rfdeploy.models import load
+
+    if notes is not None:
+        notes.append(f"exported {checkpoint.name} to ONNX once: {out}")
+    try:
+        export_model(load(checkpoint), out, source_sha256=sha)
+    except OSError as e:
+        raise ModelFileError(f"cannot write the ONNX cache at {cache}: {e}", hint="set RFDEPLOY_CACHE to a writable folder")
+    return out
