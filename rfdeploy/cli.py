@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import sys
+from pathlib import Path
 
 import click
 
 from rfdeploy import __version__
-from rfdeploy.errors import RfdeployError
+from rfdeploy.errors import PARTIAL_FAILURE_EXIT_CODE, InputError, RfdeployError
 
 
 class _Group(click.Group):
-    """Turns library errors into one clear line on stderr and the documented exit code."""
+    """Turns library errors into one clear message on stderr and the documented exit code."""
 
     def invoke(self, ctx):
         try:
@@ -24,7 +26,7 @@ class _Group(click.Group):
             sys.exit(130)
 
 
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="rfdeploy")
 def main():
     """Deploy RefineFace face detection with the CRFace confidence ranker.
@@ -41,6 +43,321 @@ def version():
     click.echo(f"rfdeploy {__version__}")
     for name, ver in backend_versions().items():
         click.echo(f"  {name:<14} {ver or 'not installed'}")
+
+
+# -- export / precision ----------------------------------------------------------------------------
+
+@main.command()
+@click.argument("checkpoints", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(), help="ONNX file (one checkpoint) or folder (several).")
+@click.option("--config", "config", default=None, help="Preset for plain state_dicts without a stored config.")
+@click.option("--fp16", is_flag=True, help="Also write a mixed-precision FP16 model (<name>.fp16.onnx).")
+@click.option("--verify/--no-verify", default=True, show_default=True, help="Compare onnxruntime against PyTorch.")
+@click.option("--opset", default=17, show_default=True)
+def export(checkpoints, output, config, fp16, verify, opset):
+    """Export checkpoints (detector and/or ranker) to ONNX, training-only parts stripped."""
+    from rfdeploy.export.api import export_checkpoint
+
+    out = Path(output)
+    if len(checkpoints) > 1 and out.suffix.lower() == ".onnx":
+        raise InputError("several checkpoints need -o to be a folder")
+    for ckpt in checkpoints:
+        dst = out / f"{Path(ckpt).stem}.onnx" if (len(checkpoints) > 1 or out.is_dir() or not out.suffix) else out
+        for line in export_checkpoint(ckpt, dst, config=config, verify=verify, fp16=fp16, opset=opset):
+            click.echo(line)
+
+
+@main.command()
+@click.argument("onnx_file", type=click.Path(dir_okay=False))
+@click.option("--images", required=True, type=click.Path(), help="Folder of calibration images.")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False))
+@click.option("--num", default=256, show_default=True, help="Images to use.")
+@click.option("--method", type=click.Choice(["max", "entropy", "percentile"]), default="max", show_default=True)
+@click.option("--cache-dir", type=click.Path(file_okay=False), default=None, help="Calibration cache folder.")
+@click.option("--calib-size", default=640, show_default=True, help="Long side of the calibration images.")
+@click.option("--allow-fewer", is_flag=True, help="Accept fewer images than --num (with a warning).")
+def calibrate(onnx_file, images, output, num, method, cache_dir, calib_size, allow_fewer):
+    """INT8: write an explicit Q/DQ ONNX calibrated on real images (TensorRT-ready)."""
+    from rfdeploy.calib import calibrate as run
+
+    rep = run(onnx_file, images, output, num=num, method=method, cache_dir=cache_dir, calib_size=calib_size,
+              allow_fewer=allow_fewer)
+    click.echo(f"wrote {rep.dst}: {rep.quantized_nodes} nodes quantized, {rep.excluded_nodes} kept in float "
+               f"({rep.num_used} images, {rep.method}, cache {'hit' if rep.cache_hit else 'miss'})")
+    for w in rep.warnings:
+        click.secho(f"warning: {w}", fg="yellow", err=True)
+
+
+@main.command("build-engine")
+@click.argument("onnx_file", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None, help="Engine path (default: <onnx>.engine).")
+@click.option("--fp16", is_flag=True, help="Build from the FP16 mixed-precision ONNX (made if missing).")
+@click.option("--int8", is_flag=True, help="Build from the INT8 Q/DQ ONNX (calibrated if missing).")
+@click.option("--calib-images", type=click.Path(), default=None, help="Calibration images for --int8.")
+@click.option("--profile", "presets", multiple=True, help="Shape preset (vga, 720p, 1080p, 4k, tile1024, tile640, ...).")
+@click.option("--min-shape", "min_shapes", multiple=True, help="[input:]NxCxHxW")
+@click.option("--opt-shape", "opt_shapes", multiple=True, help="[input:]NxCxHxW")
+@click.option("--max-shape", "max_shapes", multiple=True, help="[input:]NxCxHxW")
+@click.option("--timing-cache", type=click.Path(dir_okay=False), default=None)
+@click.option("--workspace-mb", type=int, default=None)
+@click.option("--opt-level", type=click.IntRange(0, 5), default=None, help="Builder optimization level.")
+@click.option("--compute-capability", "ccs", multiple=True, help="TensorRT-RTX target, e.g. 8.6 or sm89.")
+@click.option("--backend", type=click.Choice(["auto", "tensorrt", "tensorrt_rtx"]), default="auto", show_default=True)
+def build_engine(onnx_file, output, fp16, int8, calib_images, presets, min_shapes, opt_shapes, max_shapes,
+                 timing_cache, workspace_mb, opt_level, ccs, backend):
+    """Build a TensorRT engine (strongly typed: precision comes from the ONNX file)."""
+    from rfdeploy.engines.build import build_engine_cli
+    from rfdeploy.export.api import precision_variant
+
+    if fp16 and int8:
+        raise InputError("choose one of --fp16 and --int8")
+    src = precision_variant(onnx_file, "fp16" if fp16 else "int8" if int8 else "fp32", calib_images=calib_images,
+                            echo=click.echo)
+    man = build_engine_cli(src, output, min_shapes=min_shapes, opt_shapes=opt_shapes, max_shapes=max_shapes,
+                           presets=presets, workspace_mb=workspace_mb, opt_level=opt_level, timing_cache=timing_cache,
+                           compute_capabilities=ccs, backend=None if backend == "auto" else backend, argv=sys.argv)
+    click.echo(f"built {man.precision} engine with {man.backend} {man.backend_version} -> "
+               f"{output or Path(src).with_suffix('.engine')} (+ manifest .json)")
+
+
+@main.command()
+@click.argument("path", type=click.Path(dir_okay=False))
+def info(path):
+    """Describe an .onnx, .engine (via its manifest) or checkpoint file."""
+    from rfdeploy.engines.inspect import info as describe
+
+    if not Path(path).is_file():
+        raise InputError(f"file not found: {path}")
+    click.echo(describe(path))
+
+
+# -- inference ---------------------------------------------------------------------------------------
+
+def _pipeline_options(f):
+    opts = [
+        click.option("--detector", "--checkpoint", "--onnx", "--engine", "detector", type=click.Path(dir_okay=False),
+                     default=None, help="Detector: checkpoint, rfdeploy ONNX, engine, or a third-party ONNX (default: bundled)."),
+        click.option("--adapter", default=None, help="Adapter for a third-party ONNX: retinaface, centerface, or a JSON file."),
+        click.option("--ranker", type=click.Path(dir_okay=False), default=None, help="Ranker model (default: bundled)."),
+        click.option("--no-ranker", is_flag=True, help="Run the detector alone."),
+        click.option("--backend", type=click.Choice(["auto", "tensorrt", "onnxruntime", "torch"]), default="auto", show_default=True),
+        click.option("--device", default="cpu", show_default=True, help="cpu or cuda[:i]"),
+        click.option("--fp16", is_flag=True, help="torch backend on CUDA: half precision."),
+        click.option("--tile", default="auto", show_default=True, help="auto, off, or a tile size in pixels."),
+        click.option("--score-thr", type=float, default=None, help="Output score threshold (default: the model's)."),
+        click.option("--nms-iou", type=float, default=0.4, show_default=True),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+def _make_pipeline(detector, adapter, ranker, no_ranker, backend, device, fp16, tile, score_thr, nms_iou):
+    from rfdeploy.runtime.pipeline import FacePipeline
+
+    return FacePipeline.create(detector=detector, adapter=adapter, ranker=ranker, use_ranker=not no_ranker,
+                               backend=backend, device=device, fp16=fp16, tile=tile, score_thr=score_thr, nms_iou=nms_iou)
+
+
+@main.command()
+@click.argument("inputs", nargs=-1, required=True)
+@_pipeline_options
+@click.option("--out", "out", type=click.Path(dir_okay=False), default=None, help="Write JSON lines here.")
+@click.option("--save-vis", type=click.Path(file_okay=False), default=None, help="Write annotated images here.")
+@click.option("--overwrite", is_flag=True, help="Replace existing output files.")
+@click.option("--workers", default=1, show_default=True, help="Files processed in parallel (results keep input order).")
+@click.option("--recursive", is_flag=True, help="Descend into sub-folders.")
+@click.option("-q", "--quiet", is_flag=True)
+def infer(inputs, detector, adapter, ranker, no_ranker, backend, device, fp16, tile, score_thr, nms_iou, out, save_vis,
+          overwrite, workers, recursive, quiet):
+    """Detect faces in images, folders or globs (works out of the box with the bundled models)."""
+    from rfdeploy.runtime.image_io import iter_image_paths
+    from rfdeploy.runtime.infer import AtomicTextFile, run_files, save_visualisation
+
+    paths = iter_image_paths(list(inputs), recursive=recursive)
+    if out and Path(out).exists() and not overwrite:
+        raise InputError(f"{out} exists", hint="pass --overwrite to replace it")
+    pipe = _make_pipeline(detector, adapter, ranker, no_ranker, backend, device, fp16, tile, score_thr, nms_iou)
+    if not quiet:
+        for n in pipe.notes:
+            click.echo(f"# {n}", err=True)
+    sink = AtomicTextFile(out, overwrite) if out else None
+    progress = None
+    if not quiet and len(paths) > 1:
+        from tqdm import tqdm
+
+        progress = tqdm(total=len(paths), unit="img", file=sys.stderr)
+
+    def on_record(rec):
+        if save_vis and "error" not in rec:
+            try:
+                save_visualisation(rec, Path(rec["file"]), Path(save_vis), overwrite)
+            except RfdeployError as e:
+                rec.update({"error": str(e), "error_type": type(e).__name__})
+        line = json.dumps(rec, ensure_ascii=False)
+        if sink:
+            sink.write_line(line)
+        elif not quiet or "error" not in rec:
+            click.echo(line)
+        if "error" in rec:
+            click.secho(f"error: {rec['file']}: {rec['error']}", fg="red", err=True)
+        if progress:
+            progress.update(1)
+
+    try:
+        summary = run_files(pipe, paths, workers=workers, on_record=on_record)
+    except BaseException:
+        if sink:
+            sink.abort()
+        raise
+    if progress:
+        progress.close()
+    if sink:
+        sink.commit()
+    if not quiet:
+        click.echo(f"# {len(paths)} image(s), {summary.faces} face(s), {len(summary.failed)} failed", err=True)
+    if summary.failed:
+        codes = {r.get("exit_code", 1) for r in summary.failed}
+        sys.exit(codes.pop() if len(summary.failed) == len(paths) and len(codes) == 1 else PARTIAL_FAILURE_EXIT_CODE)
+
+
+@main.command()
+@_pipeline_options
+@click.option("--size", "sizes", multiple=True, default=["vga"], show_default=True, help="vga, 720p, 1080p, 4k, 8k (repeatable).")
+@click.option("--image", type=click.Path(dir_okay=False), default=None, help="Photo to time (resized to --size).")
+@click.option("--runs", default=10, show_default=True)
+@click.option("--warmup", default=2, show_default=True)
+@click.option("--compare", default=None, help="Second configuration, e.g. 'no-ranker' or 'detector=other.onnx,backend=torch'.")
+def bench(detector, adapter, ranker, no_ranker, backend, device, fp16, tile, score_thr, nms_iou, sizes, image, runs, warmup, compare):
+    """Per-stage timings (medians after warm-up), optionally against a second configuration."""
+    from rfdeploy.runtime.bench import bench_image, format_results, run_bench
+
+    base = dict(detector=detector, adapter=adapter, ranker=ranker, no_ranker=no_ranker, backend=backend, device=device,
+                fp16=fp16, tile=tile, score_thr=score_thr, nms_iou=nms_iou)
+    configs = [("base", base)]
+    if compare:
+        other = dict(base)
+        for item in compare.split(","):
+            k, _, v = item.partition("=")
+            k = k.strip().replace("-", "_")
+            if k == "no_ranker" and not v:
+                other["no_ranker"] = True
+            elif k in other and v:
+                other[k] = v
+            else:
+                raise InputError(f"--compare: cannot parse {item!r}")
+        configs.append((compare, other))
+    results = []
+    for label, cfg in configs:
+        pipe = _make_pipeline(**cfg)
+        for size in sizes:
+            results.append(run_bench(pipe, bench_image(size, image), label=f"{label}: {pipe.notes[-1]}"[:34], size=size,
+                                     runs=runs, warmup=warmup))
+    click.echo(format_results(results))
+
+
+# -- evaluation and training ------------------------------------------------------------------------
+
+@main.command("eval")
+@click.option("--gt", "gt", required=True, type=click.Path(dir_okay=False), help="Annotations JSON (rfdeploy format).")
+@click.option("--images", type=click.Path(file_okay=False), default=None, help="Image folder (default: beside --gt).")
+@click.option("--predictions", type=click.Path(dir_okay=False), default=None, help="Evaluate a predictions file instead of running a model.")
+@_pipeline_options
+@click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Write a precision-recall PNG.")
+@click.option("--json-out", type=click.Path(dir_okay=False), default=None, help="Write the metrics as JSON.")
+def eval_cmd(gt, images, predictions, detector, adapter, ranker, no_ranker, backend, device, fp16, tile, score_thr,
+             nms_iou, plot, json_out):
+    """AP at IoU 0.5..0.8 on an annotated set, for any model, backend and precision."""
+    from rfdeploy.eval.api import evaluate_pipeline, evaluate_predictions
+
+    if predictions:
+        res = evaluate_predictions(gt, predictions, plot)
+    else:
+        pipe = _make_pipeline(detector, adapter, ranker, no_ranker, backend, device, fp16, tile, 0.0 if score_thr is None else score_thr, nms_iou)
+        res = evaluate_pipeline(pipe, gt, images, plot)
+    click.echo(res["report"])
+    if json_out:
+        from rfdeploy.models.checkpoint import atomic_write_bytes
+
+        atomic_write_bytes(json_out, json.dumps({k: v for k, v in res.items() if k != "curves"}, indent=1, default=float).encode())
+
+
+@main.command("eval-wider")
+@click.argument("pred_dir", type=click.Path(file_okay=False))
+@click.argument("gt_dir", type=click.Path(file_okay=False))
+@click.option("--iou", default=0.5, show_default=True)
+@click.option("--plot", type=click.Path(dir_okay=False), default=None)
+def eval_wider(pred_dir, gt_dir, iou, plot):
+    """WIDER FACE Easy/Medium/Hard AP of a result folder (official protocol, needs scipy)."""
+    from rfdeploy.eval.run import evaluate_wider_folder
+
+    click.echo(evaluate_wider_folder(pred_dir, gt_dir, iou_thresh=iou, plot_path=plot)["report"])
+
+
+@main.group()
+def train():
+    """Train the detector or the ranker (extra: train)."""
+
+
+@train.command("detector")
+@click.option("--data", "data", required=True, type=click.Path(file_okay=False),
+              help="Folder with facecrops/ and backgrounds/ (synthetic scenes), or a dataset folder with --annotations.")
+@click.option("--annotations", type=click.Path(dir_okay=False), default=None, help="WIDER FACE gt .txt or rfdeploy JSON.")
+@click.option("--preset", default="default", show_default=True, help="default (CPU-friendly mbv2) or a preset name.")
+@click.option("-o", "--out", "out", required=True, type=click.Path(file_okay=False))
+@click.option("--steps", default=20000, show_default=True)
+@click.option("--batch-size", default=32, show_default=True)
+@click.option("--size", default=640, show_default=True, help="Training crop size (paper: 1024).")
+@click.option("--lr", default=1e-2, show_default=True)
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--workers", default=4, show_default=True)
+@click.option("--time-budget", type=float, default=None, help="Stop after this many seconds.")
+@click.option("--no-fsm", is_flag=True, help="Train without the feature supervision module.")
+@click.option("--imagenet", type=click.Path(dir_okay=False), default=None, help="ImageNet backbone weights (state_dict).")
+def train_detector_cmd(data, annotations, preset, out, steps, batch_size, size, lr, device, workers, time_budget, no_fsm, imagenet):
+    """RefineFace with the paper's recipe (SGD, warm-up, step schedule, paper augmentation)."""
+    from rfdeploy.train.api import train_detector_cli
+
+    res = train_detector_cli(data=data, annotations=annotations, preset=preset, out=out, steps=steps, batch_size=batch_size,
+                             size=size, lr=lr, device=device, workers=workers, time_budget=time_budget, use_fsm=not no_fsm,
+                             imagenet=imagenet)
+    click.echo(f"{res.steps} steps in {res.seconds:.0f} s -> {res.checkpoint} (log: {res.log})")
+
+
+@train.command("ranker")
+@click.option("--data", "data", required=True, type=click.Path(file_okay=False), help="Folder with facecrops/ and backgrounds/.")
+@click.option("--detector", "detectors", multiple=True, required=True, type=click.Path(dir_okay=False),
+              help="Frozen detectors whose candidates train the ranker (checkpoint or third-party ONNX; repeatable).")
+@click.option("-o", "--out", "out", required=True, type=click.Path(file_okay=False))
+@click.option("--scenes", default=1500, show_default=True)
+@click.option("--steps", default=3000, show_default=True)
+@click.option("--batch-size", default=16, show_default=True)
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--time-budget", type=float, default=None)
+def train_ranker_cmd(data, detectors, out, scenes, steps, batch_size, device, time_budget):
+    """CRFace: pairwise ranking loss on frozen detectors' candidates (oracle = IoU with ground truth)."""
+    from rfdeploy.train.api import train_ranker_cli
+
+    res = train_ranker_cli(data=data, detectors=detectors, out=out, scenes=scenes, steps=steps, batch_size=batch_size,
+                           device=device, time_budget=time_budget)
+    click.echo(f"{res.steps} steps in {res.seconds:.0f} s -> {res.checkpoint} (log: {res.log})")
+
+
+@main.command("synth-data")
+@click.argument("out_dir", type=click.Path(file_okay=False))
+@click.option("--data", "data", required=True, type=click.Path(file_okay=False), help="Folder with facecrops/ and backgrounds/.")
+@click.option("-n", "--num", default=1000, show_default=True)
+@click.option("--size", default=1024, show_default=True)
+@click.option("--split", type=click.Choice(["train", "holdout", "dev", "all"]), default="train", show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--workers", default=1, show_default=True)
+def synth_data(out_dir, data, num, size, split, seed, workers):
+    """Write composed face scenes (exact boxes) in WIDER FACE format plus rfdeploy JSON."""
+    from rfdeploy.train.synth import SceneGenerator, write_wider
+
+    d = Path(data)
+    gen = SceneGenerator(d / "facecrops", d / "backgrounds", out_size=(size, size), seed=seed, split=split)
+    click.echo(f"wrote {write_wider(out_dir, num, gen, workers=workers)}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,86 @@
+"""`rfdeploy bench`: per-stage timings (medians after warm-up) and same-run comparisons."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from rfdeploy.errors import InputError
+
+SIZES = {"vga": (640, 480), "720p": (1280, 720), "1080p": (1920, 1080), "4k": (3840, 2160), "8k": (7680, 4320)}
+
+
+def bench_image(size: str, image_path=None) -> np.ndarray:
+    """The image to time: a given photo resized to ``size``, or the bundled example photo."""
+    from PIL import Image
+
+    if size not in SIZES:
+        raise InputError(f"unknown size {size!r}; choose from {sorted(SIZES)}")
+    from rfdeploy.runtime.image_io import load_image
+    from rfdeploy.runtime.examples import example_image
+
+    rgb = load_image(image_path or example_image()).rgb
+    w, h = SIZES[size]
+    return np.asarray(Image.fromarray(rgb).resize((w, h), Image.BILINEAR))
+
+
+@dataclass
+class BenchResult:
+    label: str
+    size: str
+    runs: int
+    median_ms: dict[str, float]
+    total_ms: float
+    faces: int
+
+
+def run_bench(pipeline, rgb: np.ndarray, *, label: str, size: str, runs: int = 10, warmup: int = 2) -> BenchResult:
+    from PIL import Image
+
+    from rfdeploy.runtime.pipeline import Timings
+
+    per_stage: dict[str, list[float]] = {}
+    totals = []
+    enc = _encode_jpeg(rgb)
+    dets = None
+    for i in range(warmup + runs):
+        timings = Timings()
+        t0 = time.perf_counter()
+        # decode is part of end-to-end: from JPEG bytes, as a file read would give them
+        img = np.asarray(Image.open(enc).convert("RGB"))
+        enc.seek(0)
+        timings.add("decode", time.perf_counter() - t0)
+        dets = pipeline.detect(img, timings)
+        total = time.perf_counter() - t0
+        if i >= warmup:
+            totals.append(total)
+            for k, v in timings.stages.items():
+                per_stage.setdefault(k, []).append(v)
+    med = {k: round(statistics.median(v) * 1000, 2) for k, v in per_stage.items()}
+    return BenchResult(label, size, runs, med, round(statistics.median(totals) * 1000, 2), len(dets))
+
+
+def _encode_jpeg(rgb):
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="JPEG", quality=92)
+    buf.seek(0)
+    return buf
+
+
+def format_results(results: list[BenchResult]) -> str:
+    stages = sorted({k for r in results for k in r.median_ms})
+    lines = [f"{'configuration':<34} {'size':<6} " + " ".join(f"{s:>10}" for s in stages) + f" {'total ms':>10} {'faces':>6}"]
+    for r in results:
+        lines.append(f"{r.label:<34} {r.size:<6} " + " ".join(f"{r.median_ms.get(s, 0):>10.2f}" for s in stages)
+                     + f" {r.total_ms:>10.2f} {r.faces:>6}")
+    if len(results) == 2:
+        a, b = results
+        lines.append(f"ratio (second / first, total median): {b.total_ms / a.total_ms:.2f}x")
+    return "\n".join(lines)
