@@ -7,7 +7,7 @@ backend reads it from there, so there is exactly one definition per model file.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 METADATA_KEY = "rfdeploy.contract"
 

@@ -27,7 +27,6 @@ is checked against the key stored inside; a file that does not match is recomput
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -55,6 +54,7 @@ from rfdeploy.export.precision_io import (
     sha256_file,
     write_metadata,
 )
+from rfdeploy.fsutil import atomic_write_bytes
 from rfdeploy.runtime.preprocess import Letterbox, padded_size, preprocess
 
 METHODS = ("max", "entropy", "percentile")
@@ -267,16 +267,7 @@ def _load_cache(path: Path, key: str, parts: dict) -> tuple[dict | None, str | N
 
 
 def _write_cache(path: Path, key: str, parts: dict, ranges: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump({"key": key, "key_parts": parts, "ranges": ranges}, f)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    atomic_write_bytes(path, json.dumps({"key": key, "key_parts": parts, "ranges": ranges}).encode())
 
 
 # ---------------------------------------------------------------- main

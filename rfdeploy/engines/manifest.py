@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shlex
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from rfdeploy.engines.profiles import Profile, format_shape, select_profile
 from rfdeploy.errors import EngineMismatchError, ModelFileError
+from rfdeploy.fsutil import atomic_write_bytes, sha256_file  # noqa: F401  (re-exported)
 
 SCHEMA_VERSION = 1
 UNKNOWN = "unknown"
@@ -33,12 +32,6 @@ def sha256_bytes(data) -> str:
     return hashlib.sha256(memoryview(data)).hexdigest()
 
 
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def normalize_cc(cc: str | float | int) -> str:
@@ -55,22 +48,6 @@ def normalize_cc(cc: str | float | int) -> str:
     return f"{int(major)}.{int(minor)}"
 
 
-def atomic_write_bytes(path: str | Path, data) -> None:
-    """Write to a temp file in the same folder, then rename: readers never see half a file."""
-    p = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=str(p.parent))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(memoryview(data))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, p)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 @dataclass(frozen=True)

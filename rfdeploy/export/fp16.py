@@ -27,7 +27,6 @@ import re
 import tempfile
 import warnings
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import onnx
 

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import os
-import tempfile
 from pathlib import Path
 
 import onnx
 
 from rfdeploy.errors import BuildError, InputError, ModelFileError
+from rfdeploy.fsutil import atomic_path, sha256_file  # noqa: F401
 
 PRECISION_KEY = "rfdeploy.precision"
 _PROTOBUF_LIMIT = 2**31 - 1
@@ -60,16 +58,8 @@ def save_onnx_atomic(model: onnx.ModelProto, dst: str | os.PathLike) -> Path:
     dst = Path(dst)
     if model.ByteSize() > _PROTOBUF_LIMIT:
         raise BuildError(f"the converted model is over 2 GB and cannot be stored in one ONNX file: {dst}")
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        onnx.save(model, tmp)
-        os.replace(tmp, dst)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    with atomic_path(dst) as tmp:
+        onnx.save(model, str(tmp))
     return dst
 
 
@@ -80,12 +70,6 @@ def check_node_names(model: onnx.ModelProto, names, what: str) -> None:
         raise InputError(f"{what}: no node named {missing[:5]} in the model")
 
 
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def verify_model(model: onnx.ModelProto, what: str) -> onnx.ModelProto:

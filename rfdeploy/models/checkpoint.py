@@ -6,16 +6,15 @@ code runs), with the config from a sidecar ``<file>.json`` or given by the calle
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import torch
 
 from rfdeploy import __version__
 from rfdeploy.errors import InputError, ModelFileError
+from rfdeploy.fsutil import atomic_write_bytes, sha256_file  # noqa: F401  (re-exported)
 from rfdeploy.models.config import DetectorConfig, RankerConfig, config_from_dict
 
 CONFIG_KEY = "rfdeploy.config"
@@ -23,26 +22,8 @@ FORMAT_KEY = "rfdeploy.format"
 FORMAT_VERSION = "1"
 
 
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write through a temporary file in the same directory, then rename: never a partial file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_checkpoint(model: torch.nn.Module, path: str | os.PathLike, *, dtype: torch.dtype | None = None,

@@ -19,8 +19,8 @@ def bench_image(size: str, image_path=None) -> np.ndarray:
 
     if size not in SIZES:
         raise InputError(f"unknown size {size!r}; choose from {sorted(SIZES)}")
-    from rfdeploy.runtime.image_io import load_image
     from rfdeploy.runtime.examples import example_image
+    from rfdeploy.runtime.image_io import load_image
 
     rgb = load_image(image_path or example_image()).rgb
     w, h = SIZES[size]

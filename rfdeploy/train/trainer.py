@@ -7,7 +7,6 @@ and saves checkpoints in the package's safetensors format.
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path

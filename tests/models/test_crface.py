@@ -1,4 +1,3 @@
-import pytest
 import torch
 
 from rfdeploy.models import build, ranker_config
