@@ -2,15 +2,13 @@ import os
 from pathlib import Path
 
 import pytest
-
-# ../shared/data beside the checkout; RFDEPLOY_SHARED_DATA overrides
-SHARED_DATA = Path(os.environ.get("RFDEPLOY_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+from shared_data import SHARED_DATA
 
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    if not (SHARED_DATA / "README.md").is_file():
-        pytest.skip(f"shared data not present at {SHARED_DATA} (only inside the rfdeploy workplace)")
+    if SHARED_DATA is None:
+        pytest.skip("shared data (../shared/data or $RFDEPLOY_SHARED_DATA) not present: only inside the rfdeploy workplace")
     return SHARED_DATA
 
 

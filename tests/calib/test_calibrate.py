@@ -11,6 +11,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 from onnx import numpy_helper
+from shared_data import SHARED_DATA  # noqa: E402
 
 from rfdeploy.calib import calibrate
 from rfdeploy.calib.calibrate import prepare_image
@@ -21,7 +22,7 @@ from rfdeploy.errors import InputError, ModelFileError
 from rfdeploy.export.graph_regions import ensure_node_names, find_fp32_region
 from tests.precision_fixtures import CONTRACT, export_toy_detector, export_toy_ranker, write_images
 
-BACKGROUNDS = Path("/work/shared/data/backgrounds")
+BACKGROUNDS = (SHARED_DATA or Path("/nonexistent")) / "backgrounds"
 FAST = dict(calib_size=128)
 
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
+from shared_data import SHARED_DATA as _FOUND
 
-SHARED_DATA = Path(os.environ.get("RFDEPLOY_SHARED_DATA", "/work/shared/data"))
+SHARED_DATA = _FOUND or Path("/nonexistent-shared-data")
 CONTRACT = json.dumps({"mean": [123.675, 116.28, 103.53], "std": [58.395, 57.12, 57.375], "channel_order": "RGB"})
 CONFIG = json.dumps({"name": "tiny_test", "kind": "refineface"})
 

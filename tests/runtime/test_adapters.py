@@ -3,7 +3,6 @@ and the two real WIDER-trained detectors on the development set when the shared 
 
 import json
 import math
-import os
 import time
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+from shared_data import SHARED_DATA as SHARED  # noqa: E402
 
 from rfdeploy.errors import BackendUnavailableError, InputError, ModelFileError
 from rfdeploy.runtime.adapters import (
@@ -26,17 +26,6 @@ from rfdeploy.runtime.adapters import (
 )
 from rfdeploy.runtime.detections import Detections
 from rfdeploy.runtime.preprocess import Letterbox
-
-
-def _shared_data() -> Path | None:
-    env = os.environ.get("RFDEPLOY_SHARED_DATA")
-    candidates = [Path(env)] if env else []
-    candidates += [p / "shared" / "data" for p in Path(__file__).resolve().parents]
-    return next((c for c in candidates if (c / "README.md").is_file()), None)
-
-
-SHARED = _shared_data()
-
 
 # ------------------------------------------------------------------------------------------
 # Tiny ONNX models
