@@ -38,6 +38,8 @@ class FaceLogicConfig:
 
     ``max_batch``: most tiles per detector call (the engine profile's max batch).
     ``max_input``: longest side the detector accepts (the profile's max H/W); None = unbounded.
+    ``min_input``: (width, height) the detector input is padded up to at least (the profile's min),
+    so small images and the last, smallest pyramid passes still fit the engine.
     ``tile``: ``auto|off|SIZE`` as in ``rfdeploy infer --tile``.
     ``tile_max_face``: largest face (px at tile scale) a tile must hold whole; default tile // 4.
     ``ranker_boxes``: the ranker's N (rows of its boxes input); 0 = no ranker.
@@ -48,6 +50,7 @@ class FaceLogicConfig:
     ranker_boxes: int = 0
     max_batch: int = 8
     max_input: int | None = None
+    min_input: tuple[int, int] | None = None
     tile: str = "auto"
     tile_max_face: int | None = None
     tile_min_face: int = 16
@@ -71,6 +74,8 @@ class FaceLogicConfig:
                 raise ValueError(f"{name} must be within [0, 1], got {v}")
         if self.max_candidates < 1 or self.max_det < 1:
             raise ValueError("max_candidates and max_det must be >= 1")
+        if self.min_input is not None:
+            object.__setattr__(self, "min_input", (int(self.min_input[0]), int(self.min_input[1])))
         # Validates the spec early (raises ValueError for a bad one).
         choose_tile_size(1, 1, self.tile, None)
 
@@ -128,7 +133,7 @@ def detector_batches(rgb: np.ndarray, cfg: FaceLogicConfig) -> Iterator[tuple[np
     h, w = rgb.shape[:2]
     plan = plan_for(w, h, cfg)
     if plan is None:
-        x, lb = preprocess(rgb, cfg.detector_contract)
+        x, lb = preprocess(rgb, cfg.detector_contract, cfg.min_input)
         yield x, [TileJob(None, None, lb)]
         return
     for p in plan.passes:
@@ -136,7 +141,7 @@ def detector_batches(rgb: np.ndarray, cfg: FaceLogicConfig) -> Iterator[tuple[np
         rows: list[np.ndarray] = []
         jobs: list[TileJob] = []
         for t in p.tiles:
-            x, lb = preprocess(np.ascontiguousarray(t.crop(scaled)), cfg.detector_contract)
+            x, lb = preprocess(np.ascontiguousarray(t.crop(scaled)), cfg.detector_contract, cfg.min_input)
             rows.append(x)
             jobs.append(TileJob(p, t, lb))
             if len(rows) == cfg.max_batch:
