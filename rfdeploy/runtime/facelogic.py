@@ -1,0 +1,242 @@
+"""Detector -> tiles -> merge -> ranker -> NMS around injected inference callables.
+
+Everything between the pixels and the networks, for hosts that run the networks their own way:
+Triton's Python backend (BLS calls to TensorRT models), or any other server. The networks are
+two callables:
+
+* ``infer_detector(batch)``: ``batch`` [B,3,H,W] float32 (already preprocessed with the detector's
+  contract) -> ``(boxes [B,K,4] x1,y1,x2,y2 in input-tensor pixels, scores [B,K])``; rows with
+  score 0 are padding (rfdeploy's detector graph pads its fixed-size candidate set that way).
+* ``infer_ranker(image, boxes)``: ``image`` [1,3,h,w] float32 (ranker contract), ``boxes`` [1,N,5]
+  from :func:`rfdeploy.models.crface.pack_candidates` -> refined scores [1,N].
+
+Pure numpy apart from NMS (torchvision), so it runs wherever the runtime does.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import numpy as np
+
+from rfdeploy.contract import PreprocessContract
+from rfdeploy.errors import InputError, ModelFileError
+from rfdeploy.runtime.detections import Detections
+from rfdeploy.runtime.preprocess import Letterbox, preprocess
+from rfdeploy.runtime.tiling import Pass, Tile, TilePlan, choose_tile_size, drop_cut_boxes, plan_pyramid, to_image_coords
+
+InferDetector = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+InferRanker = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+@dataclass(frozen=True)
+class FaceLogicConfig:
+    """What the glue needs to know about the two networks and the output policy.
+
+    ``max_batch``: most tiles per detector call (the engine profile's max batch).
+    ``max_input``: longest side the detector accepts (the profile's max H/W); None = unbounded.
+    ``min_input``: (width, height) the detector input is padded up to at least (the profile's min),
+    so small images and the last, smallest pyramid passes still fit the engine.
+    ``tile``: ``auto|off|SIZE`` as in ``rfdeploy infer --tile``.
+    ``tile_max_face``: largest face (px at tile scale) a tile must hold whole; default tile // 4.
+    ``ranker_boxes``: the ranker's N (rows of its boxes input); 0 = no ranker.
+    """
+
+    detector_contract: PreprocessContract
+    ranker_contract: PreprocessContract | None = None
+    ranker_boxes: int = 0
+    max_batch: int = 8
+    max_input: int | None = None
+    min_input: tuple[int, int] | None = None
+    tile: str = "auto"
+    tile_max_face: int | None = None
+    tile_min_face: int = 16
+    seam_margin: int = 2
+    candidate_thr: float = 0.05
+    max_candidates: int = 5000
+    nms_iou: float = 0.4
+    max_det: int = 750
+    score_thr: float = 0.5
+
+    def __post_init__(self):
+        if self.max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {self.max_batch}")
+        if self.ranker_boxes < 0:
+            raise ValueError(f"ranker_boxes must be >= 0, got {self.ranker_boxes}")
+        if self.ranker_boxes and self.ranker_contract is None:
+            raise ValueError("a ranker (ranker_boxes > 0) needs its ranker_contract")
+        for name in ("candidate_thr", "nms_iou", "score_thr"):
+            v = getattr(self, name)
+            if not 0.0 <= v <= 1.0:
+                raise ValueError(f"{name} must be within [0, 1], got {v}")
+        if self.max_candidates < 1 or self.max_det < 1:
+            raise ValueError("max_candidates and max_det must be >= 1")
+        if self.min_input is not None:
+            object.__setattr__(self, "min_input", (int(self.min_input[0]), int(self.min_input[1])))
+        # Validates the spec early (raises ValueError for a bad one).
+        choose_tile_size(1, 1, self.tile, None)
+
+    def to_dict(self) -> dict:
+        d = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        d["detector_contract"] = self.detector_contract.to_dict()
+        d["ranker_contract"] = self.ranker_contract.to_dict() if self.ranker_contract else None
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "FaceLogicConfig":
+        d = dict(d)
+        d["detector_contract"] = PreprocessContract.from_dict(d["detector_contract"])
+        if d.get("ranker_contract") is not None:
+            d["ranker_contract"] = PreprocessContract.from_dict(d["ranker_contract"])
+        return cls(**d)
+
+
+# --- planning ---------------------------------------------------------------------------------
+
+
+def plan_for(width: int, height: int, cfg: FaceLogicConfig) -> TilePlan | None:
+    """The tile pyramid for an image, or None when it runs whole."""
+    if cfg.detector_contract.resize != "none":
+        return None  # a detector that resizes its input sees the whole image anyway
+    tile = choose_tile_size(width, height, cfg.tile, cfg.max_input)
+    if tile is None:
+        return None
+    max_face = cfg.tile_max_face or tile // 4
+    return plan_pyramid(width, height, tile, max_face, min(cfg.tile_min_face, max_face - 1), cfg.seam_margin)
+
+
+@dataclass(frozen=True)
+class TileJob:
+    """Where one row of a detector batch came from."""
+
+    pass_: Pass | None  # None: the whole image, untiled
+    tile: Tile | None
+    letterbox: Letterbox
+
+
+def _resize(rgb: np.ndarray, width: int, height: int) -> np.ndarray:
+    if (rgb.shape[1], rgb.shape[0]) == (width, height):
+        return rgb
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(rgb).resize((width, height), Image.BILINEAR))
+
+
+def detector_batches(rgb: np.ndarray, cfg: FaceLogicConfig) -> Iterator[tuple[np.ndarray, list[TileJob]]]:
+    """Preprocessed detector batches (at most ``max_batch`` rows, one tile shape per batch).
+
+    Host memory stays bounded by one pass's resized image plus one batch.
+    """
+    h, w = rgb.shape[:2]
+    plan = plan_for(w, h, cfg)
+    if plan is None:
+        x, lb = preprocess(rgb, cfg.detector_contract, cfg.min_input)
+        yield x, [TileJob(None, None, lb)]
+        return
+    for p in plan.passes:
+        scaled = _resize(rgb, p.width, p.height)
+        rows: list[np.ndarray] = []
+        jobs: list[TileJob] = []
+        for t in p.tiles:
+            x, lb = preprocess(np.ascontiguousarray(t.crop(scaled)), cfg.detector_contract, cfg.min_input)
+            rows.append(x)
+            jobs.append(TileJob(p, t, lb))
+            if len(rows) == cfg.max_batch:
+                yield np.concatenate(rows), jobs
+                rows, jobs = [], []
+        if rows:
+            yield np.concatenate(rows), jobs
+
+
+def _check_detector_output(boxes, scores, n: int) -> tuple[np.ndarray, np.ndarray]:
+    boxes, scores = np.asarray(boxes, np.float32), np.asarray(scores, np.float32)
+    if boxes.ndim != 3 or boxes.shape[0] != n or boxes.shape[2] != 4:
+        raise ModelFileError(f"detector returned boxes of shape {boxes.shape}, expected [{n},K,4]")
+    if scores.shape != boxes.shape[:2]:
+        raise ModelFileError(f"detector returned scores of shape {scores.shape}, expected {boxes.shape[:2]}")
+    return boxes, scores
+
+
+def job_candidates(boxes: np.ndarray, scores: np.ndarray, job: TileJob, cfg: FaceLogicConfig):
+    """One batch row's candidates in image pixels: thresholded, cut boxes dropped, scaled back."""
+    keep = scores >= max(cfg.candidate_thr, np.finfo(np.float32).tiny)  # score 0 = padding
+    b = job.letterbox.to_image(boxes[keep])  # tensor pixels -> tile (or image) pixels
+    s = scores[keep]
+    ok = (b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])  # boxes wholly in the padding have no area left
+    b, s = b[ok], s[ok]
+    if job.tile is None:
+        return b, s
+    p = job.pass_
+    b, s = drop_cut_boxes(b, s, job.tile, p.width, p.height, cfg.seam_margin)
+    own = p.responsible(b)
+    return to_image_coords(b[own], job.tile, p.scale), s[own]
+
+
+def detect_candidates(rgb: np.ndarray, infer_detector: InferDetector, cfg: FaceLogicConfig):
+    """Merged image-level candidates ``(boxes [M,4], scores [M])``, best first, at most max_candidates."""
+    parts_b, parts_s = [], []
+    for batch, jobs in detector_batches(rgb, cfg):
+        boxes, scores = _check_detector_output(*infer_detector(batch), len(jobs))
+        for i, job in enumerate(jobs):
+            b, s = job_candidates(boxes[i], scores[i], job, cfg)
+            parts_b.append(b)
+            parts_s.append(s)
+    b = np.concatenate(parts_b).astype(np.float32) if parts_b else np.zeros((0, 4), np.float32)
+    s = np.concatenate(parts_s).astype(np.float32) if parts_s else np.zeros((0,), np.float32)
+    order = np.argsort(-s, kind="stable")[: cfg.max_candidates]
+    return b[order], s[order]
+
+
+def rank_candidates(rgb: np.ndarray, boxes: np.ndarray, scores: np.ndarray, infer_ranker: InferRanker,
+                    cfg: FaceLogicConfig):
+    """Ranker over the top-N candidates: ``(boxes, refined scores, detector scores)`` of those N."""
+    from rfdeploy.models.crface import pack_candidates
+
+    h, w = rgb.shape[:2]
+    packed, order = pack_candidates(boxes, scores, w, h, cfg.ranker_boxes)
+    image, _ = preprocess(rgb, cfg.ranker_contract)
+    out = np.asarray(infer_ranker(image, packed[None]), np.float32)
+    if out.shape != (1, cfg.ranker_boxes):
+        raise ModelFileError(f"ranker returned scores of shape {out.shape}, expected (1, {cfg.ranker_boxes})")
+    return boxes[order], out[0, : len(order)], scores[order]
+
+
+def detect_faces(rgb: np.ndarray, infer_detector: InferDetector, infer_ranker: InferRanker | None,
+                 cfg: FaceLogicConfig) -> Detections:
+    """Faces in one HxWx3 uint8 RGB image: candidates, ranker (when given and configured), NMS,
+    then the output score threshold."""
+    from rfdeploy.runtime.nms import nms
+
+    if not isinstance(rgb, np.ndarray) or rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+        raise InputError(f"expected an HxWx3 uint8 RGB image, got {getattr(rgb, 'shape', type(rgb))}")
+    boxes, scores = detect_candidates(rgb, infer_detector, cfg)
+    det_scores = None
+    if infer_ranker is not None and cfg.ranker_boxes and len(boxes):
+        boxes, scores, det_scores = rank_candidates(rgb, boxes, scores, infer_ranker, cfg)
+    keep = nms(boxes, scores, iou=cfg.nms_iou, max_det=cfg.max_det)
+    det = Detections(boxes[keep], scores[keep], None if det_scores is None else det_scores[keep])
+    return det.filter(cfg.score_thr)
+
+
+def decode_image_bytes(data: bytes | np.ndarray, suffix: str = "") -> np.ndarray:
+    """Encoded image bytes -> HxWx3 uint8 RGB, with :func:`rfdeploy.runtime.image_io.load_image`'s
+    rules (EXIF orientation, alpha, bit depth, pixel limit). load_image reads paths, so the bytes
+    pass through a private temporary file."""
+    from rfdeploy.runtime.image_io import load_image
+
+    raw = np.asarray(data).tobytes() if isinstance(data, np.ndarray) else bytes(data)
+    if not raw:
+        raise InputError("empty image payload (0 bytes)")
+    fd, tmp = tempfile.mkstemp(prefix="rfdeploy-img-", suffix=suffix)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(raw)
+        try:
+            return load_image(tmp).rgb
+        except InputError as e:  # name the payload, not the temporary file
+            raise InputError(str(e.args[0]).replace(tmp, "image payload"), hint=e.hint) from None
+    finally:
+        os.unlink(tmp)
