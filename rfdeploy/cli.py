@@ -256,6 +256,47 @@ def bench(detector, adapter, ranker, no_ranker, backend, device, fp16, tile, sco
     click.echo(format_results(results))
 
 
+@main.command()
+@click.argument("inputs", nargs=-1, required=True)
+@click.argument("output", type=click.Path(dir_okay=False))
+@_pipeline_options
+@click.option("--ray-address", default="local", show_default=True, help="local, auto, or ray://host:port")
+@click.option("--num-gpus-per-worker", type=float, default=0.0, show_default=True)
+@click.option("--concurrency", default=1, show_default=True, help="Actors, each loading the models once.")
+@click.option("--batch-size", default=4, show_default=True, help="Images per actor call.")
+@click.option("--recursive", is_flag=True)
+def batch(inputs, output, detector, adapter, ranker, no_ranker, backend, device, fp16, tile, score_thr, nms_iou,
+          ray_address, num_gpus_per_worker, concurrency, batch_size, recursive):
+    """Batch inference with Ray Data: JSON lines, one record per image (extra: scale)."""
+    from rfdeploy.runtime.batch import batch_cli
+
+    report, code = batch_cli(inputs, output, ray_address=ray_address, num_gpus_per_worker=num_gpus_per_worker,
+                             concurrency=concurrency, batch_size=batch_size, recursive=recursive, detector=detector,
+                             adapter=adapter, ranker=ranker, use_ranker=not no_ranker, backend=backend, device=device,
+                             fp16=fp16, tile=tile, score_thr=score_thr, nms_iou=nms_iou)
+    click.echo(report.summary())
+    sys.exit(code)
+
+
+@main.command("triton-repo")
+@click.argument("out_dir", type=click.Path(file_okay=False))
+@click.argument("detector_engine", type=click.Path(dir_okay=False))
+@click.option("--ranker", "ranker_engine", type=click.Path(dir_okay=False), default=None, help="Ranker engine.")
+@click.option("--max-batch", default=8, show_default=True)
+@click.option("--instances", default=1, show_default=True, help="TensorRT model instances per GPU.")
+@click.option("--python-instances", default=1, show_default=True)
+@click.option("--tile", default="auto", show_default=True)
+@click.option("--score-thr", type=float, default=None)
+@click.option("--force", is_flag=True, help="Replace an existing repository folder.")
+def triton_repo(out_dir, detector_engine, ranker_engine, max_batch, instances, python_instances, tile, score_thr, force):
+    """Write a Triton model repository: TensorRT plans + a Python model returning faces per image."""
+    from rfdeploy.deploy.triton import triton_repo_cli
+
+    repo = triton_repo_cli(out_dir, detector_engine, ranker_engine, max_batch=max_batch, instances=instances,
+                           python_instances=python_instances, tile=tile, score_thr=score_thr, force=force)
+    click.echo(f"wrote Triton model repository {getattr(repo, 'root', out_dir)}")
+
+
 # -- evaluation and training ------------------------------------------------------------------------
 
 @main.command("eval")

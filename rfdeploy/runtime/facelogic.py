@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -30,6 +31,12 @@ from rfdeploy.runtime.tiling import Pass, Tile, TilePlan, choose_tile_size, drop
 
 InferDetector = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 InferRanker = Callable[[np.ndarray, np.ndarray], np.ndarray]
+# Optional stage timer: timer(stage, seconds) with stage in preprocess / merge / nms
+Timer = Callable[[str, float], None]
+
+
+def _no_timer(stage: str, seconds: float) -> None:
+    pass
 
 
 @dataclass(frozen=True)
@@ -125,18 +132,21 @@ def _resize(rgb: np.ndarray, width: int, height: int) -> np.ndarray:
     return np.asarray(Image.fromarray(rgb).resize((width, height), Image.BILINEAR))
 
 
-def detector_batches(rgb: np.ndarray, cfg: FaceLogicConfig) -> Iterator[tuple[np.ndarray, list[TileJob]]]:
+def detector_batches(rgb: np.ndarray, cfg: FaceLogicConfig, timer: Timer = _no_timer) -> Iterator[tuple[np.ndarray, list[TileJob]]]:
     """Preprocessed detector batches (at most ``max_batch`` rows, one tile shape per batch).
 
     Host memory stays bounded by one pass's resized image plus one batch.
     """
     h, w = rgb.shape[:2]
     plan = plan_for(w, h, cfg)
+    t0 = time.perf_counter()
     if plan is None:
         x, lb = preprocess(rgb, cfg.detector_contract, cfg.min_input)
+        timer("preprocess", time.perf_counter() - t0)
         yield x, [TileJob(None, None, lb)]
         return
     for p in plan.passes:
+        t0 = time.perf_counter()
         scaled = _resize(rgb, p.width, p.height)
         rows: list[np.ndarray] = []
         jobs: list[TileJob] = []
@@ -145,9 +155,12 @@ def detector_batches(rgb: np.ndarray, cfg: FaceLogicConfig) -> Iterator[tuple[np
             rows.append(x)
             jobs.append(TileJob(p, t, lb))
             if len(rows) == cfg.max_batch:
+                timer("preprocess", time.perf_counter() - t0)
                 yield np.concatenate(rows), jobs
                 rows, jobs = [], []
+                t0 = time.perf_counter()
         if rows:
+            timer("preprocess", time.perf_counter() - t0)
             yield np.concatenate(rows), jobs
 
 
@@ -175,15 +188,17 @@ def job_candidates(boxes: np.ndarray, scores: np.ndarray, job: TileJob, cfg: Fac
     return to_image_coords(b[own], job.tile, p.scale), s[own]
 
 
-def detect_candidates(rgb: np.ndarray, infer_detector: InferDetector, cfg: FaceLogicConfig):
+def detect_candidates(rgb: np.ndarray, infer_detector: InferDetector, cfg: FaceLogicConfig, timer: Timer = _no_timer):
     """Merged image-level candidates ``(boxes [M,4], scores [M])``, best first, at most max_candidates."""
     parts_b, parts_s = [], []
-    for batch, jobs in detector_batches(rgb, cfg):
+    for batch, jobs in detector_batches(rgb, cfg, timer):
         boxes, scores = _check_detector_output(*infer_detector(batch), len(jobs))
+        t0 = time.perf_counter()
         for i, job in enumerate(jobs):
             b, s = job_candidates(boxes[i], scores[i], job, cfg)
             parts_b.append(b)
             parts_s.append(s)
+        timer("merge", time.perf_counter() - t0)
     b = np.concatenate(parts_b).astype(np.float32) if parts_b else np.zeros((0, 4), np.float32)
     s = np.concatenate(parts_s).astype(np.float32) if parts_s else np.zeros((0,), np.float32)
     order = np.argsort(-s, kind="stable")[: cfg.max_candidates]
@@ -205,20 +220,23 @@ def rank_candidates(rgb: np.ndarray, boxes: np.ndarray, scores: np.ndarray, infe
 
 
 def detect_faces(rgb: np.ndarray, infer_detector: InferDetector, infer_ranker: InferRanker | None,
-                 cfg: FaceLogicConfig) -> Detections:
+                 cfg: FaceLogicConfig, timer: Timer = _no_timer) -> Detections:
     """Faces in one HxWx3 uint8 RGB image: candidates, ranker (when given and configured), NMS,
     then the output score threshold."""
     from rfdeploy.runtime.nms import nms
 
     if not isinstance(rgb, np.ndarray) or rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
         raise InputError(f"expected an HxWx3 uint8 RGB image, got {getattr(rgb, 'shape', type(rgb))}")
-    boxes, scores = detect_candidates(rgb, infer_detector, cfg)
+    boxes, scores = detect_candidates(rgb, infer_detector, cfg, timer)
     det_scores = None
     if infer_ranker is not None and cfg.ranker_boxes and len(boxes):
         boxes, scores, det_scores = rank_candidates(rgb, boxes, scores, infer_ranker, cfg)
+    t0 = time.perf_counter()
     keep = nms(boxes, scores, iou=cfg.nms_iou, max_det=cfg.max_det)
     det = Detections(boxes[keep], scores[keep], None if det_scores is None else det_scores[keep])
-    return det.filter(cfg.score_thr)
+    det = det.filter(cfg.score_thr).sorted()
+    timer("nms", time.perf_counter() - t0)
+    return det
 
 
 def decode_image_bytes(data: bytes | np.ndarray, suffix: str = "") -> np.ndarray:

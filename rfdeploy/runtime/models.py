@@ -14,7 +14,7 @@ from rfdeploy.errors import ModelFileError
 from rfdeploy.export.onnx_export import KEY_CONFIG, KEY_CONTRACT, KEY_KIND
 from rfdeploy.models.config import config_from_dict
 from rfdeploy.runtime.backends.base import Runner
-from rfdeploy.runtime.preprocess import Letterbox, preprocess
+from rfdeploy.runtime.preprocess import Letterbox
 
 
 def _read(runner: Runner, want_kind: str):
@@ -47,22 +47,14 @@ class Detector:
         out = self.runner.infer({"image": x})
         return out["boxes"], out["scores"]
 
-    def candidates(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """One whole image -> candidate boxes in image pixels and scores."""
-        x, lb = preprocess(rgb, self.contract)
-        b, s = self.run_batch(x)
-        return _to_image(b[0], s[0], lb)
-
-
-def _to_image(boxes: np.ndarray, scores: np.ndarray, lb: Letterbox):
-    keep = scores > 0
-    return lb.to_image(boxes[keep]), scores[keep]
 
 
 class ThirdPartyDetector:
-    """A third-party ONNX detector behind an adapter (rfdeploy.runtime.adapters)."""
+    """A third-party ONNX detector behind an adapter (rfdeploy.runtime.adapters), given the same
+    batched interface as RefineFace so tiling and merging treat both alike."""
 
-    max_batch = 1
+    max_batch = None
+    cfg = None
 
     def __init__(self, onnx_detector):
         self.onnx = onnx_detector
@@ -72,8 +64,20 @@ class ThirdPartyDetector:
     def name(self) -> str:
         return self.onnx.name
 
-    def candidates(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return self.onnx.detect_candidates(rgb)
+    def run_batch(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """[B,3,H,W] preprocessed -> boxes [B,K,4] in input pixels, scores [B,K] (0-padded)."""
+        h, w = x.shape[2:]
+        identity = Letterbox(scale=1.0, image_size=(w, h), input_size=(w, h))
+        per_row = []
+        for i in range(x.shape[0]):
+            values = self.onnx.session.run(self.onnx.output_names, {self.onnx.input_name: x[i:i + 1]})
+            per_row.append(self.onnx.adapter.decode(dict(zip(self.onnx.output_names, values)), identity))
+        k = max(1, max(len(s) for _, s in per_row))
+        boxes = np.zeros((x.shape[0], k, 4), np.float32)
+        scores = np.zeros((x.shape[0], k), np.float32)
+        for i, (b, s) in enumerate(per_row):
+            boxes[i, : len(s)], scores[i, : len(s)] = b, s
+        return boxes, scores
 
 
 class Ranker:
@@ -87,12 +91,6 @@ class Ranker:
     def num_boxes(self) -> int:
         return self.cfg.num_boxes
 
-    def rerank(self, rgb: np.ndarray, boxes: np.ndarray, scores: np.ndarray):
-        """-> (boxes, refined scores, detector scores) of the top-N candidates by detector score."""
-        from rfdeploy.models.crface import pack_candidates
-
-        h, w = rgb.shape[:2]
-        cand, order = pack_candidates(boxes, scores, w, h, self.num_boxes)
-        x, _ = preprocess(rgb, self.contract)
-        refined = self.runner.infer({"image": x, "boxes": cand[None]})["scores"][0]
-        return boxes[order], refined[: len(order)], scores[order]
+    def infer(self, image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+        """Preprocessed image [1,3,h,w] and packed candidates [1,N,5] -> refined scores [1,N]."""
+        return self.runner.infer({"image": image, "boxes": boxes})["scores"]

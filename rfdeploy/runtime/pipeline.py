@@ -3,7 +3,8 @@
 Large images (8K and beyond) run as a tile pyramid (rfdeploy.runtime.tiling): full-resolution
 tiles in batches, plus downscaled passes for faces too large for a tile. Candidates from all tiles
 and passes are merged into one image-level set, ranked once by the ranker (which sees the whole
-image, downscaled) and NMS'd once.
+image, downscaled) and NMS'd once. That logic lives in rfdeploy.runtime.facelogic, shared with the
+Triton model; this module opens the models on a backend and times the stages.
 """
 
 from __future__ import annotations
@@ -16,14 +17,10 @@ import numpy as np
 
 from rfdeploy.errors import InputError, RfdeployError
 from rfdeploy.runtime.detections import Detections
-from rfdeploy.runtime.nms import nms
-from rfdeploy.runtime.preprocess import padded_size, preprocess
-from rfdeploy.runtime.tiling import choose_tile_size, drop_cut_boxes, plan_pyramid, to_image_coords
+from rfdeploy.runtime.facelogic import FaceLogicConfig, detect_faces
 
-# The largest anchor is 2*sqrt(2)*128 = 362 px: faces beyond it are found in a downscaled pass.
+# The largest anchor is 2*sqrt(2)*128 = 362 px: larger faces are found in a downscaled pass.
 MAX_FACE_AT_TILE = 362
-MIN_FACE_AT_TILE = 16
-SEAM_MARGIN = 2
 
 
 @dataclass
@@ -68,6 +65,7 @@ class FacePipeline:
             cfg.output_score_threshold if cfg else 0.5)
         self.candidate_thr = self.options.candidate_thr if self.options.candidate_thr is not None else (
             cfg.score_threshold if cfg else 0.02)
+        self._logic = self.logic_config()
 
     @classmethod
     def create(cls, *, detector=None, ranker=None, use_ranker: bool = True, backend: str = "auto", device: str = "cpu",
@@ -108,99 +106,46 @@ class FacePipeline:
 
     # -- detection --------------------------------------------------------------------------
 
-    def tile_size(self, width: int, height: int) -> int | None:
-        max_input = self.options.max_untiled
-        return choose_tile_size(width, height, self.options.tile, max_input=max(max_input, 1024))
-
-    def candidates(self, rgb: np.ndarray, timings: Timings | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Image-level candidates (before ranking and NMS), tiled when the image is large."""
-        timings = timings or Timings()
-        h, w = rgb.shape[:2]
-        tile = self.tile_size(w, h)
-        t = time.perf_counter()
-        if tile is None or not hasattr(self.detector, "run_batch"):
-            if tile is not None:
-                boxes, scores = self._tiled_single(rgb, tile)
-            else:
-                boxes, scores = self.detector.candidates(rgb)
-            timings.add("detector", time.perf_counter() - t)
-        else:
-            boxes, scores = self._tiled(rgb, tile, timings)
-        keep = scores >= self.candidate_thr
-        return boxes[keep], scores[keep]
-
-    def _tiled(self, rgb: np.ndarray, tile: int, timings: Timings):
-        from PIL import Image
-
-        h, w = rgb.shape[:2]
-        max_face = min(MAX_FACE_AT_TILE, tile - 2 * SEAM_MARGIN - 1)
-        plan = plan_pyramid(w, h, tile, max_face, MIN_FACE_AT_TILE, SEAM_MARGIN)
-        contract = self.detector.contract
-        batch = min(self.options.tile_batch, self.detector.max_batch or self.options.tile_batch)
-        all_b, all_s = [], []
-        for p in plan.passes:
-            t = time.perf_counter()
-            img = rgb if (p.width, p.height) == (w, h) else np.asarray(
-                Image.fromarray(rgb).resize((p.width, p.height), Image.BILINEAR))
-            timings.add("preprocess", time.perf_counter() - t)
-            th, tw = p.tile_shape
-            shape = padded_size(tw, th, contract.pad_multiple)
-            for i in range(0, len(p.tiles), batch):
-                group = p.tiles[i:i + batch]
-                t = time.perf_counter()
-                # memory stays bounded by one batch of tiles, whatever the image size
-                x = np.concatenate([preprocess(np.ascontiguousarray(tl.crop(img)), contract, min_size=shape)[0] for tl in group])
-                t1 = time.perf_counter()
-                boxes, scores = self.detector.run_batch(x)
-                t2 = time.perf_counter()
-                for tl, b, s in zip(group, boxes, scores):
-                    k = s > 0
-                    b = np.clip(b[k], 0, [tl.width, tl.height, tl.width, tl.height])
-                    b, s = drop_cut_boxes(b, s[k], tl, p.width, p.height, SEAM_MARGIN)
-                    r = p.responsible(b)
-                    all_b.append(to_image_coords(b[r], tl, p.scale))
-                    all_s.append(s[r])
-                timings.add("preprocess", t1 - t)
-                timings.add("detector", t2 - t1)
-                timings.add("merge", time.perf_counter() - t2)
-        if not all_b:
-            return np.zeros((0, 4), np.float32), np.zeros((0,), np.float32)
-        return np.concatenate(all_b).astype(np.float32), np.concatenate(all_s).astype(np.float32)
-
-    def _tiled_single(self, rgb: np.ndarray, tile: int):
-        """Tiling for detectors without batched tensors (third-party adapters): tile by tile."""
-        from PIL import Image
-
-        h, w = rgb.shape[:2]
-        max_face = min(MAX_FACE_AT_TILE, tile - 2 * SEAM_MARGIN - 1)
-        plan = plan_pyramid(w, h, tile, max_face, MIN_FACE_AT_TILE, SEAM_MARGIN)
-        out_b, out_s = [], []
-        for p in plan.passes:
-            img = rgb if (p.width, p.height) == (w, h) else np.asarray(Image.fromarray(rgb).resize((p.width, p.height), Image.BILINEAR))
-            for tl in p.tiles:
-                b, s = self.detector.candidates(np.ascontiguousarray(tl.crop(img)))
-                b, s = drop_cut_boxes(b, s, tl, p.width, p.height, SEAM_MARGIN)
-                r = p.responsible(b)
-                out_b.append(to_image_coords(b[r], tl, p.scale))
-                out_s.append(s[r])
-        return np.concatenate(out_b).astype(np.float32), np.concatenate(out_s).astype(np.float32)
+    def logic_config(self) -> FaceLogicConfig:
+        """What the shared face logic (tiling, merging, ranking, NMS) needs from these models."""
+        runner = getattr(self.detector, "runner", None)
+        max_input = min_input = None
+        if runner is not None and hasattr(runner, "max_input"):  # engines: tiles fit the profiles
+            max_input = max(runner.max_input())
+            min_input = runner.min_input()
+        o = self.options
+        return FaceLogicConfig(
+            detector_contract=self.detector.contract,
+            ranker_contract=self.ranker.contract if self.ranker else None,
+            ranker_boxes=self.ranker.num_boxes if self.ranker else 0,
+            max_batch=min(o.tile_batch, self.detector.max_batch or o.tile_batch),
+            max_input=max_input or o.max_untiled,
+            min_input=min_input,
+            tile=o.tile,
+            tile_max_face=MAX_FACE_AT_TILE if o.tile in ("auto", "off") or int(o.tile) > 2 * MAX_FACE_AT_TILE else None,
+            candidate_thr=self.candidate_thr,
+            nms_iou=o.nms_iou,
+            max_det=o.max_det,
+            score_thr=self.score_thr,
+        )
 
     def detect(self, rgb: np.ndarray, timings: Timings | None = None) -> Detections:
-        if not isinstance(rgb, np.ndarray) or rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
-            raise InputError("detect() takes an HxWx3 uint8 RGB array")
         timings = timings if timings is not None else Timings()
-        boxes, scores = self.candidates(rgb, timings)
-        det_scores = None
-        if self.ranker is not None and len(scores):
-            t = time.perf_counter()
-            boxes, scores, det_scores = self.ranker.rerank(rgb, boxes, scores)
-            timings.add("ranker", time.perf_counter() - t)
-        t = time.perf_counter()
-        keep = nms(boxes, scores, self.options.nms_iou, self.options.max_det)
-        dets = Detections(boxes[keep], scores[keep], None if det_scores is None else det_scores[keep])
-        dets = dets.filter(self.score_thr).sorted()
-        timings.add("nms", time.perf_counter() - t)
-        return dets
+
+        def timed(fn, stage):
+            def call(*args):
+                t = time.perf_counter()
+                try:
+                    return fn(*args)
+                finally:
+                    timings.add(stage, time.perf_counter() - t)
+            return call
+
+        return detect_faces(
+            rgb, timed(self.detector.run_batch, "detector"),
+            timed(self.ranker.infer, "ranker") if self.ranker else None,
+            self._logic, timings.add,
+        )
 
     def process_path(self, path) -> dict:
         """Decode + detect one file -> the JSON record written by `infer --out`."""

@@ -36,6 +36,11 @@ class TrtRunner(Runner):
         best = max((p.shapes["image"].max for p in self.manifest.profiles), key=lambda s: s[2] * s[3])
         return int(best[2]), int(best[3])
 
+    def min_input(self) -> tuple[int, int]:
+        """(width, height) inputs are padded up to, so small images and passes fit a profile."""
+        least = min((p.shapes["image"].min for p in self.manifest.profiles), key=lambda s: s[2] * s[3])
+        return int(least[3]), int(least[2])
+
     def activate(self):
         from rfdeploy.engines.runner import TensorRTRunner
 
