@@ -142,9 +142,9 @@ class RefineFace(nn.Module):
         return {
             "anchors": anchors,
             "features": second,
-            "cls1": {l: self.cls_head(first[l]).squeeze(-1) for l in cfg.stc_levels},
+            "cls1": {l: self.cls_head(first[l])[..., 0] for l in cfg.stc_levels},
             "reg1": {l: self.box_head_first(first[l]) for l in cfg.str_levels},
-            "cls2": [self.cls_head(p).squeeze(-1) for p in second],
+            "cls2": [self.cls_head(p)[..., 0] for p in second],
             "reg2": [self.box_head(p) for p in second],
         }
 

@@ -12,7 +12,7 @@ from rfdeploy.runtime.facelogic import FaceLogicConfig, decode_image_bytes, dete
 from rfdeploy.runtime.image_io import load_image
 from rfdeploy.runtime.nms import box_iou
 
-ASTRONAUT = Path(__file__).resolve().parents[2] / "examples" / "astronaut.jpg"
+ASTRONAUT = Path(__file__).resolve().parents[2] / "rfdeploy" / "assets" / "astronaut.jpg"
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from rfdeploy.engines.manifest import load_manifest
 from rfdeploy.errors import InputError, ModelFileError
 from tests.deploy.conftest import TINY_K, TINY_N
 
-ASTRONAUT = Path(__file__).resolve().parents[2] / "examples" / "astronaut.jpg"
+ASTRONAUT = Path(__file__).resolve().parents[2] / "rfdeploy" / "assets" / "astronaut.jpg"
 
 
 def _model_config_pb2():
