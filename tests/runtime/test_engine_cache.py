@@ -66,7 +66,7 @@ def _ensure(onnx, cache, **kw):
 
 
 def _runtime(rtx):
-    return dict(runtime_backend_name=RTX, runtime_version=rtx.__version__)
+    return {"runtime_backend_name": RTX, "runtime_version": rtx.__version__}
 
 
 def _with_metadata(src: Path, dst: Path, **props) -> Path:
@@ -144,7 +144,7 @@ def test_pipeline_inputs_stay_inside_the_detector_profile(det_engine):
     profiles = runner.manifest.profiles
     seen = set()
     for w, h in [(7, 5), (640, 480), (2048, 2048), (2047, 1999), (2049, 64), (4100, 3000), (300, 5000)]:
-        for batch, jobs in detector_batches(np.zeros((h, w, 3), np.uint8), cfg):
+        for batch, _ in detector_batches(np.zeros((h, w, 3), np.uint8), cfg):
             seen.add(batch.shape)
             select_profile(profiles, {"image": batch.shape})  # raises when outside every profile
     assert (1, 3, 2048, 2048) in seen and any(s[0] == 8 for s in seen)
@@ -164,7 +164,7 @@ def test_ranker_profile_follows_its_contract(models):
 
 def test_ranker_engine_and_changed_onnx_gets_a_new_key(rtx, models, tmp_path):
     cache = tmp_path / "cache"
-    first, notes, _ = _ensure(models[1], cache)
+    first, _, _ = _ensure(models[1], cache)
     m = load_manifest(first)
     assert m.profiles[0].shapes["boxes"].max == (1, 64, 5)
     assert m.profiles[0].shapes["image"].max == (1, 3, 1024, 1024)
@@ -173,7 +173,7 @@ def test_ranker_engine_and_changed_onnx_gets_a_new_key(rtx, models, tmp_path):
     assert second != first and second.stem.rpartition("-")[0] == first.stem.rpartition("-")[0]
     assert notes2[-1].startswith("built") and first.is_file() and second.is_file()
     # Another GPU generation is another engine too.
-    third, notes3, _ = _ensure(models[1], cache, gpu_cc="8.9")
+    third, _, _ = _ensure(models[1], cache, gpu_cc="8.9")
     assert third not in (first, second) and load_manifest(third).compute_capabilities == ("8.9",)
 
 

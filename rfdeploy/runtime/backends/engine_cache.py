@@ -23,13 +23,13 @@ import os
 import secrets
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 from rfdeploy.contract import METADATA_KEY as CONTRACT_KEY
 from rfdeploy.contract import PreprocessContract
 from rfdeploy.engines.profiles import ProfileSpec, ShapeRange
-from rfdeploy.errors import BackendUnavailableError, EngineMismatchError, InputError, ModelFileError
+from rfdeploy.errors import BackendUnavailableError, InputError, ModelFileError
 from rfdeploy.fsutil import sha256_file
 
 ENV_ENGINE_CACHE = "RFDEPLOY_ENGINE_CACHE"
@@ -132,7 +132,11 @@ def profile_for(onnx_path: str | os.PathLike, kind: str | None = None) -> tuple[
     """(kind, profile spec) for an rfdeploy ONNX file, from its ``rfdeploy.kind`` and contract
     metadata; ``kind`` given explicitly must agree with the file."""
     path = Path(onnx_path)
-    meta, inputs = _onnx_facts(path)
+    return _profile(path, *_onnx_facts(path), kind)
+
+
+def _profile(path: Path, meta: dict[str, str], inputs: dict[str, list[int | None]],
+             kind: str | None) -> tuple[str, ProfileSpec]:
     file_kind = meta.get("rfdeploy.kind")
     if kind is not None and kind not in KINDS:
         raise InputError(f"kind must be one of {KINDS}, got {kind!r}")
@@ -259,9 +263,7 @@ def _reuse_problem(engine: Path, onnx_sha: str, backend, gpu_cc: str | None) -> 
         manifest = load_manifest(engine)
         check_manifest(manifest, engine, runtime_backend_name=backend.name, runtime_version=backend.version,
                        gpu_cc=gpu_cc)
-    except EngineMismatchError as e:
-        return str(e.args[0])
-    except ModelFileError as e:
+    except ModelFileError as e:  # EngineMismatchError included
         return str(e.args[0])
     if manifest.onnx_sha256 != onnx_sha:
         return "its manifest names another ONNX file's sha256"
@@ -314,10 +316,10 @@ def ensure_engine(
         gpu = current_gpu()
         gpu_cc = gpu["compute_capability"] if gpu else None
 
-    kind, spec = profile_for(src, kind)
+    meta, inputs = _onnx_facts(src)
+    kind, spec = _profile(src, meta, inputs, kind)
     build_src = src
     src_sha = sha256_file(src)
-    meta, _ = _onnx_facts(src)
     file_precision = meta.get("rfdeploy.precision", "fp32")
     if precision == "fp16" and file_precision == "fp32":
         build_src = cached_fp16_onnx(src, cache, src_sha, notes, echo)
@@ -382,7 +384,6 @@ def engines_usable_here(prefer_backend: str | None = None) -> str | None:
     visible and the TensorRT flavour can target it); otherwise the reason, for ``--backend auto``."""
     from rfdeploy.engines.backend import BuilderBackend, current_gpu
     from rfdeploy.engines.manifest import normalize_cc
-
     from rfdeploy.runtime.backends.base import cuda_available
 
     # The GPU first: it is the cheaper question, and importing TensorRT is pointless without one.
