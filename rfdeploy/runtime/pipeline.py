@@ -70,9 +70,15 @@ class FacePipeline:
     @classmethod
     def create(cls, *, detector=None, ranker=None, use_ranker: bool = True, backend: str = "auto", device: str = "cpu",
                tile: str = "auto", score_thr: float | None = None, nms_iou: float = 0.4, max_det: int = 750,
-               adapter=None, onnx_cache=None, fp16: bool = False, tile_batch: int = 8) -> "FacePipeline":
+               adapter=None, onnx_cache=None, fp16: bool = False, tile_batch: int = 8, engine_cache=None,
+               precision: str | None = None) -> "FacePipeline":
         """Open the models. ``detector``/``ranker``: .safetensors/.pt checkpoints, rfdeploy .onnx, .engine,
-        or (detector only) a third-party ONNX with an adapter. None: the bundled defaults."""
+        or (detector only) a third-party ONNX with an adapter. None: the bundled defaults.
+
+        With TensorRT (``backend="tensorrt"``, or ``auto`` where TensorRT and a CUDA GPU are present)
+        checkpoints and ONNX files are built into engines for this GPU on first use, into
+        ``engine_cache`` (default ``$RFDEPLOY_ENGINE_CACHE``), at ``precision`` (fp32|fp16; None:
+        fp16 when ``fp16``)."""
         from rfdeploy.models import DEFAULT_DETECTOR, DEFAULT_RANKER
         from rfdeploy.runtime.backends.base import open_runner
         from rfdeploy.runtime.models import Detector, Ranker, ThirdPartyDetector
@@ -87,7 +93,8 @@ class FacePipeline:
             det = ThirdPartyDetector(OnnxDetector(det_path, adapter=adapter))
             notes.append(f"third-party detector {det.name} ({det_path.name}) through onnxruntime")
         else:
-            runner = open_runner(det_path, backend=backend, device=device, fp16=fp16, onnx_cache=onnx_cache, notes=notes)
+            runner = open_runner(det_path, backend=backend, device=device, fp16=fp16, onnx_cache=onnx_cache,
+                                 engine_cache=engine_cache, precision=precision, notes=notes)
             det = Detector(runner.activate())
             notes.append(f"detector {det.name}: {runner.describe()}")
         rank = None
@@ -95,9 +102,9 @@ class FacePipeline:
             rank_path = Path(ranker) if ranker else DEFAULT_RANKER
             if not rank_path.is_file():
                 raise InputError(f"ranker model not found: {rank_path}", hint="or run with --no-ranker")
-            # an engine for the detector does not imply one for the ranker: auto picks per file
-            rb = backend if backend != "tensorrt" or rank_path.suffix in (".engine", ".plan") else "auto"
-            rrunner = open_runner(rank_path, backend=rb, device=device, fp16=fp16, onnx_cache=onnx_cache, notes=notes)
+            # tensorrt builds the ranker's engine too when it is given as a checkpoint or ONNX file
+            rrunner = open_runner(rank_path, backend=backend, device=device, fp16=fp16, onnx_cache=onnx_cache,
+                                  engine_cache=engine_cache, precision=precision, notes=notes)
             rank = Ranker(rrunner.activate())
             notes.append(f"ranker {rank.cfg.name} (N={rank.num_boxes}): {rrunner.describe()}")
         opts = PipelineOptions(score_thr=score_thr, nms_iou=nms_iou, max_det=max_det, tile=tile,

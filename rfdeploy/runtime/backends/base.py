@@ -71,11 +71,16 @@ def cuda_available() -> bool:
 
 
 def open_runner(path: str | os.PathLike, *, backend: str = "auto", device: str = "cpu", fp16: bool = False,
-                onnx_cache: str | os.PathLike | None = None, notes: list[str] | None = None) -> Runner:
+                onnx_cache: str | os.PathLike | None = None, engine_cache: str | os.PathLike | None = None,
+                precision: str | None = None, notes: list[str] | None = None) -> Runner:
     """A runner for a model file.
 
-    auto: an engine when one is given and can run here, else onnxruntime (a checkpoint is exported
-    to ONNX once, into ``onnx_cache``), else torch. What was chosen, and why, goes into ``notes``.
+    tensorrt: an engine file as it is; a checkpoint or ONNX file is exported (once, into
+    ``onnx_cache``) and built into a TensorRT engine for this GPU (once, into ``engine_cache``; see
+    rfdeploy.runtime.backends.engine_cache). auto: the same when a TensorRT module imports and a CUDA
+    GPU is visible, else onnxruntime (a checkpoint is exported to ONNX once), else torch.
+    ``precision`` (fp32|fp16) is the precision of engines built here; None: fp16 when ``fp16``.
+    What was chosen, and why, goes into ``notes``.
     """
     notes = notes if notes is not None else []
     if backend not in BACKENDS:
@@ -83,17 +88,41 @@ def open_runner(path: str | os.PathLike, *, backend: str = "auto", device: str =
     path = Path(path)
     if not path.is_file():
         raise InputError(f"model file not found: {path}")
+    if precision not in (None, "fp32", "fp16"):
+        raise InputError(f"engine precision must be fp32 or fp16, got {precision!r}")
     kind = model_kind(path)
+    trt_device = device if device.startswith("cuda") else "cuda:0"
 
     if kind == "engine":
         if backend not in ("auto", "tensorrt"):
             raise InputError(f"{path} is a TensorRT engine; it runs only with --backend tensorrt")
         from rfdeploy.runtime.backends.trt_runner import TrtRunner
 
-        return TrtRunner(path, device=device if device.startswith("cuda") else "cuda:0")
+        return TrtRunner(path, device=trt_device)
+    if backend == "tensorrt" and kind == "onnx" and not _is_rfdeploy_onnx(path):
+        raise InputError(f"{path} has no rfdeploy metadata: its engine profile is unknown",
+                         hint="build its engine with `rfdeploy build-engine` and pass the .engine file")
+
+    engine_precision = precision or ("fp16" if fp16 else "fp32")
     if backend == "tensorrt":
-        raise InputError(f"--backend tensorrt needs an engine file; {path} is {kind}",
-                         hint="build one with `rfdeploy build-engine`")
+        return _engine_runner(path, kind, trt_device, onnx_cache, engine_cache, engine_precision, notes)
+    if backend == "auto":
+        from rfdeploy.errors import BuildError
+        from rfdeploy.runtime.backends.engine_cache import engines_usable_here
+
+        why_not = engines_usable_here()
+        if why_not is None and kind == "onnx" and not _is_rfdeploy_onnx(path):
+            why_not = f"{path.name} has no rfdeploy metadata (no engine profile)"
+        if why_not is None:
+            try:
+                return _engine_runner(path, kind, trt_device, onnx_cache, engine_cache, engine_precision, notes)
+            except BuildError as e:
+                notes.append(f"no TensorRT engine for {path.name} ({str(e).splitlines()[0]}): using onnxruntime")
+        else:
+            from rfdeploy.engines.backend import installed_backends
+
+            if installed_backends():  # only worth saying where TensorRT is installed
+                notes.append(f"TensorRT engines not used: {why_not}")
 
     if kind == "onnx":
         if backend == "torch":
@@ -120,6 +149,28 @@ def open_runner(path: str | os.PathLike, *, backend: str = "auto", device: str =
 
     onnx_path = cached_export(path, onnx_cache, notes)
     return OrtRunner(onnx_path, device=device)
+
+
+def _is_rfdeploy_onnx(path: Path) -> bool:
+    """Whether an ONNX file carries rfdeploy's kind metadata (what picks an engine profile)."""
+    from rfdeploy.engines import onnxinfo
+
+    return "rfdeploy.kind" in onnxinfo.metadata(onnxinfo.load_onnx(path))
+
+
+def _engine_runner(path: Path, kind: str, device: str, onnx_cache, engine_cache, precision: str,
+                   notes: list[str]) -> Runner:
+    """Export (checkpoint) -> cached engine for the local GPU -> TrtRunner."""
+    from rfdeploy.engines.backend import current_gpu
+    from rfdeploy.engines.runner import parse_device
+    from rfdeploy.runtime.backends.engine_cache import ensure_engine
+    from rfdeploy.runtime.backends.trt_runner import TrtRunner
+
+    onnx_path = cached_export(path, onnx_cache, notes) if kind == "checkpoint" else path
+    gpu = current_gpu(parse_device(device))
+    engine = ensure_engine(onnx_path, engine_cache, precision=precision,
+                           gpu_cc=gpu["compute_capability"] if gpu else None, notes=notes)
+    return TrtRunner(engine, device=device)
 
 
 def default_cache_dir() -> Path:
