@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import glob
 import os
+import struct
 import threading
 import warnings
 from dataclasses import dataclass, field
@@ -140,8 +141,10 @@ def load_image(path: str | os.PathLike, max_pixels: int | None | object = _USE_E
         raise InputError(f"{p}: permission denied") from None
     except MemoryError:
         raise InputError(f"{p}: not enough memory to decode this image", hint=_limit_hint(limit)) from None
-    except (OSError, SyntaxError, ValueError, EOFError) as e:
-        # Pillow reports truncated or corrupt data as OSError/SyntaxError/EOFError.
+    except (OSError, SyntaxError, ValueError, EOFError, TypeError, struct.error, LookupError, ArithmeticError) as e:
+        # Pillow reports truncated or corrupt data as OSError/SyntaxError/EOFError, and corrupt
+        # headers (TIFF tags above all) as TypeError, struct.error, IndexError/KeyError or
+        # ZeroDivisionError: all are the file's fault, not ours.
         raise InputError(f"{p}: cannot decode image ({type(e).__name__}: {e})",
                          hint="the file is probably truncated or corrupt") from None
     return LoadedImage(rgb=rgb, path=p, notes=notes)
