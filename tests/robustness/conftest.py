@@ -47,16 +47,31 @@ def tiny_ckpt(tmp_path_factory) -> Path:
     return save_checkpoint(tiny_detector(), tmp_path_factory.mktemp("ckpt") / "tiny_det.safetensors")
 
 
-@pytest.fixture(scope="session")
-def tiny_ranker_ckpt(tmp_path_factory) -> Path:
+def tiny_ranker(seed: int = 0):
+    """A small CRFace with random weights everywhere (a fresh one returns its input scores)."""
     import torch
 
     from rfdeploy.models import build, ranker_config
+
+    torch.manual_seed(seed)
+    model = build(ranker_config("crface_small", fpn_channels=16, conf_channels=16, bpn_channels=8, num_boxes=64))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return model
+
+
+@pytest.fixture(scope="session")
+def tiny_ranker_ckpt(tmp_path_factory) -> Path:
     from rfdeploy.models.checkpoint import save_checkpoint
 
-    torch.manual_seed(0)
-    cfg = ranker_config("crface_small", fpn_channels=16, conf_channels=16, bpn_channels=8, num_boxes=64)
-    return save_checkpoint(build(cfg), tmp_path_factory.mktemp("ckpt") / "tiny_rank.safetensors")
+    return save_checkpoint(tiny_ranker(), tmp_path_factory.mktemp("ckpt") / "tiny_rank.safetensors")
+
+
+@pytest.fixture(scope="session")
+def onnx_cache(tmp_path_factory) -> Path:
+    """One ONNX cache for the tests that run the bundled models: the detector is exported once."""
+    return tmp_path_factory.mktemp("rfdeploy_cache")
 
 
 def small_image(src: Path, dst: Path, size: tuple[int, int], fmt: str | None = None) -> Path:

@@ -201,9 +201,9 @@ def test_interrupt_keeps_an_existing_output(tiny_ckpt, photo_dir, tmp_path, monk
     assert no_part_files(tmp_path)
 
 
-def test_bundled_models_on_a_directory_with_a_bad_file(tmp_path, monkeypatch):
+def test_bundled_models_on_a_directory_with_a_bad_file(tmp_path, monkeypatch, onnx_cache):
     """The default models (onnxruntime, exported once into the cache) through the same error path."""
-    monkeypatch.setenv("RFDEPLOY_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("RFDEPLOY_CACHE", str(onnx_cache))
     d = tmp_path / "in"
     small_image(HOPPER, d / "a.jpg", (160, 192))
     (d / "b.jpg").write_bytes(HOPPER.read_bytes()[:1500])
