@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -135,8 +134,3 @@ def assert_clean_failure(res: CliResult, code: int, *needles: str) -> str:
     for n in needles:
         assert n in text, (n, text)
     return text
-
-
-def copy_tree(src: Path, dst: Path) -> Path:
-    shutil.copytree(src, dst)
-    return dst
