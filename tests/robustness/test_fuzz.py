@@ -11,10 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import ASTRONAUT, HOPPER, run_cli, tiny_args
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from conftest import ASTRONAUT, HOPPER, run_cli, tiny_args
 
 from rfdeploy.errors import InputError
 from rfdeploy.runtime.image_io import load_image

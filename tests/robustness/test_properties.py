@@ -6,6 +6,7 @@ tests/runtime/test_nms.py and tests/runtime/test_tiling.py.)"""
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -100,7 +101,7 @@ def test_merge_and_nms_does_not_depend_on_how_candidates_were_split(d, iou):
     boxes, scores, cuts, perm = d
     b, s = boxes[perm], scores[perm]
     edges = [0, *cuts, len(b)]
-    parts = [(b[i:j], s[i:j]) for i, j in zip(edges, edges[1:])]
+    parts = [(b[i:j], s[i:j]) for i, j in itertools.pairwise(edges)]
     mb, ms = merge_and_nms(parts[::-1], iou=iou)
     keep = nms(boxes, scores, iou)
     np.testing.assert_array_equal(ms, scores[keep])
