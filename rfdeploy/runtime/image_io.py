@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import glob
 import os
+import struct
 import threading
 import warnings
 from dataclasses import dataclass, field
@@ -114,7 +115,10 @@ def load_image(path: str | os.PathLike, max_pixels: int | None | object = _USE_E
 
     notes: list[str] = []
     try:
-        with open(p, "rb") as fh, _PIL_LOCK:
+        # Pillow's warnings about odd metadata (corrupt EXIF, skipped TIFF tags) become notes on
+        # the result rather than lines on stderr; the lock keeps other loads out of this capture.
+        with open(p, "rb") as fh, _PIL_LOCK, warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
             old_limit, old_truncated = Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES
             try:
                 ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -126,12 +130,18 @@ def load_image(path: str | os.PathLike, max_pixels: int | None | object = _USE_E
                     raise InputError(*_unidentified_message(p, fh)) from None
                 _check_pixels(p, im.size, limit)
                 Image.MAX_IMAGE_PIXELS = limit
-                with warnings.catch_warnings():
-                    warnings.simplefilter("error", Image.DecompressionBombWarning)
-                    rgb = _decode(im, notes)
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                rgb = _decode(im, notes)
             finally:
                 Image.MAX_IMAGE_PIXELS = old_limit
                 ImageFile.LOAD_TRUNCATED_IMAGES = old_truncated
+        for w in caught:
+            if f"{os.sep}PIL{os.sep}" in w.filename:
+                note = f"decoder warning: {str(w.message).strip()}"
+                if note not in notes:
+                    notes.append(note)
+            else:  # not the decoder's: passed on as it was
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     except InputError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
@@ -140,8 +150,10 @@ def load_image(path: str | os.PathLike, max_pixels: int | None | object = _USE_E
         raise InputError(f"{p}: permission denied") from None
     except MemoryError:
         raise InputError(f"{p}: not enough memory to decode this image", hint=_limit_hint(limit)) from None
-    except (OSError, SyntaxError, ValueError, EOFError) as e:
-        # Pillow reports truncated or corrupt data as OSError/SyntaxError/EOFError.
+    except (OSError, SyntaxError, ValueError, EOFError, TypeError, struct.error, LookupError, ArithmeticError) as e:
+        # Pillow reports truncated or corrupt data as OSError/SyntaxError/EOFError, and corrupt
+        # headers (TIFF tags above all) as TypeError, struct.error, IndexError/KeyError or
+        # ZeroDivisionError: all are the file's fault, not ours.
         raise InputError(f"{p}: cannot decode image ({type(e).__name__}: {e})",
                          hint="the file is probably truncated or corrupt") from None
     return LoadedImage(rgb=rgb, path=p, notes=notes)

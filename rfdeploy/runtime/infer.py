@@ -105,15 +105,26 @@ def run_files(pipeline: FacePipeline, paths: list[Path], *, workers: int = 1,
 
     summary = RunSummary()
     if workers <= 1:
-        results: Iterable[dict] = map(one, paths)
-    else:
-        pool = ThreadPoolExecutor(max_workers=workers)
-        results = pool.map(one, paths)  # map() yields in submission order
-    for rec in results:
-        summary.records.append(rec)
-        if on_record is not None:
-            on_record(rec)
+        for rec in map(one, paths):
+            _collect(summary, rec, on_record)
+        return summary
+    pool = ThreadPoolExecutor(max_workers=workers)
+    try:
+        for rec in pool.map(one, paths):  # map() yields in submission order
+            _collect(summary, rec, on_record)
+    except BaseException:
+        # An interrupt (or a failing on_record) stops the run: queued files are dropped rather
+        # than processed in the background until the interpreter can exit.
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
     return summary
+
+
+def _collect(summary: RunSummary, rec: dict, on_record: Callable[[dict], None] | None) -> None:
+    summary.records.append(rec)
+    if on_record is not None:
+        on_record(rec)
 
 
 def write_jsonl(records: Iterable[dict], path, overwrite: bool) -> None:
