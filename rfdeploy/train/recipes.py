@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from rfdeploy.models.config import DetectorConfig, RankerConfig, detector_config, ranker_config
 
@@ -64,32 +63,29 @@ def train_default_detector(data_dir, out_dir, *, device="cpu", steps=20000, batc
                           init_checkpoint=init_checkpoint, use_fsm=use_fsm)
 
 
-def torch_candidates(model, device):
-    """rgb -> (boxes, scores) for one RefineFace module, the detector's full candidate set."""
-    from rfdeploy.runtime.preprocess import preprocess
+def candidate_source(detector_path, device="cpu", min_score: float = 0.01):
+    """rgb -> (boxes, scores): a detector's full candidate set, whole image, on the fastest
+    backend available (onnxruntime on CPU), through the same face logic as inference."""
+    from rfdeploy.runtime.backends.base import open_runner
+    from rfdeploy.runtime.facelogic import FaceLogicConfig, detect_candidates
+    from rfdeploy.runtime.models import Detector
 
-    model = model.to(device).eval()
-
-    @torch.no_grad()
-    def run(rgb):
-        x, lb = preprocess(rgb, model.cfg.contract)
-        b, s = model(torch.from_numpy(x).to(device))
-        return lb.to_image(b[0].float().cpu().numpy()), s[0].float().cpu().numpy()
-
-    return run
+    det = Detector(open_runner(detector_path, device=device).activate())
+    cfg = FaceLogicConfig(detector_contract=det.contract, tile="off", candidate_thr=min_score)
+    return lambda rgb: detect_candidates(rgb, det.run_batch, cfg)
 
 
 def train_default_ranker(data_dir, detector_ckpt, out_dir, *, device="cpu", scenes=1500, steps=3000, batch_size=16,
-                         workers=4, time_budget_s=None, extra_onnx_detectors=(), cfg: RankerConfig | None = None):
+                         workers=4, time_budget_s=None, extra_onnx_detectors=(), cfg: RankerConfig | None = None,
+                         freeze_stages: int = 0):
     """CRFace recipe: frozen detectors over composed scenes; oracle = IoU with the closest face."""
-    from rfdeploy.models import load
     from rfdeploy.train.synth import SceneGenerator
     from rfdeploy.train.trainer import RankerSamples, TrainOptions, build_ranker_samples, train_ranker
 
     cfg = cfg or default_ranker_config()
     d = Path(data_dir)
     gen = SceneGenerator(d / "facecrops", d / "backgrounds", out_size=((640, 480), (1920, 1440)), seed=7, exclude_crops=NOISY_CROPS)
-    detectors = [torch_candidates(load(detector_ckpt), device)]
+    detectors = [candidate_source(detector_ckpt, device)]
     for onnx_path in extra_onnx_detectors:
         from rfdeploy.runtime.adapters import OnnxDetector
 
@@ -104,7 +100,8 @@ def train_default_ranker(data_dir, detector_ckpt, out_dir, *, device="cpu", scen
     items = build_ranker_samples(scenes_iter(), detectors, cfg)
     prep_s = time.time() - t
     opts = TrainOptions(steps=steps, batch_size=batch_size, device=device, workers=workers, optimizer="adam", lr=1e-3,
-                        warmup_steps=0, time_budget_s=time_budget_s, log_every=20, save_every=500)
+                        warmup_steps=0, time_budget_s=time_budget_s, log_every=10, save_every=100,
+                        freeze_stages=freeze_stages)
     imagenet = d / "models" / "mobilenet_v2_imagenet.pth"
     res = train_ranker(cfg, RankerSamples(items), opts, out_dir, imagenet_weights=imagenet if imagenet.is_file() else None)
     (Path(out_dir) / "prep.json").write_text(json.dumps({"samples": len(items), "prep_seconds": prep_s}))
