@@ -35,9 +35,9 @@ import json
 import logging
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import onnx
@@ -46,7 +46,11 @@ from rfdeploy.calib.images import list_image_files, load_rgb, spread_order
 from rfdeploy.calib.qdq import qdq_problems, unquantize_region_inputs
 from rfdeploy.contract import METADATA_KEY, PreprocessContract
 from rfdeploy.errors import BuildError, InputError, ModelFileError
-from rfdeploy.export.graph_regions import SENSITIVE_OPS, ensure_node_names, find_fp32_region
+from rfdeploy.export.graph_regions import (
+    SENSITIVE_OPS,
+    ensure_node_names,
+    find_fp32_region,
+)
 from rfdeploy.export.precision_io import (
     PRECISION_KEY,
     check_node_names,

@@ -31,7 +31,11 @@ from dataclasses import asdict, dataclass, field
 import onnx
 
 from rfdeploy.errors import BuildError
-from rfdeploy.export.graph_regions import SENSITIVE_OPS, ensure_node_names, find_fp32_region
+from rfdeploy.export.graph_regions import (
+    SENSITIVE_OPS,
+    ensure_node_names,
+    find_fp32_region,
+)
 from rfdeploy.export.precision_io import (
     PRECISION_KEY,
     check_node_names,

@@ -14,7 +14,13 @@ from rfdeploy.contract import PreprocessContract
 from rfdeploy.export.graph_regions import ensure_node_names, find_fp32_region
 from rfdeploy.models.crface import pack_candidates
 from rfdeploy.runtime.preprocess import Letterbox, preprocess
-from tests.real_models import ASTRONAUT, GRACE_HOPPER, RANKER_BOXES, photo, small_real_models
+from tests.real_models import (
+    ASTRONAUT,
+    GRACE_HOPPER,
+    RANKER_BOXES,
+    photo,
+    small_real_models,
+)
 
 IMAGES = [ASTRONAUT, GRACE_HOPPER]
 
@@ -43,7 +49,7 @@ def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     lt = np.maximum(a[:, None, :2], b[None, :, :2])
     rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
     inter = np.clip(rb - lt, 0, None).prod(-1)
-    area = lambda z: (z[:, 2:] - z[:, :2]).prod(-1)  # noqa: E731
+    area = lambda z: (z[:, 2:] - z[:, :2]).prod(-1)
     return inter / (area(a)[:, None] + area(b)[None] - inter)
 
 
