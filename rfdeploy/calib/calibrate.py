@@ -14,10 +14,13 @@ so its long side is ``calib_size`` (models with a ``long_side`` contract are res
 itself, to ``resize_to``), then letterboxed by ``preprocess`` onto a square canvas of the padded
 size (bottom/right padding with the mean colour, exactly as at run time).
 
-Ranker models (a second input ``boxes`` [B, N, 5] = x1, y1, x2, y2, score in input-tensor pixels)
-also need candidate boxes: ``boxes_fn(tensor, letterbox) -> (N, 5)`` provides them, or synthetic
-candidates are drawn (face-like aspect, log-uniform sizes inside the image, low-skewed scores,
-seeded per image so runs repeat).
+Ranker models (a second input ``boxes`` [B, N, 5] in the ranker's own format: rows x, y, w, h
+normalised by the source image width/height, score; sorted by score descending, zero-padded, as
+made by rfdeploy.models.crface.pack_candidates) also need candidates: ``boxes_fn(tensor, letterbox)
+-> (N, 5)`` provides them in that format, or synthetic detector candidates are drawn in source-image
+pixels (face-like aspect, log-uniform sizes inside the image, low-skewed scores, a random number of
+them so the zero padding is seen too; seeded per image so runs repeat) and packed by
+``pack_candidates``, the function every runtime backend uses.
 
 The tensor ranges are cached in ``cache_dir`` as JSON, keyed by the sha256 of: the model bytes, the
 sorted hashes of the image files used, the contract JSON, the method, ``num``, ``calib_size``, the
@@ -32,9 +35,9 @@ import json
 import logging
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import onnx
@@ -43,7 +46,11 @@ from rfdeploy.calib.images import list_image_files, load_rgb, spread_order
 from rfdeploy.calib.qdq import qdq_problems, unquantize_region_inputs
 from rfdeploy.contract import METADATA_KEY, PreprocessContract
 from rfdeploy.errors import BuildError, InputError, ModelFileError
-from rfdeploy.export.graph_regions import SENSITIVE_OPS, ensure_node_names, find_fp32_region
+from rfdeploy.export.graph_regions import (
+    SENSITIVE_OPS,
+    ensure_node_names,
+    find_fp32_region,
+)
 from rfdeploy.export.precision_io import (
     PRECISION_KEY,
     check_node_names,
@@ -61,7 +68,7 @@ METHODS = ("max", "entropy", "percentile")
 DEFAULT_OP_TYPES = ("Conv", "Gemm", "MatMul")
 DEFAULT_EXCLUDE_OPS = SENSITIVE_OPS
 CACHE_FORMAT = 1
-SYNTHETIC_BOXES = "synthetic-v1"
+SYNTHETIC_BOXES = "synthetic-packed-v2"
 METHOD_KEY = "rfdeploy.calibration.method"
 CACHE_KEY_KEY = "rfdeploy.calibration.key"
 
@@ -129,18 +136,31 @@ def _model_inputs(model: onnx.ModelProto, path: str | os.PathLike) -> _ModelInpu
     raise ModelFileError(f"{path}: unsupported inputs {[i.name for i in inputs]} (expected image [, boxes])")
 
 
-def synthetic_boxes(letterbox: Letterbox, n: int, seed: int) -> np.ndarray:
-    """Plausible detector candidates in input-tensor pixels: (n, 5) x1, y1, x2, y2, score."""
+def synthetic_candidates(width: float, height: float, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Plausible pre-NMS detector candidates in source-image pixels: ``(boxes xyxy (k, 4), scores (k,))``
+    with ``n // 4 <= k <= n`` (so packed inputs also show zero padding)."""
     rng = np.random.default_rng(seed)
-    w, h = (s * letterbox.scale for s in letterbox.image_size)
-    longest = max(8.0, 0.5 * min(w, h))
-    bw = np.exp(rng.uniform(np.log(4.0), np.log(longest), n))
-    bh = bw * rng.uniform(1.0, 1.5, n)  # faces are a bit taller than wide
-    cx, cy = rng.uniform(0, w, n), rng.uniform(0, h, n)
-    x1, y1 = np.clip(cx - bw / 2, 0, w), np.clip(cy - bh / 2, 0, h)
-    x2, y2 = np.clip(cx + bw / 2, 0, w), np.clip(cy + bh / 2, 0, h)
-    score = rng.uniform(0, 1, n) ** 2  # most candidates are weak, as before NMS
-    return np.stack([x1, y1, x2, y2, score], 1).astype(np.float32)
+    k = int(rng.integers(max(1, n // 4), n + 1))
+    longest = max(8.0, 0.5 * min(width, height))
+    bw = np.exp(rng.uniform(np.log(4.0), np.log(longest), k))
+    bh = bw * rng.uniform(1.0, 1.5, k)  # faces are a bit taller than wide
+    cx, cy = rng.uniform(0, width, k), rng.uniform(0, height, k)
+    x1, y1 = np.clip(cx - bw / 2, 0, width), np.clip(cy - bh / 2, 0, height)
+    x2, y2 = np.clip(cx + bw / 2, 0, width), np.clip(cy + bh / 2, 0, height)
+    # most candidates are weak, as before NMS; strictly positive (a zero score marks a padded row)
+    score = np.maximum(rng.uniform(0, 1, k) ** 2, 1e-3)
+    return np.stack([x1, y1, x2, y2], 1).astype(np.float32), score.astype(np.float32)
+
+
+def synthetic_boxes(letterbox: Letterbox, n: int, seed: int) -> np.ndarray:
+    """A ranker ``boxes`` input (n, 5) for one image: synthetic candidates packed by
+    ``pack_candidates`` (x, y, w, h normalised by the source image size, score; sorted, zero-padded)."""
+    from rfdeploy.models.crface import pack_candidates
+
+    w, h = letterbox.image_size
+    boxes, scores = synthetic_candidates(w, h, n, seed)
+    packed, _ = pack_candidates(boxes, scores, w, h, n)
+    return packed
 
 
 def calibration_canvas(contract: PreprocessContract, calib_size: int) -> int:

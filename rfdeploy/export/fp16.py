@@ -31,7 +31,11 @@ from dataclasses import asdict, dataclass, field
 import onnx
 
 from rfdeploy.errors import BuildError
-from rfdeploy.export.graph_regions import SENSITIVE_OPS, ensure_node_names, find_fp32_region
+from rfdeploy.export.graph_regions import (
+    SENSITIVE_OPS,
+    ensure_node_names,
+    find_fp32_region,
+)
 from rfdeploy.export.precision_io import (
     PRECISION_KEY,
     check_node_names,
@@ -210,6 +214,20 @@ def _remove_dead_nodes(model: onnx.ModelProto) -> None:
         graph.initializer.extend(kept_inits)
 
 
+def infer_fresh(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Shape inference from scratch: drop the stored ``value_info`` first, then infer.
+
+    Exported files can hold several ``value_info`` entries for one tensor (the exporter's and the
+    simplifier's). The converter retypes only the first one it finds, so a stale float32 duplicate
+    survives next to the fp16 one and strict type inference then rejects the graph (seen on the
+    ranker as a Cast/Resize elem-type mismatch). Inference is the source of truth for types here.
+    """
+    stripped = onnx.ModelProto()
+    stripped.CopyFrom(model)
+    del stripped.graph.value_info[:]
+    return onnx.shape_inference.infer_shapes(stripped)
+
+
 def fp32_violations(model: onnx.ModelProto, nodes: set[str] | frozenset[str]) -> list[str]:
     """Nodes in ``nodes`` that read an fp16 tensor (needs an inferred model); empty when correct."""
     graph = model.graph
@@ -287,7 +305,7 @@ def convert_fp16(
     check_node_names(model, keep_fp32_nodes, "keep_fp32_nodes")
     ensure_node_names(model)
     try:
-        model = onnx.shape_inference.infer_shapes(model)
+        model = infer_fresh(model)
         region = find_fp32_region(
             model, sensitive_ops=frozenset(keep_fp32_ops), check_fp16_range=True,
             extra_nodes=frozenset(keep_fp32_nodes or ()),
@@ -297,7 +315,7 @@ def convert_fp16(
     keep = set(region.nodes)
     float_outputs = {o.name for o in model.graph.output if o.type.tensor_type.elem_type == onnx.TensorProto.FLOAT}
     _untie_shared_constants(model, keep)
-    model = onnx.shape_inference.infer_shapes(model)  # the converter places casts using value_info
+    model = infer_fresh(model)  # the converter places casts using value_info
 
     try:
         if chosen == "autocast":

@@ -228,9 +228,6 @@ def test_fp16_builds_from_a_cached_fp16_onnx(rtx, tmp_path):
     assert fp32 != engine and load_manifest(fp32).precision == "fp32"
 
 
-@pytest.mark.xfail(strict=True, raises=BuildError,
-                   reason="rfdeploy.export.fp16.convert_fp16 produces an invalid graph for the exported CRFace "
-                   "(Resize/Cast type mismatch after onnxconverter-common); engine_cache only calls it")
 def test_fp16_engine_of_the_exported_ranker(rtx, models, tmp_path):
     engine, _, _ = _ensure(models[1], tmp_path / "cache", precision="fp16")
     assert load_manifest(engine).precision == "fp16"
