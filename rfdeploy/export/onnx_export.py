@@ -98,6 +98,8 @@ def clean_graph(model: onnx.ModelProto) -> onnx.ModelProto:
     except Exception as e:  # simplification is an optimisation; a failure must not lose the export
         warnings.warn(f"onnxslim could not simplify the graph ({e}); keeping the traced graph")
         slim = model
+    # stale or duplicated value_info entries from tracing would shadow the inferred types
+    del slim.graph.value_info[:]
     slim = onnx.shape_inference.infer_shapes(slim, strict_mode=False)
     set_metadata(slim, meta)
     onnx.checker.check_model(slim, full_check=True)
