@@ -10,6 +10,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from rfdeploy.export.graph_regions import remove_dead_nodes
+
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 
 
@@ -45,24 +47,8 @@ def unquantize_region_inputs(model: onnx.ModelProto, region: set[str] | frozense
             node.input[i] = q.input[0]
             changed += 1
     if changed:
-        _remove_dead_nodes(model)
+        remove_dead_nodes(model)
     return changed
-
-
-def _remove_dead_nodes(model: onnx.ModelProto) -> None:
-    graph = model.graph
-    needed = {o.name for o in graph.output}
-    keep = []
-    for n in reversed(list(graph.node)):
-        if any(t in needed for t in n.output):
-            keep.append(n)
-            needed.update(t for t in n.input if t)
-    keep.reverse()
-    del graph.node[:]
-    graph.node.extend(keep)
-    inits = [i for i in graph.initializer if i.name in needed]
-    del graph.initializer[:]
-    graph.initializer.extend(inits)
 
 
 def qdq_problems(model: onnx.ModelProto, region: set[str] | frozenset[str] = frozenset()) -> list[str]:

@@ -35,6 +35,7 @@ from rfdeploy.export.graph_regions import (
     SENSITIVE_OPS,
     ensure_node_names,
     find_fp32_region,
+    remove_dead_nodes,
 )
 from rfdeploy.export.precision_io import (
     PRECISION_KEY,
@@ -153,7 +154,7 @@ def _fold_cast_roundtrips(model: onnx.ModelProto) -> int:
         for i, t in enumerate(n.input):
             if t in rewires:
                 n.input[i] = rewires[t]
-    _remove_dead_nodes(model)
+    remove_dead_nodes(model)
     return len(rewires)
 
 
@@ -194,24 +195,6 @@ def _restore_float_outputs(model: onnx.ModelProto, float_outputs: set[str]) -> N
     stale = [vi for vi in graph.value_info if vi.name in float_outputs]
     for vi in stale:
         graph.value_info.remove(vi)
-
-
-def _remove_dead_nodes(model: onnx.ModelProto) -> None:
-    graph = model.graph
-    needed = {o.name for o in graph.output}
-    keep = []
-    for n in reversed(list(graph.node)):
-        if any(t in needed for t in n.output):
-            keep.append(n)
-            needed.update(t for t in n.input if t)
-    keep.reverse()
-    if len(keep) != len(graph.node):
-        del graph.node[:]
-        graph.node.extend(keep)
-        used = {t for n in graph.node for t in n.input}
-        kept_inits = [i for i in graph.initializer if i.name in used]
-        del graph.initializer[:]
-        graph.initializer.extend(kept_inits)
 
 
 def infer_fresh(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -253,3 +253,22 @@ def find_fp32_region(
                 if t in producers and graph.node[producers[t]].name not in region:
                     entry.add(t)
     return Fp32Region(reasons=reasons, entry_tensors=frozenset(entry))
+
+
+def remove_dead_nodes(model: onnx.ModelProto) -> None:
+    """Drop nodes and initializers that no graph output depends on (after rewiring)."""
+    graph = model.graph
+    needed = {o.name for o in graph.output}
+    keep = []
+    for n in reversed(list(graph.node)):
+        if any(t in needed for t in n.output):
+            keep.append(n)
+            needed.update(t for t in n.input if t)
+    keep.reverse()
+    if len(keep) != len(graph.node):
+        del graph.node[:]
+        graph.node.extend(keep)
+        used = {t for n in graph.node for t in n.input}
+        kept_inits = [i for i in graph.initializer if i.name in used]
+        del graph.initializer[:]
+        graph.initializer.extend(kept_inits)
