@@ -132,6 +132,13 @@ def export_model(model: torch.nn.Module, out_path: str | os.PathLike, *, source_
         meta = model_metadata(cfg, source_sha256)
         set_metadata(proto, meta)
         proto = clean_graph(proto)
+        # the candidate count is fixed by the config: state it, so consumers see static shapes
+        k = cfg.candidates if isinstance(cfg, DetectorConfig) else cfg.num_boxes
+        for out in proto.graph.output:
+            dims = out.type.tensor_type.shape.dim
+            if len(dims) >= 2:
+                dims[1].Clear()
+                dims[1].dim_value = k
     except BuildError:
         raise
     except Exception as e:
