@@ -57,7 +57,7 @@ def main():
     if Path(args.retinaface).is_file():
         sess = ort.InferenceSession(args.retinaface, providers=["CPUExecutionProvider"])
         name = sess.get_inputs()[0].name
-        x = (rgb[..., ::-1].astype(np.float32) - (104, 117, 123)).transpose(2, 0, 1)[None].copy()
+        x = (rgb[..., ::-1].astype(np.float32) - np.float32([104, 117, 123])).transpose(2, 0, 1)[None].copy()
         ref = median_ms(lambda: sess.run(None, {name: x}), args.runs)
         rows.append(("RetinaFace-MobileNet0.25, network only", ref))
     else:
