@@ -146,17 +146,20 @@ def _pipeline_options(f):
         click.option("--tile", default="auto", show_default=True, help="auto, off, or a tile size in pixels."),
         click.option("--score-thr", type=float, default=None, help="Output score threshold (default: the model's)."),
         click.option("--nms-iou", type=float, default=0.4, show_default=True),
+        click.option("--engine-cache", type=click.Path(file_okay=False), default=None,
+                     help="Where engines built on first use go (default: $RFDEPLOY_ENGINE_CACHE or ~/.cache/rfdeploy/engines)."),
     ]
     for o in reversed(opts):
         f = o(f)
     return f
 
 
-def _make_pipeline(detector, adapter, ranker, no_ranker, backend, device, fp16, tile, score_thr, nms_iou):
+def _make_pipeline(detector, adapter, ranker, no_ranker, backend, device, fp16, tile, score_thr, nms_iou, engine_cache=None):
     from rfdeploy.runtime.pipeline import FacePipeline
 
     return FacePipeline.create(detector=detector, adapter=adapter, ranker=ranker, use_ranker=not no_ranker,
-                               backend=backend, device=device, fp16=fp16, tile=tile, score_thr=score_thr, nms_iou=nms_iou)
+                               backend=backend, device=device, fp16=fp16, tile=tile, score_thr=score_thr, nms_iou=nms_iou,
+                               engine_cache=engine_cache)
 
 
 @main.command()
@@ -168,7 +171,7 @@ def _make_pipeline(detector, adapter, ranker, no_ranker, backend, device, fp16, 
 @click.option("--workers", default=1, show_default=True, help="Files processed in parallel (results keep input order).")
 @click.option("--recursive", is_flag=True, help="Descend into sub-folders.")
 @click.option("-q", "--quiet", is_flag=True)
-def infer(inputs, detector, adapter, ranker, no_ranker, backend, device, fp16, tile, score_thr, nms_iou, out, save_vis,
+def infer(inputs, detector, adapter, ranker, no_ranker, backend, device, fp16, tile, score_thr, nms_iou, engine_cache, out, save_vis,
           overwrite, workers, recursive, quiet):
     """Detect faces in images, folders or globs (works out of the box with the bundled models)."""
     from rfdeploy.runtime.image_io import iter_image_paths
@@ -177,7 +180,7 @@ def infer(inputs, detector, adapter, ranker, no_ranker, backend, device, fp16, t
     paths = iter_image_paths(list(inputs), recursive=recursive)
     if out and Path(out).exists() and not overwrite:
         raise InputError(f"{out} exists", hint="pass --overwrite to replace it")
-    pipe = _make_pipeline(detector, adapter, ranker, no_ranker, backend, device, fp16, tile, score_thr, nms_iou)
+    pipe = _make_pipeline(detector, adapter, ranker, no_ranker, backend, device, fp16, tile, score_thr, nms_iou, engine_cache)
     if not quiet:
         for n in pipe.notes:
             click.echo(f"# {n}", err=True)
@@ -229,12 +232,12 @@ def infer(inputs, detector, adapter, ranker, no_ranker, backend, device, fp16, t
 @click.option("--runs", default=10, show_default=True)
 @click.option("--warmup", default=2, show_default=True)
 @click.option("--compare", default=None, help="Second configuration, e.g. 'no-ranker' or 'detector=other.onnx,backend=torch'.")
-def bench(detector, adapter, ranker, no_ranker, backend, device, fp16, tile, score_thr, nms_iou, sizes, image, runs, warmup, compare):
+def bench(detector, adapter, ranker, no_ranker, backend, device, fp16, tile, score_thr, nms_iou, engine_cache, sizes, image, runs, warmup, compare):
     """Per-stage timings (medians after warm-up), optionally against a second configuration."""
     from rfdeploy.runtime.bench import bench_image, format_results, run_bench
 
     base = dict(detector=detector, adapter=adapter, ranker=ranker, no_ranker=no_ranker, backend=backend, device=device,
-                fp16=fp16, tile=tile, score_thr=score_thr, nms_iou=nms_iou)
+                fp16=fp16, tile=tile, score_thr=score_thr, nms_iou=nms_iou, engine_cache=engine_cache)
     configs = [("base", base)]
     if compare:
         other = dict(base)
@@ -266,7 +269,7 @@ def bench(detector, adapter, ranker, no_ranker, backend, device, fp16, tile, sco
 @click.option("--concurrency", default=1, show_default=True, help="Actors, each loading the models once.")
 @click.option("--batch-size", default=4, show_default=True, help="Images per actor call.")
 @click.option("--recursive", is_flag=True)
-def batch(inputs, output, detector, adapter, ranker, no_ranker, backend, device, fp16, tile, score_thr, nms_iou,
+def batch(inputs, output, detector, adapter, ranker, no_ranker, backend, device, fp16, tile, score_thr, nms_iou, engine_cache,
           ray_address, num_gpus_per_worker, concurrency, batch_size, recursive):
     """Batch inference with Ray Data: JSON lines, one record per image (extra: scale)."""
     from rfdeploy.runtime.batch import batch_cli
@@ -274,7 +277,7 @@ def batch(inputs, output, detector, adapter, ranker, no_ranker, backend, device,
     report, code = batch_cli(inputs, output, ray_address=ray_address, num_gpus_per_worker=num_gpus_per_worker,
                              concurrency=concurrency, batch_size=batch_size, recursive=recursive, detector=detector,
                              adapter=adapter, ranker=ranker, use_ranker=not no_ranker, backend=backend, device=device,
-                             fp16=fp16, tile=tile, score_thr=score_thr, nms_iou=nms_iou)
+                             fp16=fp16, tile=tile, score_thr=score_thr, nms_iou=nms_iou, engine_cache=engine_cache)
     click.echo(report.summary())
     sys.exit(code)
 
@@ -308,14 +311,14 @@ def triton_repo(out_dir, detector_engine, ranker_engine, max_batch, instances, p
 @click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Write a precision-recall PNG.")
 @click.option("--json-out", type=click.Path(dir_okay=False), default=None, help="Write the metrics as JSON.")
 def eval_cmd(gt, images, predictions, detector, adapter, ranker, no_ranker, backend, device, fp16, tile, score_thr,
-             nms_iou, plot, json_out):
+             nms_iou, engine_cache, plot, json_out):
     """AP at IoU 0.5..0.8 on an annotated set, for any model, backend and precision."""
     from rfdeploy.eval.api import evaluate_pipeline, evaluate_predictions
 
     if predictions:
         res = evaluate_predictions(gt, predictions, plot)
     else:
-        pipe = _make_pipeline(detector, adapter, ranker, no_ranker, backend, device, fp16, tile, 0.0 if score_thr is None else score_thr, nms_iou)
+        pipe = _make_pipeline(detector, adapter, ranker, no_ranker, backend, device, fp16, tile, 0.0 if score_thr is None else score_thr, nms_iou, engine_cache)
         res = evaluate_pipeline(pipe, gt, images, plot)
     click.echo(res["report"])
     if json_out:

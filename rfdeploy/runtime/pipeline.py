@@ -41,6 +41,8 @@ class PipelineOptions:
             raise InputError(f"score threshold must be in [0, 1], got {self.score_thr}")
         if self.max_det < 1 or self.tile_batch < 1:
             raise InputError("max_det and tile_batch must be >= 1")
+        if self.tile not in ("auto", "off") and not (str(self.tile).isdigit() and int(self.tile) >= 64):
+            raise InputError(f"--tile must be auto, off or a tile size >= 64 pixels, got {self.tile!r}")
 
 
 @dataclass

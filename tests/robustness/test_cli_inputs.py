@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import HOPPER, assert_clean_failure, run_cli, small_image, tiny_args
+from robust_helpers import HOPPER, assert_clean_failure, run_cli, small_image, tiny_args
 
 from rfdeploy.errors import PARTIAL_FAILURE_EXIT_CODE
 

@@ -7,7 +7,7 @@ import shutil
 import threading
 from pathlib import Path
 
-from conftest import ASTRONAUT, HOPPER, run_cli, small_image, tiny_args
+from robust_helpers import ASTRONAUT, HOPPER, run_cli, small_image, tiny_args
 
 
 def _without_timings(recs: list[dict]) -> list[dict]:

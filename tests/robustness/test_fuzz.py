@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ASTRONAUT, HOPPER, run_cli, tiny_args
+from robust_helpers import ASTRONAUT, HOPPER, run_cli, tiny_args
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 
-from conftest import HOPPER, run_cli, tiny_ranker
+from robust_helpers import HOPPER, run_cli, tiny_ranker
 
 from rfdeploy.models.checkpoint import save_checkpoint
 

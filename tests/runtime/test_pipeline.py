@@ -155,3 +155,11 @@ def test_composed_large_image_needs_tiling(shared_data):
     assert r_tiled > r_single, (r_tiled, r_single, hit_t, hit_s)
     assert hit_t[small_faces].sum() > hit_s[small_faces].sum()
     assert hit_t[-1], "the 1500 px face is found by a downscaled pass"
+
+
+@pytest.mark.parametrize("bad", [dict(tile="foo"), dict(tile="32"), dict(nms_iou=0.0), dict(score_thr=1.5), dict(max_det=0)])
+def test_pipeline_options_refuse_bad_values(bad):
+    from rfdeploy.errors import InputError
+
+    with pytest.raises(InputError):
+        PipelineOptions(**bad)
