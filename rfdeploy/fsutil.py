@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -49,3 +50,18 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def read_json(path: str | os.PathLike, what: str, bad_content_error=None):
+    """Parse a user's JSON file. Missing -> InputError; unreadable or not JSON -> ``bad_content_error``
+    (InputError by default), each naming ``what`` the file was meant to be."""
+    from rfdeploy.errors import InputError
+
+    bad = bad_content_error or InputError
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError as e:
+        raise InputError(f"{what} not found: {path}") from e
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise bad(f"cannot read {what} {path}: {e}") from e

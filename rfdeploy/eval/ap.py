@@ -10,10 +10,8 @@ AP is the VOC all-point interpolated area under the precision envelope.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -49,14 +47,9 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def load_annotations(path: str | os.PathLike) -> list[GroundTruth]:
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError as e:
-        raise InputError(f"annotation file not found: {path}") from e
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise InputError(f"cannot read annotation file {path}: {e}") from e
-    return parse_annotations(data, source=str(path))
+    from rfdeploy.fsutil import read_json
+
+    return parse_annotations(read_json(path, "annotation file"), source=str(path))
 
 
 def parse_annotations(data: dict, source: str = "annotations") -> list[GroundTruth]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Sequence
@@ -17,13 +16,10 @@ from rfdeploy.runtime.detections import Detections
 def load_predictions_json(path: str | os.PathLike) -> dict[str, Detections]:
     """Predictions as ``{file: [{"box": [x1,y1,x2,y2], "score": s}, ...]}`` or
     ``{"images": [{"file": f, "detections": [...]}]}`` (the shape ``Detections.to_json`` writes)."""
+    from rfdeploy.fsutil import read_json
+
     path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError as e:
-        raise InputError(f"predictions file not found: {path}") from e
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise InputError(f"cannot read predictions file {path}: {e}") from e
+    data = read_json(path, "predictions file")
     if isinstance(data, dict) and isinstance(data.get("images"), list):
         try:
             data = {im["file"]: im.get("detections", []) for im in data["images"]}

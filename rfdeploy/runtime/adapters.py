@@ -9,7 +9,6 @@ decoded boxes and scores are described by a small JSON file (see ``DecodedBoxesA
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from abc import ABC, abstractmethod
@@ -459,13 +458,10 @@ def load_adapter_json(path: str | os.PathLike) -> DecodedBoxesAdapter:
     ``{"boxes_output": "boxes", "scores_output": "scores", "box_format": "xywh",
     "normalized": true, "contract": {"mean": [0,0,0], "std": [255,255,255]}}``.
     """
+    from rfdeploy.fsutil import read_json
+
     path = Path(path)
-    try:
-        spec = json.loads(path.read_text())
-    except FileNotFoundError as e:
-        raise InputError(f"adapter file not found: {path}") from e
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ModelFileError(f"cannot read adapter file {path}: {e}") from e
+    spec = read_json(path, "adapter file", ModelFileError)
     if not isinstance(spec, dict):
         raise ModelFileError(f"adapter file {path} must hold a JSON object")
     unknown = set(spec) - _JSON_KEYS

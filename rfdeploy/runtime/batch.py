@@ -48,11 +48,9 @@ class BatchReport:
 
 
 def error_record(path: str, exc: BaseException) -> dict:
-    """The pipeline's error record when it is available, else the same schema here."""
-    try:
-        from rfdeploy.runtime.pipeline import error_record as pipeline_error_record
-    except ImportError:
-        return {"file": str(path), "error": str(exc), "error_type": type(exc).__name__}
+    """The same error record `infer` writes (one schema for every runner)."""
+    from rfdeploy.runtime.pipeline import error_record as pipeline_error_record
+
     return pipeline_error_record(path, exc)
 
 
