@@ -154,12 +154,18 @@ def _pipeline_options(f):
     return f
 
 
-def _make_pipeline(detector, adapter, ranker, no_ranker, backend, device, fp16, tile, score_thr, nms_iou, engine_cache=None):
+_cuda_graph_option = click.option(
+    "--cuda-graph", is_flag=True,
+    help="torch backend on CUDA: capture and replay CUDA graphs per input shape (tiles repeat shapes).")
+
+
+def _make_pipeline(detector, adapter, ranker, no_ranker, backend, device, fp16, tile, score_thr, nms_iou, engine_cache=None,
+                   cuda_graph=False):
     from rfdeploy.runtime.pipeline import FacePipeline
 
     return FacePipeline.create(detector=detector, adapter=adapter, ranker=ranker, use_ranker=not no_ranker,
                                backend=backend, device=device, fp16=fp16, tile=tile, score_thr=score_thr, nms_iou=nms_iou,
-                               engine_cache=engine_cache)
+                               engine_cache=engine_cache, cuda_graph=cuda_graph)
 
 
 @main.command()
@@ -171,8 +177,9 @@ def _make_pipeline(detector, adapter, ranker, no_ranker, backend, device, fp16, 
 @click.option("--workers", default=1, show_default=True, help="Files processed in parallel (results keep input order).")
 @click.option("--recursive", is_flag=True, help="Descend into sub-folders.")
 @click.option("-q", "--quiet", is_flag=True)
+@_cuda_graph_option
 def infer(inputs, detector, adapter, ranker, no_ranker, backend, device, fp16, tile, score_thr, nms_iou, engine_cache, out, save_vis,
-          overwrite, workers, recursive, quiet):
+          overwrite, workers, recursive, quiet, cuda_graph):
     """Detect faces in images, folders or globs (works out of the box with the bundled models)."""
     from rfdeploy.runtime.image_io import iter_image_paths
     from rfdeploy.runtime.infer import AtomicTextFile, run_files, save_visualisation
@@ -180,7 +187,8 @@ def infer(inputs, detector, adapter, ranker, no_ranker, backend, device, fp16, t
     paths = iter_image_paths(list(inputs), recursive=recursive)
     if out and Path(out).exists() and not overwrite:
         raise InputError(f"{out} exists", hint="pass --overwrite to replace it")
-    pipe = _make_pipeline(detector, adapter, ranker, no_ranker, backend, device, fp16, tile, score_thr, nms_iou, engine_cache)
+    pipe = _make_pipeline(detector, adapter, ranker, no_ranker, backend, device, fp16, tile, score_thr, nms_iou, engine_cache,
+                          cuda_graph)
     if not quiet:
         for n in pipe.notes:
             click.echo(f"# {n}", err=True)
@@ -231,21 +239,28 @@ def infer(inputs, detector, adapter, ranker, no_ranker, backend, device, fp16, t
 @click.option("--image", type=click.Path(dir_okay=False), default=None, help="Photo to time (resized to --size).")
 @click.option("--runs", default=10, show_default=True)
 @click.option("--warmup", default=2, show_default=True)
-@click.option("--compare", default=None, help="Second configuration, e.g. 'no-ranker' or 'detector=other.onnx,backend=torch'.")
-def bench(detector, adapter, ranker, no_ranker, backend, device, fp16, tile, score_thr, nms_iou, engine_cache, sizes, image, runs, warmup, compare):
+@click.option("--compare", default=None,
+              help="Second configuration, e.g. 'no-ranker', 'detector=other.onnx,backend=torch' or 'cuda-graph'.")
+@_cuda_graph_option
+def bench(detector, adapter, ranker, no_ranker, backend, device, fp16, tile, score_thr, nms_iou, engine_cache, sizes, image, runs, warmup,
+          compare, cuda_graph):
     """Per-stage timings (medians after warm-up), optionally against a second configuration."""
     from rfdeploy.runtime.bench import bench_image, format_results, run_bench
 
     base = dict(detector=detector, adapter=adapter, ranker=ranker, no_ranker=no_ranker, backend=backend, device=device,
-                fp16=fp16, tile=tile, score_thr=score_thr, nms_iou=nms_iou, engine_cache=engine_cache)
+                fp16=fp16, tile=tile, score_thr=score_thr, nms_iou=nms_iou, engine_cache=engine_cache,
+                cuda_graph=cuda_graph)
+    flags = ("no_ranker", "fp16", "cuda_graph")
     configs = [("base", base)]
     if compare:
         other = dict(base)
         for item in compare.split(","):
             k, _, v = item.partition("=")
             k = k.strip().replace("-", "_")
-            if k == "no_ranker" and not v:
-                other["no_ranker"] = True
+            if k in flags:
+                if v.lower() not in ("", "1", "true", "on", "0", "false", "off"):
+                    raise InputError(f"--compare: {k} takes no value or one of 1/0/true/false, got {v!r}")
+                other[k] = v.lower() in ("", "1", "true", "on")
             elif k in other and v:
                 other[k] = v
             else:

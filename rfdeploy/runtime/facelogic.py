@@ -10,7 +10,10 @@ two callables:
 * ``infer_ranker(image, boxes)``: ``image`` [1,3,h,w] float32 (ranker contract), ``boxes`` [1,N,5]
   from :func:`rfdeploy.models.crface.pack_candidates` -> refined scores [1,N].
 
-Pure numpy apart from NMS (torchvision), so it runs wherever the runtime does.
+On the host everything is numpy apart from NMS (torchvision). With ``FaceLogicConfig.device`` set
+(the torch backend on a GPU) the image is uploaded once and resizing, normalisation, tile cuts and
+batching run as torch ops on that device, batches reach the network without a host round trip, and
+NMS runs there too; only the small candidate arrays (K rows per tile) visit the host for merging.
 """
 
 from __future__ import annotations
@@ -50,6 +53,8 @@ class FaceLogicConfig:
     ``tile``: ``auto|off|SIZE`` as in ``rfdeploy infer --tile``.
     ``tile_max_face``: largest face (px at tile scale) a tile must hold whole; default tile // 4.
     ``ranker_boxes``: the ranker's N (rows of its boxes input); 0 = no ranker.
+    ``device``: None = pre/post-processing in numpy on the host; a torch device (``cuda:0``,
+    ``cpu``) = torch ops on that device (see the module docstring).
     """
 
     detector_contract: PreprocessContract
@@ -67,6 +72,7 @@ class FaceLogicConfig:
     nms_iou: float = 0.4
     max_det: int = 750
     score_thr: float = 0.5
+    device: str | None = None
 
     def __post_init__(self):
         if self.max_batch < 1:
@@ -132,13 +138,17 @@ def _resize(rgb: np.ndarray, width: int, height: int) -> np.ndarray:
     return np.asarray(Image.fromarray(rgb).resize((width, height), Image.BILINEAR))
 
 
-def detector_batches(rgb: np.ndarray, cfg: FaceLogicConfig, timer: Timer = _no_timer) -> Iterator[tuple[np.ndarray, list[TileJob]]]:
+def detector_batches(rgb, cfg: FaceLogicConfig, timer: Timer = _no_timer) -> Iterator[tuple[object, list[TileJob]]]:
     """Preprocessed detector batches (at most ``max_batch`` rows, one tile shape per batch).
 
-    Host memory stays bounded by one pass's resized image plus one batch.
+    ``rgb``: HxWx3 uint8, a numpy array (batches are numpy) or a torch tensor (batches are torch
+    tensors on its device). Memory stays bounded by one pass's resized image plus one batch.
     """
     h, w = rgb.shape[:2]
     plan = plan_for(w, h, cfg)
+    if not isinstance(rgb, np.ndarray):
+        yield from _torch_batches(rgb, plan, cfg, timer)
+        return
     t0 = time.perf_counter()
     if plan is None:
         x, lb = preprocess(rgb, cfg.detector_contract, cfg.min_input)
@@ -164,8 +174,50 @@ def detector_batches(rgb: np.ndarray, cfg: FaceLogicConfig, timer: Timer = _no_t
             yield np.concatenate(rows), jobs
 
 
+def _torch_batches(rgb, plan: TilePlan | None, cfg: FaceLogicConfig, timer: Timer):
+    """detector_batches for an image already on a torch device: each pass is resized and
+    normalised once as a whole, then tiles are cut from it (overlaps are not normalised twice)."""
+    import torch
+
+    from rfdeploy.runtime.preprocess import normalise_torch, pad_torch, padded_size, preprocess_torch, resize_torch
+
+    contract = cfg.detector_contract
+    t0 = time.perf_counter()
+    if plan is None:
+        x, lb = preprocess_torch(rgb, contract, cfg.min_input)
+        timer("preprocess", time.perf_counter() - t0)
+        yield x, [TileJob(None, None, lb)]
+        return
+    for p in plan.passes:
+        t0 = time.perf_counter()
+        scaled = normalise_torch(resize_torch(rgb, p.width, p.height), contract)
+        rows, jobs = [], []
+        for t in p.tiles:
+            pw, ph = padded_size(t.width, t.height, contract.pad_multiple)
+            if cfg.min_input is not None:
+                pw, ph = max(pw, cfg.min_input[0]), max(ph, cfg.min_input[1])
+            rows.append(pad_torch(scaled[:, :, t.y0:t.y0 + t.height, t.x0:t.x0 + t.width], pw, ph))
+            jobs.append(TileJob(p, t, Letterbox(scale=1.0, image_size=(t.width, t.height), input_size=(pw, ph))))
+            if len(rows) == cfg.max_batch:
+                timer("preprocess", time.perf_counter() - t0)
+                yield torch.cat(rows), jobs
+                rows, jobs = [], []
+                t0 = time.perf_counter()
+        if rows:
+            timer("preprocess", time.perf_counter() - t0)
+            yield torch.cat(rows), jobs
+        del scaled
+
+
+def to_host(x) -> np.ndarray:
+    """A torch tensor (any device) or array-like -> numpy float32."""
+    if hasattr(x, "detach"):
+        x = x.detach().float().cpu().numpy()
+    return np.asarray(x, np.float32)
+
+
 def _check_detector_output(boxes, scores, n: int) -> tuple[np.ndarray, np.ndarray]:
-    boxes, scores = np.asarray(boxes, np.float32), np.asarray(scores, np.float32)
+    boxes, scores = to_host(boxes), to_host(scores)
     if boxes.ndim != 3 or boxes.shape[0] != n or boxes.shape[2] != 4:
         raise ModelFileError(f"detector returned boxes of shape {boxes.shape}, expected [{n},K,4]")
     if scores.shape != boxes.shape[:2]:
@@ -188,7 +240,7 @@ def job_candidates(boxes: np.ndarray, scores: np.ndarray, job: TileJob, cfg: Fac
     return to_image_coords(b[own], job.tile, p.scale), s[own]
 
 
-def detect_candidates(rgb: np.ndarray, infer_detector: InferDetector, cfg: FaceLogicConfig, timer: Timer = _no_timer):
+def detect_candidates(rgb, infer_detector: InferDetector, cfg: FaceLogicConfig, timer: Timer = _no_timer):
     """Merged image-level candidates ``(boxes [M,4], scores [M])``, best first, at most max_candidates."""
     parts_b, parts_s = [], []
     for batch, jobs in detector_batches(rgb, cfg, timer):
@@ -205,15 +257,23 @@ def detect_candidates(rgb: np.ndarray, infer_detector: InferDetector, cfg: FaceL
     return b[order], s[order]
 
 
-def rank_candidates(rgb: np.ndarray, boxes: np.ndarray, scores: np.ndarray, infer_ranker: InferRanker,
+def rank_candidates(rgb, boxes: np.ndarray, scores: np.ndarray, infer_ranker: InferRanker,
                     cfg: FaceLogicConfig):
     """Ranker over the top-N candidates: ``(boxes, refined scores, detector scores)`` of those N."""
     from rfdeploy.models.crface import pack_candidates
 
     h, w = rgb.shape[:2]
     packed, order = pack_candidates(boxes, scores, w, h, cfg.ranker_boxes)
-    image, _ = preprocess(rgb, cfg.ranker_contract)
-    out = np.asarray(infer_ranker(image, packed[None]), np.float32)
+    if isinstance(rgb, np.ndarray):
+        image, _ = preprocess(rgb, cfg.ranker_contract)
+    else:
+        import torch
+
+        from rfdeploy.runtime.preprocess import preprocess_torch
+
+        image, _ = preprocess_torch(rgb, cfg.ranker_contract)
+        packed = torch.from_numpy(packed).to(rgb.device)
+    out = to_host(infer_ranker(image, packed[None]))
     if out.shape != (1, cfg.ranker_boxes):
         raise ModelFileError(f"ranker returned scores of shape {out.shape}, expected (1, {cfg.ranker_boxes})")
     return boxes[order], out[0, : len(order)], scores[order]
@@ -227,12 +287,26 @@ def detect_faces(rgb: np.ndarray, infer_detector: InferDetector, infer_ranker: I
 
     if not isinstance(rgb, np.ndarray) or rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
         raise InputError(f"expected an HxWx3 uint8 RGB image, got {getattr(rgb, 'shape', type(rgb))}")
-    boxes, scores = detect_candidates(rgb, infer_detector, cfg, timer)
+    src = rgb
+    if cfg.device is not None:  # upload once; every later pixel operation stays on the device
+        import torch
+
+        t0 = time.perf_counter()
+        src = torch.from_numpy(np.ascontiguousarray(rgb)).to(cfg.device)
+        timer("preprocess", time.perf_counter() - t0)
+    boxes, scores = detect_candidates(src, infer_detector, cfg, timer)
     det_scores = None
     if infer_ranker is not None and cfg.ranker_boxes and len(boxes):
-        boxes, scores, det_scores = rank_candidates(rgb, boxes, scores, infer_ranker, cfg)
+        boxes, scores, det_scores = rank_candidates(src, boxes, scores, infer_ranker, cfg)
+    del src
     t0 = time.perf_counter()
-    keep = nms(boxes, scores, iou=cfg.nms_iou, max_det=cfg.max_det)
+    if cfg.device is not None:
+        import torch
+
+        keep = nms(torch.from_numpy(boxes).to(cfg.device), torch.from_numpy(scores).to(cfg.device),
+                   iou=cfg.nms_iou, max_det=cfg.max_det).cpu().numpy()
+    else:
+        keep = nms(boxes, scores, iou=cfg.nms_iou, max_det=cfg.max_det)
     det = Detections(boxes[keep], scores[keep], None if det_scores is None else det_scores[keep])
     det = det.filter(cfg.score_thr).sorted()
     timer("nms", time.perf_counter() - t0)

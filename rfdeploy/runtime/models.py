@@ -17,6 +17,15 @@ from rfdeploy.runtime.backends.base import Runner
 from rfdeploy.runtime.preprocess import Letterbox
 
 
+def _feed(runner: Runner, x):
+    """A batch for ``runner``: torch tensors pass to runners that take them, others get numpy."""
+    if isinstance(x, np.ndarray) or runner.accepts_torch:
+        return x
+    from rfdeploy.runtime.facelogic import to_host
+
+    return to_host(x)
+
+
 def _read(runner: Runner, want_kind: str):
     meta = runner.metadata
     kind = meta.get(KEY_KIND)
@@ -44,10 +53,8 @@ class Detector:
         return self.runner.max_batch
 
     def run_batch(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        out = self.runner.infer({"image": x})
+        out = self.runner.infer({"image": _feed(self.runner, x)})
         return out["boxes"], out["scores"]
-
-
 
 class ThirdPartyDetector:
     """A third-party ONNX detector behind an adapter (rfdeploy.runtime.adapters), given the same
@@ -66,6 +73,9 @@ class ThirdPartyDetector:
 
     def run_batch(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """[B,3,H,W] preprocessed -> boxes [B,K,4] in input pixels, scores [B,K] (0-padded)."""
+        from rfdeploy.runtime.facelogic import to_host
+
+        x = to_host(x)
         h, w = x.shape[2:]
         identity = Letterbox(scale=1.0, image_size=(w, h), input_size=(w, h))
         per_row = []
@@ -93,4 +103,4 @@ class Ranker:
 
     def infer(self, image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
         """Preprocessed image [1,3,h,w] and packed candidates [1,N,5] -> refined scores [1,N]."""
-        return self.runner.infer({"image": image, "boxes": boxes})["scores"]
+        return self.runner.infer({"image": _feed(self.runner, image), "boxes": _feed(self.runner, boxes)})["scores"]

@@ -33,6 +33,9 @@ class PipelineOptions:
     max_untiled: int = 2048  # tile auto: images whose long side fits run whole
     tile_batch: int = 8
     use_ranker: bool = True
+    # None: pre/post-processing as torch ops on the GPU when the detector runs in torch on CUDA,
+    # else numpy on the host. True forces torch ops (on the detector's device, or the CPU).
+    torch_preprocess: bool | None = None
 
     def __post_init__(self):
         if not 0 < self.nms_iou <= 1:
@@ -61,7 +64,7 @@ class FacePipeline:
         self.detector = detector
         self.ranker = ranker
         self.options = options or PipelineOptions()
-        self.notes = list(notes or [])
+        self.notes = notes if notes is not None else []  # runners add to it later (CUDA graph fallback)
         cfg = getattr(detector, "cfg", None)
         self.score_thr = self.options.score_thr if self.options.score_thr is not None else (
             cfg.output_score_threshold if cfg else 0.5)
@@ -73,14 +76,16 @@ class FacePipeline:
     def create(cls, *, detector=None, ranker=None, use_ranker: bool = True, backend: str = "auto", device: str = "cpu",
                tile: str = "auto", score_thr: float | None = None, nms_iou: float = 0.4, max_det: int = 750,
                adapter=None, onnx_cache=None, fp16: bool = False, tile_batch: int = 8, engine_cache=None,
-               precision: str | None = None) -> "FacePipeline":
+               precision: str | None = None, cuda_graph: bool = False,
+               torch_preprocess: bool | None = None) -> "FacePipeline":
         """Open the models. ``detector``/``ranker``: .safetensors/.pt checkpoints, rfdeploy .onnx, .engine,
         or (detector only) a third-party ONNX with an adapter. None: the bundled defaults.
 
         With TensorRT (``backend="tensorrt"``, or ``auto`` where TensorRT and a CUDA GPU are present)
         checkpoints and ONNX files are built into engines for this GPU on first use, into
         ``engine_cache`` (default ``$RFDEPLOY_ENGINE_CACHE``), at ``precision`` (fp32|fp16; None:
-        fp16 when ``fp16``)."""
+        fp16 when ``fp16``). ``cuda_graph``: the torch backend on CUDA replays captured graphs.
+        ``torch_preprocess``: see PipelineOptions."""
         from rfdeploy.models import DEFAULT_DETECTOR, DEFAULT_RANKER
         from rfdeploy.runtime.backends.base import open_runner
         from rfdeploy.runtime.models import Detector, Ranker, ThirdPartyDetector
@@ -96,7 +101,7 @@ class FacePipeline:
             notes.append(f"third-party detector {det.name} ({det_path.name}) through onnxruntime")
         else:
             runner = open_runner(det_path, backend=backend, device=device, fp16=fp16, onnx_cache=onnx_cache,
-                                 engine_cache=engine_cache, precision=precision, notes=notes)
+                                 engine_cache=engine_cache, precision=precision, notes=notes, cuda_graph=cuda_graph)
             det = Detector(runner.activate())
             notes.append(f"detector {det.name}: {runner.describe()}")
         rank = None
@@ -106,12 +111,15 @@ class FacePipeline:
                 raise InputError(f"ranker model not found: {rank_path}", hint="or run with --no-ranker")
             # tensorrt builds the ranker's engine too when it is given as a checkpoint or ONNX file
             rrunner = open_runner(rank_path, backend=backend, device=device, fp16=fp16, onnx_cache=onnx_cache,
-                                  engine_cache=engine_cache, precision=precision, notes=notes)
+                                  engine_cache=engine_cache, precision=precision, notes=notes, cuda_graph=cuda_graph)
             rank = Ranker(rrunner.activate())
             notes.append(f"ranker {rank.cfg.name} (N={rank.num_boxes}): {rrunner.describe()}")
         opts = PipelineOptions(score_thr=score_thr, nms_iou=nms_iou, max_det=max_det, tile=tile,
-                               use_ranker=use_ranker, tile_batch=tile_batch)
-        return cls(det, rank, opts, notes)
+                               use_ranker=use_ranker, tile_batch=tile_batch, torch_preprocess=torch_preprocess)
+        pipe = cls(det, rank, opts, notes)
+        if pipe._logic.device is not None:
+            notes.append(f"pre/post-processing: torch ops on {pipe._logic.device}")
+        return pipe
 
     # -- detection --------------------------------------------------------------------------
 
@@ -136,7 +144,16 @@ class FacePipeline:
             nms_iou=o.nms_iou,
             max_det=o.max_det,
             score_thr=self.score_thr,
+            device=self._processing_device(runner),
         )
+
+    def _processing_device(self, runner) -> str | None:
+        """Where pre/post-processing runs: the GPU of a torch detector, else the host (None)."""
+        device = getattr(runner, "device", None) if getattr(runner, "accepts_torch", False) else None
+        choice = self.options.torch_preprocess
+        if choice is None:
+            return str(device) if device is not None and device.type == "cuda" else None
+        return (str(device) if device is not None else "cpu") if choice else None
 
     def detect(self, rgb: np.ndarray, timings: Timings | None = None) -> Detections:
         timings = timings if timings is not None else Timings()

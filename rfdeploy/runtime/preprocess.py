@@ -71,26 +71,43 @@ def preprocess(
 
 def preprocess_torch(rgb, contract: PreprocessContract, min_size: tuple[int, int] | None = None):
     """The same contract on a torch uint8 HxWx3 tensor (any device): for GPU pre-processing."""
-    import torch
-    import torch.nn.functional as F
-
-    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != torch.uint8:
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or str(rgb.dtype) != "torch.uint8":
         raise ValueError(f"expected an HxWx3 uint8 tensor, got {tuple(rgb.shape)} {rgb.dtype}")
     h, w = rgb.shape[:2]
     scale = target_scale(w, h, contract)
-    x = rgb.permute(2, 0, 1).unsqueeze(0).float()
-    if contract.channel_order == "BGR":
-        x = x.flip(1)
-    if scale != 1.0:
-        nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
-        x = F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False, antialias=True)
-    else:
-        nw, nh = w, h
-    mean = torch.tensor(contract.mean, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(contract.std, device=x.device).view(1, 3, 1, 1)
-    x = (x - mean) / std
+    nw, nh = (max(1, round(w * scale)), max(1, round(h * scale))) if scale != 1.0 else (w, h)
+    x = normalise_torch(resize_torch(rgb, nw, nh), contract)
     pw, ph = padded_size(nw, nh, contract.pad_multiple)
     if min_size is not None:
         pw, ph = max(pw, min_size[0]), max(ph, min_size[1])
-    x = F.pad(x, (0, pw - nw, 0, ph - nh))
-    return x, Letterbox(scale=scale, image_size=(w, h), input_size=(pw, ph))
+    return pad_torch(x, pw, ph), Letterbox(scale=scale, image_size=(w, h), input_size=(pw, ph))
+
+
+def resize_torch(rgb, width: int, height: int):
+    """uint8 HxWx3 tensor -> float 1x3xHxW, resized bilinearly with antialiasing (as Pillow's
+    BILINEAR does when it shrinks), on the tensor's device."""
+    import torch.nn.functional as F
+
+    x = rgb.permute(2, 0, 1).unsqueeze(0).float()
+    if (rgb.shape[1], rgb.shape[0]) != (width, height):
+        x = F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False, antialias=True)
+    return x
+
+
+def normalise_torch(x, contract: PreprocessContract):
+    """float 1x3xHxW RGB pixels -> the contract's channel order and normalisation."""
+    import torch
+
+    if contract.channel_order == "BGR":
+        x = x.flip(1)
+    mean = torch.tensor(contract.mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(contract.std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def pad_torch(x, width: int, height: int):
+    """Zero-pad (= the mean colour after normalisation) NCHW bottom/right to width x height."""
+    import torch.nn.functional as F
+
+    h, w = x.shape[-2:]
+    return x if (w, h) == (width, height) else F.pad(x, (0, width - w, 0, height - h))

@@ -15,6 +15,8 @@ BACKENDS = ("auto", "tensorrt", "onnxruntime", "torch")
 
 class Runner(ABC):
     name: str = "runner"
+    # True: infer() also takes torch tensors (on the runner's device) and skips the host copy
+    accepts_torch: bool = False
 
     def __init__(self):
         self.active = False
@@ -72,7 +74,7 @@ def cuda_available() -> bool:
 
 def open_runner(path: str | os.PathLike, *, backend: str = "auto", device: str = "cpu", fp16: bool = False,
                 onnx_cache: str | os.PathLike | None = None, engine_cache: str | os.PathLike | None = None,
-                precision: str | None = None, notes: list[str] | None = None) -> Runner:
+                precision: str | None = None, notes: list[str] | None = None, cuda_graph: bool = False) -> Runner:
     """A runner for a model file.
 
     tensorrt: an engine file as it is; a checkpoint or ONNX file is exported (once, into
@@ -80,6 +82,7 @@ def open_runner(path: str | os.PathLike, *, backend: str = "auto", device: str =
     rfdeploy.runtime.backends.engine_cache). auto: the same when a TensorRT module imports and a CUDA
     GPU is visible, else onnxruntime (a checkpoint is exported to ONNX once), else torch.
     ``precision`` (fp32|fp16) is the precision of engines built here; None: fp16 when ``fp16``.
+    ``cuda_graph``: the torch backend replays CUDA graphs per input shape (torch backend only).
     What was chosen, and why, goes into ``notes``.
     """
     notes = notes if notes is not None else []
@@ -91,6 +94,8 @@ def open_runner(path: str | os.PathLike, *, backend: str = "auto", device: str =
     if precision not in (None, "fp32", "fp16"):
         raise InputError(f"engine precision must be fp32 or fp16, got {precision!r}")
     kind = model_kind(path)
+    if cuda_graph and backend != "torch":
+        raise InputError("CUDA graphs are a torch-backend option", hint="add --backend torch --device cuda")
     trt_device = device if device.startswith("cuda") else "cuda:0"
 
     if kind == "engine":
@@ -135,7 +140,7 @@ def open_runner(path: str | os.PathLike, *, backend: str = "auto", device: str =
     if backend == "torch":
         from rfdeploy.runtime.backends.torch_runner import TorchRunner
 
-        return TorchRunner(path, device=device, fp16=fp16)
+        return TorchRunner(path, device=device, fp16=fp16, cuda_graph=cuda_graph, notes=notes)
     try:
         import onnxruntime  # noqa: F401
     except ImportError:
