@@ -394,12 +394,15 @@ def train_detector_cmd(data, annotations, preset, out, steps, batch_size, size, 
 @click.option("--batch-size", default=16, show_default=True)
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--time-budget", type=float, default=None)
-def train_ranker_cmd(data, detectors, out, scenes, steps, batch_size, device, time_budget):
+@click.option("--lr", default=1e-3, show_default=True, help="Adam learning rate.")
+@click.option("--final-lr-ratio", default=1e-3, show_default=True,
+              help="Exponential decay to lr x this by the end (CRFace: 1e-3; short runs: ~0.1).")
+def train_ranker_cmd(data, detectors, out, scenes, steps, batch_size, device, time_budget, lr, final_lr_ratio):
     """CRFace: pairwise ranking loss on frozen detectors' candidates (oracle = IoU with ground truth)."""
     from rfdeploy.train.api import train_ranker_cli
 
     res = train_ranker_cli(data=data, detectors=detectors, out=out, scenes=scenes, steps=steps, batch_size=batch_size,
-                           device=device, time_budget=time_budget)
+                           device=device, time_budget=time_budget, lr=lr, final_lr_ratio=final_lr_ratio)
     click.echo(f"{res.steps} steps in {res.seconds:.0f} s -> {res.checkpoint} (log: {res.log})")
 
 

@@ -34,7 +34,8 @@ def train_detector_cli(*, data, annotations, preset, out, steps, batch_size, siz
     return train_detector(cfg, ds, opts, out, imagenet_weights=imagenet, use_fsm=use_fsm)
 
 
-def train_ranker_cli(*, data, detectors, out, scenes, steps, batch_size, device, time_budget):
+def train_ranker_cli(*, data, detectors, out, scenes, steps, batch_size, device, time_budget, lr=1e-3,
+                     final_lr_ratio=1e-3):
     from rfdeploy.train.recipes import train_default_ranker
 
     ckpts = [p for p in detectors if Path(p).suffix.lower() != ".onnx"]
@@ -42,4 +43,5 @@ def train_ranker_cli(*, data, detectors, out, scenes, steps, batch_size, device,
     if len(ckpts) != 1:
         raise InputError("give exactly one RefineFace checkpoint with --detector (plus any third-party .onnx)")
     return train_default_ranker(data, ckpts[0], out, device=device, scenes=scenes, steps=steps, batch_size=batch_size,
-                                time_budget_s=time_budget, extra_onnx_detectors=onnx)
+                                time_budget_s=time_budget, extra_onnx_detectors=onnx, lr=lr,
+                                final_lr_ratio=final_lr_ratio)

@@ -77,7 +77,7 @@ def candidate_source(detector_path, device="cpu", min_score: float = 0.01):
 
 def train_default_ranker(data_dir, detector_ckpt, out_dir, *, device="cpu", scenes=1500, steps=3000, batch_size=16,
                          workers=4, time_budget_s=None, extra_onnx_detectors=(), cfg: RankerConfig | None = None,
-                         freeze_stages: int = 0):
+                         freeze_stages: int = 0, lr: float = 1e-3, final_lr_ratio: float = 1e-3):
     """CRFace recipe: frozen detectors over composed scenes; oracle = IoU with the closest face."""
     from rfdeploy.train.synth import SceneGenerator
     from rfdeploy.train.trainer import RankerSamples, TrainOptions, build_ranker_samples, train_ranker
@@ -99,8 +99,8 @@ def train_default_ranker(data_dir, detector_ckpt, out_dir, *, device="cpu", scen
 
     items = build_ranker_samples(scenes_iter(), detectors, cfg)
     prep_s = time.time() - t
-    opts = TrainOptions(steps=steps, batch_size=batch_size, device=device, workers=workers, optimizer="adam", lr=1e-3,
-                        warmup_steps=0, time_budget_s=time_budget_s, log_every=10, save_every=100,
+    opts = TrainOptions(steps=steps, batch_size=batch_size, device=device, workers=workers, optimizer="adam", lr=lr,
+                        final_lr_ratio=final_lr_ratio, warmup_steps=0, time_budget_s=time_budget_s, log_every=10, save_every=100,
                         freeze_stages=freeze_stages)
     imagenet = d / "models" / "mobilenet_v2_imagenet.pth"
     res = train_ranker(cfg, RankerSamples(items), opts, out_dir, imagenet_weights=imagenet if imagenet.is_file() else None)
