@@ -198,6 +198,8 @@ def infer(inputs, detector, adapter, ranker, no_ranker, backend, device, fp16, t
         from tqdm import tqdm
 
         progress = tqdm(total=len(paths), unit="img", file=sys.stderr)
+    if not quiet and workers == 1:
+        pipe.on_tiles = _TileBar()
 
     def on_record(rec):
         if save_vis and "error" not in rec:
@@ -231,6 +233,24 @@ def infer(inputs, detector, adapter, ranker, no_ranker, backend, device, fp16, t
     if summary.failed:
         codes = {r.get("exit_code", 1) for r in summary.failed}
         sys.exit(codes.pop() if len(summary.failed) == len(paths) and len(codes) == 1 else PARTIAL_FAILURE_EXIT_CODE)
+
+
+class _TileBar:
+    """A progress bar over the tiles of one large image (shown when it takes several batches)."""
+
+    def __init__(self):
+        self.bar = None
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.bar is None and done < total:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, unit="tile", file=sys.stderr, leave=False)
+        if self.bar is not None:
+            self.bar.update(done - self.bar.n)
+            if done >= total:
+                self.bar.close()
+                self.bar = None
 
 
 @main.command()

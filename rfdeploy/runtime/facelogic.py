@@ -36,6 +36,8 @@ InferDetector = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 InferRanker = Callable[[np.ndarray, np.ndarray], np.ndarray]
 # Optional stage timer: timer(stage, seconds) with stage in preprocess / merge / nms
 Timer = Callable[[str, float], None]
+# Optional progress callback: progress(tiles_done, tiles_total), called after each detector batch
+Progress = Callable[[int, int], None]
 
 
 def _no_timer(stage: str, seconds: float) -> None:
@@ -240,9 +242,12 @@ def job_candidates(boxes: np.ndarray, scores: np.ndarray, job: TileJob, cfg: Fac
     return to_image_coords(b[own], job.tile, p.scale), s[own]
 
 
-def detect_candidates(rgb, infer_detector: InferDetector, cfg: FaceLogicConfig, timer: Timer = _no_timer):
+def detect_candidates(rgb, infer_detector: InferDetector, cfg: FaceLogicConfig, timer: Timer = _no_timer,
+                      progress: Progress | None = None):
     """Merged image-level candidates ``(boxes [M,4], scores [M])``, best first, at most max_candidates."""
     parts_b, parts_s = [], []
+    plan = plan_for(rgb.shape[1], rgb.shape[0], cfg) if progress else None
+    total, done = (plan.num_tiles if plan else 1), 0
     for batch, jobs in detector_batches(rgb, cfg, timer):
         boxes, scores = _check_detector_output(*infer_detector(batch), len(jobs))
         t0 = time.perf_counter()
@@ -251,6 +256,9 @@ def detect_candidates(rgb, infer_detector: InferDetector, cfg: FaceLogicConfig, 
             parts_b.append(b)
             parts_s.append(s)
         timer("merge", time.perf_counter() - t0)
+        done += len(jobs)
+        if progress:
+            progress(done, total)
     b = np.concatenate(parts_b).astype(np.float32) if parts_b else np.zeros((0, 4), np.float32)
     s = np.concatenate(parts_s).astype(np.float32) if parts_s else np.zeros((0,), np.float32)
     order = np.argsort(-s, kind="stable")[: cfg.max_candidates]
@@ -280,7 +288,7 @@ def rank_candidates(rgb, boxes: np.ndarray, scores: np.ndarray, infer_ranker: In
 
 
 def detect_faces(rgb: np.ndarray, infer_detector: InferDetector, infer_ranker: InferRanker | None,
-                 cfg: FaceLogicConfig, timer: Timer = _no_timer) -> Detections:
+                 cfg: FaceLogicConfig, timer: Timer = _no_timer, progress: Progress | None = None) -> Detections:
     """Faces in one HxWx3 uint8 RGB image: candidates, ranker (when given and configured), NMS,
     then the output score threshold."""
     from rfdeploy.runtime.nms import nms
@@ -294,7 +302,7 @@ def detect_faces(rgb: np.ndarray, infer_detector: InferDetector, infer_ranker: I
         t0 = time.perf_counter()
         src = torch.from_numpy(np.ascontiguousarray(rgb)).to(cfg.device)
         timer("preprocess", time.perf_counter() - t0)
-    boxes, scores = detect_candidates(src, infer_detector, cfg, timer)
+    boxes, scores = detect_candidates(src, infer_detector, cfg, timer, progress)
     det_scores = None
     if infer_ranker is not None and cfg.ranker_boxes and len(boxes):
         boxes, scores, det_scores = rank_candidates(src, boxes, scores, infer_ranker, cfg)

@@ -71,6 +71,8 @@ class FacePipeline:
         self.candidate_thr = self.options.candidate_thr if self.options.candidate_thr is not None else (
             cfg.score_threshold if cfg else 0.02)
         self._logic = self.logic_config()
+        # progress(tiles_done, tiles_total) after each detector batch (the CLI's tile bar)
+        self.on_tiles = None
 
     @classmethod
     def create(cls, *, detector=None, ranker=None, use_ranker: bool = True, backend: str = "auto", device: str = "cpu",
@@ -170,7 +172,7 @@ class FacePipeline:
         return detect_faces(
             rgb, timed(self.detector.run_batch, "detector"),
             timed(self.ranker.infer, "ranker") if self.ranker else None,
-            self._logic, timings.add,
+            self._logic, timings.add, self.on_tiles,
         )
 
     def process_path(self, path) -> dict:

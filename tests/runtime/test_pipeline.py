@@ -105,6 +105,25 @@ def test_seam_merge_keeps_each_object_once():
     assert max(det.batch_sizes) <= 4 and len(det.batch_sizes) > 1  # tiles were batched
 
 
+def test_tile_progress_counts_every_tile_once():
+    pytest.importorskip("scipy")
+    from rfdeploy.runtime.facelogic import plan_for
+
+    img = _squares_image(3000, 2000, [(990, 400, 60)])
+    det = SquareDetector()
+    cfg = FaceLogicConfig(detector_contract=det.contract, max_batch=4, tile="1024", tile_max_face=200, score_thr=0.5)
+    calls = []
+    detect_faces(img, det.run_batch, None, cfg, progress=lambda done, total: calls.append((done, total)))
+    total = plan_for(3000, 2000, cfg).num_tiles
+    assert total == sum(det.batch_sizes) and len(calls) == len(det.batch_sizes) > 1
+    assert [c[1] for c in calls] == [total] * len(calls)
+    assert [c[0] for c in calls] == list(np.cumsum(det.batch_sizes))
+    calls.clear()
+    untiled = FaceLogicConfig(detector_contract=det.contract, tile="off", score_thr=0.5)
+    detect_faces(img, det.run_batch, None, untiled, progress=lambda d, t: calls.append((d, t)))
+    assert calls == [(1, 1)]  # an untiled image is one step
+
+
 def test_composed_large_image_needs_tiling(shared_data):
     """Real face crops pasted at 16-2000 px onto a large background: the tiled pyramid finds the
     small faces that a single downscaled pass misses (third-party RetinaFace as detector)."""
