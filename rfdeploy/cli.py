@@ -426,6 +426,33 @@ def train_ranker_cmd(data, detectors, out, scenes, steps, batch_size, device, ti
     click.echo(f"{res.steps} steps in {res.seconds:.0f} s -> {res.checkpoint} (log: {res.log})")
 
 
+@main.command("pseudo-label")
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("-o", "--out", "out", required=True, type=click.Path(file_okay=False), help="New folder: images/ + annotations.json.")
+@click.option("--teacher", "teachers", multiple=True, required=True, type=click.Path(dir_okay=False),
+              help="A third-party ONNX detector (give exactly two; adapters are recognised or named with file.onnx:adapter).")
+@click.option("--every", default=10, show_default=True, help="Video: label every N-th frame.")
+@click.option("--max-frames", type=int, default=None, help="Video: at most this many frames per file.")
+@click.option("--agree-iou", default=0.6, show_default=True, help="IoU for the teachers' boxes to be one face.")
+@click.option("--min-score", default=0.6, show_default=True, help="Both teachers' score on an agreed face.")
+@click.option("--note", default="", help="Source/licence note stored with every image record.")
+def pseudo_label_cmd(inputs, out, teachers, every, max_frames, agree_iou, min_score, note):
+    """Label videos and photos where two teachers agree (a lone confident detection -> ignore box)."""
+    from rfdeploy.train.pseudo import AgreementPolicy, onnx_teacher, pseudo_label
+
+    if len(teachers) != 2:
+        raise InputError(f"give exactly two --teacher models, got {len(teachers)}")
+    models = []
+    for t in teachers:
+        path, _, adapter = t.partition(":") if not Path(t).is_file() else (t, "", "")
+        if not Path(path).is_file():
+            raise InputError(f"teacher model not found: {path}")
+        models.append(onnx_teacher(path, adapter=adapter or None))
+    summary = pseudo_label(list(inputs), models, out, every=every, max_frames=max_frames,
+                           policy=AgreementPolicy(agree_iou=agree_iou, min_score=min_score), source_note=note)
+    click.echo(json.dumps(summary))
+
+
 @main.command("synth-data")
 @click.argument("out_dir", type=click.Path(file_okay=False))
 @click.option("--data", "data", required=True, type=click.Path(file_okay=False), help="Folder with facecrops/ and backgrounds/.")

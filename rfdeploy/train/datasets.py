@@ -272,3 +272,34 @@ class SyntheticDataset(Dataset, _EpochMixin):
             scene.image, scene.boxes, scene.ignore,
             contract=self.contract, transform=self.transform, size=self.size, rng=rng,
         )
+
+
+class MixedDataset(Dataset, _EpochMixin):
+    """Several datasets as one, each repeated ``repeats`` times (to weight a small real set against
+    a large synthetic one); ``set_epoch`` reaches every part, so each keeps its fresh augmentation."""
+
+    def __init__(self, parts: Sequence[tuple[Dataset, int]]):
+        if not parts:
+            raise ValueError("MixedDataset needs at least one part")
+        for ds, rep in parts:
+            if rep < 1 or len(ds) < 1:
+                raise ValueError(f"every part needs items and repeats >= 1 (got {len(ds)} items x {rep})")
+        self.parts = [(ds, int(rep)) for ds, rep in parts]
+        self._ends = np.cumsum([len(ds) * rep for ds, rep in self.parts])
+
+    def set_epoch(self, epoch: int) -> None:
+        super().set_epoch(epoch)
+        for ds, _ in self.parts:
+            if hasattr(ds, "set_epoch"):
+                ds.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return int(self._ends[-1])
+
+    def __getitem__(self, index: int):
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        k = int(np.searchsorted(self._ends, index, side="right"))
+        start = 0 if k == 0 else int(self._ends[k - 1])
+        ds, _ = self.parts[k]
+        return ds[(index - start) % len(ds)]

@@ -47,14 +47,31 @@ def synthetic_dataset(data_dir, cfg: DetectorConfig, *, length: int, size: int, 
     return SyntheticDataset(gen, length, contract=cfg.contract, transform=RefineFaceAugment(size=size), seed=seed)
 
 
+def with_labelled_sets(dataset, annotation_files, cfg: DetectorConfig, *, size: int, repeats: int = 1):
+    """``dataset`` mixed with annotated image sets (rfdeploy JSON or WIDER FACE .txt), the paper's
+    augmentation applied to them too."""
+    from rfdeploy.train.augment import RefineFaceAugment
+    from rfdeploy.train.datasets import DetectionDataset, MixedDataset, read_annotations
+
+    parts = [(dataset, 1)]
+    for ann in annotation_files:
+        recs = read_annotations(ann)
+        parts.append((DetectionDataset(recs, contract=cfg.contract, transform=RefineFaceAugment(size=size)), repeats))
+    return MixedDataset(parts)
+
+
 def train_default_detector(data_dir, out_dir, *, device="cpu", steps=20000, batch_size=32, size=640,
                            workers=8, time_budget_s=None, lr=1e-2, cfg: DetectorConfig | None = None,
                            use_fsm: bool = True, freeze_stages: int = 0, channels_last: bool = False,
-                           warmup_steps: int = 300, init_checkpoint=None):
+                           warmup_steps: int = 300, init_checkpoint=None, extra_annotations=(), extra_repeats: int = 1):
+    """Synthetic scenes, plus labelled image sets (``extra_annotations``: e.g. teacher
+    pseudo-labels from ``rfdeploy pseudo-label``), each repeated ``extra_repeats`` times."""
     from rfdeploy.train.trainer import TrainOptions, train_detector
 
     cfg = cfg or default_detector_config()
     ds = synthetic_dataset(data_dir, cfg, length=batch_size * 200, size=size)
+    if extra_annotations:
+        ds = with_labelled_sets(ds, extra_annotations, cfg, size=size, repeats=extra_repeats)
     opts = TrainOptions(steps=steps, batch_size=batch_size, device=device, workers=workers, lr=lr,
                         warmup_steps=min(warmup_steps, steps // 10), time_budget_s=time_budget_s, log_every=10,
                         save_every=100, freeze_stages=freeze_stages, channels_last=channels_last)
