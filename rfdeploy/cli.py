@@ -394,13 +394,21 @@ def train():
 @click.option("--time-budget", type=float, default=None, help="Stop after this many seconds.")
 @click.option("--no-fsm", is_flag=True, help="Train without the feature supervision module.")
 @click.option("--imagenet", type=click.Path(dir_okay=False), default=None, help="ImageNet backbone weights (state_dict).")
-def train_detector_cmd(data, annotations, preset, out, steps, batch_size, size, lr, device, workers, time_budget, no_fsm, imagenet):
+@click.option("--extra-annotations", multiple=True, type=click.Path(dir_okay=False),
+              help="Labelled sets mixed into the synthetic scenes (e.g. from `rfdeploy pseudo-label`; repeatable).")
+@click.option("--extra-repeats", default=1, show_default=True, help="Times each extra set is repeated per epoch.")
+@click.option("--init", "init_checkpoint", type=click.Path(dir_okay=False), default=None,
+              help="Start from this checkpoint (same architecture) instead of ImageNet weights.")
+@click.option("--freeze-stages", default=0, show_default=True, help="Backbone stages kept frozen (0-4).")
+def train_detector_cmd(data, annotations, preset, out, steps, batch_size, size, lr, device, workers, time_budget, no_fsm, imagenet,
+                       extra_annotations, extra_repeats, init_checkpoint, freeze_stages):
     """RefineFace with the paper's recipe (SGD, warm-up, step schedule, paper augmentation)."""
     from rfdeploy.train.api import train_detector_cli
 
     res = train_detector_cli(data=data, annotations=annotations, preset=preset, out=out, steps=steps, batch_size=batch_size,
                              size=size, lr=lr, device=device, workers=workers, time_budget=time_budget, use_fsm=not no_fsm,
-                             imagenet=imagenet)
+                             imagenet=imagenet, extra_annotations=extra_annotations, extra_repeats=extra_repeats,
+                             init_checkpoint=init_checkpoint, freeze_stages=freeze_stages)
     click.echo(f"{res.steps} steps in {res.seconds:.0f} s -> {res.checkpoint} (log: {res.log})")
 
 

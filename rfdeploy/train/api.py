@@ -8,15 +8,22 @@ from rfdeploy.errors import InputError
 
 
 def train_detector_cli(*, data, annotations, preset, out, steps, batch_size, size, lr, device, workers, time_budget,
-                       use_fsm, imagenet):
+                       use_fsm, imagenet, extra_annotations=(), extra_repeats=1, init_checkpoint=None, freeze_stages=0):
     from rfdeploy.models.config import detector_config
-    from rfdeploy.train.recipes import default_detector_config, synthetic_dataset
+    from rfdeploy.train.recipes import default_detector_config, synthetic_dataset, with_labelled_sets
     from rfdeploy.train.trainer import TrainOptions, train_detector
 
     d = Path(data)
     if not d.is_dir():
         raise InputError(f"data folder not found: {d}")
     cfg = default_detector_config() if preset == "default" else detector_config(preset)
+    if init_checkpoint is not None:
+        if not Path(init_checkpoint).is_file():
+            raise InputError(f"checkpoint not found: {init_checkpoint}")
+        if preset == "default":  # continue with the checkpoint's own architecture
+            from rfdeploy.models import load
+
+            cfg = load(init_checkpoint).cfg
     if annotations:
         from rfdeploy.train.augment import RefineFaceAugment
         from rfdeploy.train.datasets import DetectionDataset, read_annotations
@@ -26,12 +33,21 @@ def train_detector_cli(*, data, annotations, preset, out, steps, batch_size, siz
         if not (d / "facecrops").is_dir() or not (d / "backgrounds").is_dir():
             raise InputError(f"{d} has no facecrops/ and backgrounds/", hint="or give --annotations for a labelled dataset")
         ds = synthetic_dataset(d, cfg, length=batch_size * 200, size=size)
+    if extra_annotations:
+        for ann in extra_annotations:
+            if not Path(ann).is_file():
+                raise InputError(f"annotation file not found: {ann}")
+        if extra_repeats < 1:
+            raise InputError(f"--extra-repeats must be >= 1, got {extra_repeats}")
+        ds = with_labelled_sets(ds, extra_annotations, cfg, size=size, repeats=extra_repeats)
+    if not 0 <= freeze_stages <= 4:
+        raise InputError(f"--freeze-stages must be within 0..4, got {freeze_stages}")
     default_imagenet = d / "models" / "mobilenet_v2_imagenet.pth"
     if imagenet is None and cfg.backbone == "mobilenet_v2" and default_imagenet.is_file():
         imagenet = default_imagenet
     opts = TrainOptions(steps=steps, batch_size=batch_size, lr=lr, device=device, workers=workers,
-                        time_budget_s=time_budget, warmup_steps=min(500, max(1, steps // 10)))
-    return train_detector(cfg, ds, opts, out, imagenet_weights=imagenet, use_fsm=use_fsm)
+                        time_budget_s=time_budget, warmup_steps=min(500, max(1, steps // 10)), freeze_stages=freeze_stages)
+    return train_detector(cfg, ds, opts, out, imagenet_weights=imagenet, use_fsm=use_fsm, init_checkpoint=init_checkpoint)
 
 
 def train_ranker_cli(*, data, detectors, out, scenes, steps, batch_size, device, time_budget, lr=1e-3,

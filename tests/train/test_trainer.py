@@ -100,3 +100,26 @@ def test_ranker_fits_candidate_order(tmp_path):
     print(f"ranking loss untrained {untrained:.3f} -> trained {trained:.3f}")
     assert untrained > 1.0  # the detector's score order disagrees with the oracle
     assert trained < 0.5 * untrained, (untrained, trained)
+
+
+def test_cli_trains_on_scenes_plus_a_labelled_set_from_a_checkpoint(tiny_data, tmp_path):
+    from click.testing import CliRunner
+
+    from rfdeploy.cli import main
+    from rfdeploy.models.checkpoint import save_checkpoint
+    from rfdeploy.train.recipes import default_detector_config
+
+    bg = sorted((tiny_data / "backgrounds").glob("*.jpg"))[0]
+    ann = tmp_path / "labelled.json"
+    ann.write_text(json.dumps({"images": [{"file": str(bg), "width": 900, "height": 700,
+                                           "faces": [{"box": [100, 100, 180, 200], "ignore": False}]}]}))
+    init = tmp_path / "init.safetensors"
+    save_checkpoint(build(default_detector_config()), init)
+    args = ["train", "detector", "--data", str(tiny_data), "-o", str(tmp_path / "run"), "--steps", "2", "--batch-size", "2",
+            "--size", "128", "--workers", "0", "--no-fsm", "--freeze-stages", "4", "--init", str(init),
+            "--extra-annotations", str(ann), "--extra-repeats", "2"]
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 0, r.output
+    assert "2 steps" in r.output and load(tmp_path / "run" / "last.safetensors").cfg == default_detector_config()
+    bad = CliRunner().invoke(main, args[:-4] + ["--extra-annotations", str(tmp_path / "missing.json")])
+    assert bad.exit_code == 2 and "not found" in bad.output
