@@ -92,10 +92,29 @@ def candidate_source(detector_path, device="cpu", min_score: float = 0.01):
     return lambda rgb: detect_candidates(rgb, det.run_batch, cfg)
 
 
+def labelled_images(annotation_files, limit: int | None = None):
+    """(rgb, face boxes) from annotated sets, at most ``limit`` per set, spread evenly over it.
+    Images with ignore-flagged faces are skipped: a candidate on such a face has no true oracle."""
+    from PIL import Image
+
+    from rfdeploy.train.datasets import read_annotations
+
+    for ann in annotation_files:
+        recs = [r for r in read_annotations(ann) if not r.ignore.any()]
+        if limit is not None and len(recs) > limit:
+            recs = [recs[int(i)] for i in np.linspace(0, len(recs) - 1, limit)]
+        for r in recs:
+            with Image.open(r.path) as im:
+                yield np.asarray(im.convert("RGB")), r.boxes
+
+
 def train_default_ranker(data_dir, detector_ckpt, out_dir, *, device="cpu", scenes=1500, steps=3000, batch_size=16,
                          workers=4, time_budget_s=None, extra_onnx_detectors=(), cfg: RankerConfig | None = None,
-                         freeze_stages: int = 0, lr: float = 1e-3, final_lr_ratio: float = 1e-3):
-    """CRFace recipe: frozen detectors over composed scenes; oracle = IoU with the closest face."""
+                         freeze_stages: int = 0, lr: float = 1e-3, final_lr_ratio: float = 1e-3,
+                         extra_annotations=(), extra_images: int | None = None):
+    """CRFace recipe: frozen detectors over composed scenes (plus up to ``extra_images`` images of
+    labelled sets, e.g. teacher pseudo-labels, spread evenly over each set); oracle = IoU with the
+    closest face."""
     from rfdeploy.train.synth import SceneGenerator
     from rfdeploy.train.trainer import RankerSamples, TrainOptions, build_ranker_samples, train_ranker
 
@@ -113,6 +132,8 @@ def train_default_ranker(data_dir, detector_ckpt, out_dir, *, device="cpu", scen
         for i in range(scenes):
             sc = gen.generate(i)
             yield np.asarray(sc.image.convert("RGB")), sc.boxes[~sc.ignore]
+        for rgb, boxes in labelled_images(extra_annotations, extra_images):
+            yield rgb, boxes
 
     items = build_ranker_samples(scenes_iter(), detectors, cfg)
     prep_s = time.time() - t
