@@ -148,67 +148,61 @@ def detector_batches(rgb, cfg: FaceLogicConfig, timer: Timer = _no_timer) -> Ite
     """
     h, w = rgb.shape[:2]
     plan = plan_for(w, h, cfg)
-    if not isinstance(rgb, np.ndarray):
-        yield from _torch_batches(rgb, plan, cfg, timer)
-        return
+    on_host = isinstance(rgb, np.ndarray)
     t0 = time.perf_counter()
     if plan is None:
-        x, lb = preprocess(rgb, cfg.detector_contract, cfg.min_input)
+        if on_host:
+            x, lb = preprocess(rgb, cfg.detector_contract, cfg.min_input)
+        else:
+            from rfdeploy.runtime.preprocess import preprocess_torch
+
+            x, lb = preprocess_torch(rgb, cfg.detector_contract, cfg.min_input)
         timer("preprocess", time.perf_counter() - t0)
         yield x, [TileJob(None, None, lb)]
         return
+    if on_host:
+        tiles, concat = _host_tiles, np.concatenate
+    else:
+        import torch
+
+        tiles, concat = _torch_tiles, torch.cat
     for p in plan.passes:
         t0 = time.perf_counter()
-        scaled = _resize(rgb, p.width, p.height)
-        rows: list[np.ndarray] = []
-        jobs: list[TileJob] = []
-        for t in p.tiles:
-            x, lb = preprocess(np.ascontiguousarray(t.crop(scaled)), cfg.detector_contract, cfg.min_input)
+        rows, jobs = [], []
+        for x, lb, t in tiles(rgb, p, cfg):
             rows.append(x)
             jobs.append(TileJob(p, t, lb))
             if len(rows) == cfg.max_batch:
                 timer("preprocess", time.perf_counter() - t0)
-                yield np.concatenate(rows), jobs
+                yield concat(rows), jobs
                 rows, jobs = [], []
                 t0 = time.perf_counter()
         if rows:
             timer("preprocess", time.perf_counter() - t0)
-            yield np.concatenate(rows), jobs
+            yield concat(rows), jobs
 
 
-def _torch_batches(rgb, plan: TilePlan | None, cfg: FaceLogicConfig, timer: Timer):
-    """detector_batches for an image already on a torch device: each pass is resized and
-    normalised once as a whole, then tiles are cut from it (overlaps are not normalised twice)."""
-    import torch
+def _host_tiles(rgb: np.ndarray, p: Pass, cfg: FaceLogicConfig):
+    """(1x3xHxW input, letterbox, tile) per tile of one pass, in numpy."""
+    scaled = _resize(rgb, p.width, p.height)
+    for t in p.tiles:
+        x, lb = preprocess(np.ascontiguousarray(t.crop(scaled)), cfg.detector_contract, cfg.min_input)
+        yield x, lb, t
 
-    from rfdeploy.runtime.preprocess import normalise_torch, pad_torch, padded_size, preprocess_torch, resize_torch
+
+def _torch_tiles(rgb, p: Pass, cfg: FaceLogicConfig):
+    """The same on the image's torch device: the pass is resized and normalised once as a whole,
+    then tiles are cut from it (overlaps are not normalised twice)."""
+    from rfdeploy.runtime.preprocess import normalise_torch, pad_torch, padded_size, resize_torch
 
     contract = cfg.detector_contract
-    t0 = time.perf_counter()
-    if plan is None:
-        x, lb = preprocess_torch(rgb, contract, cfg.min_input)
-        timer("preprocess", time.perf_counter() - t0)
-        yield x, [TileJob(None, None, lb)]
-        return
-    for p in plan.passes:
-        t0 = time.perf_counter()
-        scaled = normalise_torch(resize_torch(rgb, p.width, p.height), contract)
-        rows, jobs = [], []
-        for t in p.tiles:
-            pw, ph = padded_size(t.width, t.height, contract.pad_multiple)
-            if cfg.min_input is not None:
-                pw, ph = max(pw, cfg.min_input[0]), max(ph, cfg.min_input[1])
-            rows.append(pad_torch(scaled[:, :, t.y0:t.y0 + t.height, t.x0:t.x0 + t.width], pw, ph))
-            jobs.append(TileJob(p, t, Letterbox(scale=1.0, image_size=(t.width, t.height), input_size=(pw, ph))))
-            if len(rows) == cfg.max_batch:
-                timer("preprocess", time.perf_counter() - t0)
-                yield torch.cat(rows), jobs
-                rows, jobs = [], []
-                t0 = time.perf_counter()
-        if rows:
-            timer("preprocess", time.perf_counter() - t0)
-            yield torch.cat(rows), jobs
-        del scaled
+    scaled = normalise_torch(resize_torch(rgb, p.width, p.height), contract)
+    for t in p.tiles:
+        pw, ph = padded_size(t.width, t.height, contract.pad_multiple)
+        if cfg.min_input is not None:
+            pw, ph = max(pw, cfg.min_input[0]), max(ph, cfg.min_input[1])
+        lb = Letterbox(scale=1.0, image_size=(t.width, t.height), input_size=(pw, ph))
+        yield pad_torch(scaled[:, :, t.y0:t.y0 + t.height, t.x0:t.x0 + t.width], pw, ph), lb, t
 
 
 def to_host(x) -> np.ndarray:
