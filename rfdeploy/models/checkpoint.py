@@ -42,8 +42,23 @@ def save_checkpoint(model: torch.nn.Module, path: str | os.PathLike, *, dtype: t
             "rfdeploy.version": __version__}
     meta.update(extra_metadata or {})
     path = Path(path)
-    atomic_write_bytes(path, save(tensors, metadata=meta))
+    atomic_write_bytes(path, _canonical_safetensors(save(tensors, metadata=meta)))
     return path
+
+
+def _canonical_safetensors(blob: bytes) -> bytes:
+    """The same file with its JSON header's keys sorted: safetensors writes metadata in hash-map
+    order, so identical weights would otherwise give files with different sha256 (and needless
+    re-exports of cached ONNX files, which are keyed by it). Data offsets are relative to the data
+    section, so reordering header keys leaves the tensors as they are."""
+    n = int.from_bytes(blob[:8], "little")
+    header = json.loads(blob[8:8 + n])
+    ordered = {k: header[k] for k in sorted(header)}
+    if "__metadata__" in ordered:
+        ordered["__metadata__"] = dict(sorted(ordered["__metadata__"].items()))
+    text = json.dumps(ordered, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # the data section stays 8-byte aligned
+    return len(text).to_bytes(8, "little") + text + blob[8 + n:]
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:

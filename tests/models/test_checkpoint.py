@@ -19,6 +19,20 @@ def test_roundtrip_is_bit_exact(tmp_path, tiny_det_cfg, tiny_rank_cfg):
         assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_saving_the_same_weights_twice_gives_the_same_bytes(tmp_path, tiny_det_cfg):
+    from safetensors import safe_open
+
+    m = build(tiny_det_cfg)
+    blobs = set()
+    for i in range(4):  # safetensors' own metadata order varies from call to call
+        p = save_checkpoint(m, tmp_path / f"m{i}.safetensors", dtype=torch.float16, extra_metadata={"a": "1", "b": "2"})
+        blobs.add(p.read_bytes())
+        with safe_open(str(p), "pt") as f:  # still a valid safetensors file for the reference reader
+            assert f.metadata()["a"] == "1" and torch.equal(f.get_tensor("cls_head.pred.weight"),
+                                                           m.cls_head.pred.weight.half())
+    assert len(blobs) == 1
+
+
 def test_plain_state_dict_with_preset_and_sidecar(tmp_path, tiny_det_cfg):
     m = build(tiny_det_cfg)
     p = tmp_path / "plain.pt"
