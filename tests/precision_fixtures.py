@@ -185,3 +185,17 @@ def build_with_tensorrt_rtx(path: Path) -> int:
     plan = builder.build_serialized_network(network, config)
     assert plan is not None, f"TensorRT-RTX could not build {path}"
     return plan.nbytes
+
+
+def elem_types(model: onnx.ModelProto) -> dict[str, int]:
+    """Element type of every tensor of an ONNX model, from fresh strict shape inference (stored
+    value_info is not trusted: a converter can leave stale duplicates)."""
+    from rfdeploy.export.fp16 import infer_fresh
+
+    g = infer_fresh(model, strict_mode=True).graph
+    t = {vi.name: vi.type.tensor_type.elem_type for vi in [*g.value_info, *g.input, *g.output]}
+    t.update({i.name: i.data_type for i in g.initializer})
+    for n in g.node:
+        if n.op_type == "Constant":
+            t[n.output[0]] = n.attribute[0].t.data_type
+    return t

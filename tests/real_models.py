@@ -52,20 +52,3 @@ def photo(path: Path = ASTRONAUT, width: int = 320) -> np.ndarray:
     im = Image.open(path).convert("RGB")
     w, h = im.size
     return np.asarray(im.resize((width, round(h * width / w)), Image.BILINEAR))
-
-
-def elem_types(model) -> dict[str, int]:
-    """Element type of every tensor of an ONNX model (after fresh shape inference)."""
-    import onnx
-
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    del m.graph.value_info[:]
-    m = onnx.shape_inference.infer_shapes(m, strict_mode=True)
-    g = m.graph
-    t = {vi.name: vi.type.tensor_type.elem_type for vi in [*g.value_info, *g.input, *g.output]}
-    t.update({i.name: i.data_type for i in g.initializer})
-    for n in g.node:
-        if n.op_type == "Constant":
-            t[n.output[0]] = n.attribute[0].t.data_type
-    return t

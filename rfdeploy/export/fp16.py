@@ -197,18 +197,19 @@ def _restore_float_outputs(model: onnx.ModelProto, float_outputs: set[str]) -> N
         graph.value_info.remove(vi)
 
 
-def infer_fresh(model: onnx.ModelProto) -> onnx.ModelProto:
+def infer_fresh(model: onnx.ModelProto, strict_mode: bool = False) -> onnx.ModelProto:
     """Shape inference from scratch: drop the stored ``value_info`` first, then infer.
 
     Exported files can hold several ``value_info`` entries for one tensor (the exporter's and the
     simplifier's). The converter retypes only the first one it finds, so a stale float32 duplicate
     survives next to the fp16 one and strict type inference then rejects the graph (seen on the
     ranker as a Cast/Resize elem-type mismatch). Inference is the source of truth for types here.
+    ``strict_mode``: a type conflict raises instead of being skipped.
     """
     stripped = onnx.ModelProto()
     stripped.CopyFrom(model)
     del stripped.graph.value_info[:]
-    return onnx.shape_inference.infer_shapes(stripped)
+    return onnx.shape_inference.infer_shapes(stripped, strict_mode=strict_mode)
 
 
 def fp32_violations(model: onnx.ModelProto, nodes: set[str] | frozenset[str]) -> list[str]:

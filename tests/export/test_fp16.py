@@ -12,7 +12,7 @@ from rfdeploy.contract import METADATA_KEY
 from rfdeploy.errors import BackendUnavailableError, InputError, ModelFileError
 from rfdeploy.export.fp16 import convert_fp16, fp32_violations, modelopt_available
 from rfdeploy.export.graph_regions import ensure_node_names, find_fp32_region
-from tests.precision_fixtures import CONTRACT, TOPK, export_toy_detector, export_toy_ranker
+from tests.precision_fixtures import CONTRACT, TOPK, elem_types, export_toy_detector, export_toy_ranker
 
 SENSITIVE = {"Sigmoid", "Exp", "TopK", "Greater", "Where", "GatherElements", "Sub", "Div"}
 
@@ -28,17 +28,6 @@ def models(tmp_path_factory):
         out[k + "_fp16"] = p.with_name(p.stem + "_fp16.onnx")
         out[k + "_report"] = convert_fp16(p, out[k + "_fp16"], method="onnxconverter")
     return out
-
-
-def _types(model: onnx.ModelProto) -> dict[str, int]:
-    model = onnx.shape_inference.infer_shapes(model)
-    g = model.graph
-    t = {vi.name: vi.type.tensor_type.elem_type for vi in [*g.value_info, *g.input, *g.output]}
-    t.update({i.name: i.data_type for i in g.initializer})
-    for n in g.node:
-        if n.op_type == "Constant":
-            t[n.output[0]] = n.attribute[0].t.data_type
-    return t
 
 
 def _image(h=96, w=128, seed=0):
@@ -58,7 +47,7 @@ def test_io_stays_float32_and_metadata_is_kept(models):
 
 def test_network_is_fp16_and_decode_is_fp32(models):
     m = onnx.load(str(models["det_fp16"]))
-    types = _types(m)
+    types = elem_types(m)
     convs = [n for n in m.graph.node if n.op_type == "Conv"]
     assert convs and all(types[n.input[1]] == TensorProto.FLOAT16 for n in convs)
     checked = 0
@@ -95,7 +84,7 @@ def test_fp16_topk_model_runs(models):
 
 def test_ranker_box_coordinates_stay_fp32(models):
     m = onnx.load(str(models["rank_fp16"]))
-    types = _types(m)
+    types = elem_types(m)
     boxes_readers = [n for n in m.graph.node if "boxes" in n.input]
     assert boxes_readers
     for n in boxes_readers:  # the raw pixel coordinates are never cast to fp16
@@ -170,7 +159,7 @@ def test_keep_fp32_nodes_and_ops(models, tmp_path):
     out = onnx.load(str(dst))
     kept = {first_conv} | {n.name for n in out.graph.node if n.op_type == "Relu"}
     assert fp32_violations(onnx.shape_inference.infer_shapes(out), kept) == []
-    types = _types(out)
+    types = elem_types(out)
     conv = next(n for n in out.graph.node if n.name == first_conv)
     assert types[conv.input[1]] == TensorProto.FLOAT
 

@@ -18,7 +18,8 @@ from rfdeploy.export.precision_io import verify_model
 from rfdeploy.export.verify import compare_candidates
 from rfdeploy.models.crface import pack_candidates
 from rfdeploy.runtime.preprocess import preprocess
-from tests.real_models import RANKER_BOXES, elem_types, photo, small_real_models
+from tests.precision_fixtures import elem_types
+from tests.real_models import RANKER_BOXES, photo, small_real_models
 
 F32, F16 = TensorProto.FLOAT, TensorProto.FLOAT16
 
