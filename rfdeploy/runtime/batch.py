@@ -47,13 +47,6 @@ class BatchReport:
         return s
 
 
-def error_record(path: str, exc: BaseException) -> dict:
-    """The same error record `infer` writes (one schema for every runner)."""
-    from rfdeploy.runtime.pipeline import error_record as pipeline_error_record
-
-    return pipeline_error_record(path, exc)
-
-
 def default_pipeline_factory(**options: Any) -> PipelineFactory:
     """``lambda: FacePipeline.create(**options)``, importable by Ray workers."""
 
@@ -101,6 +94,8 @@ class PipelineActor:
                 os.unlink(tmp)
             return {**rec, "file": path}
         except Exception as e:  # an unreadable image is a record, not the end of the job
+            from rfdeploy.runtime.pipeline import error_record  # the same record `infer` writes
+
             rec = error_record(path, e)
             return {**rec, "file": path}
 

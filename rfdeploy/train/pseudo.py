@@ -86,7 +86,7 @@ def agree(dets_a: tuple[np.ndarray, np.ndarray], dets_b: tuple[np.ndarray, np.nd
             if k in used or s[k] < policy.lone_score:
                 continue
             # the other teacher's box for the same face may have failed min_score: one ignore box
-            if any(_iou1(b[k], x) >= policy.agree_iou for x in boxes):
+            if boxes and box_iou(torch.from_numpy(b[k:k + 1]), torch.from_numpy(np.stack(boxes))).max() >= policy.agree_iou:
                 continue
             boxes.append(b[k])
             ignore.append(True)
@@ -95,14 +95,6 @@ def agree(dets_a: tuple[np.ndarray, np.ndarray], dets_b: tuple[np.ndarray, np.nd
     if agreed + lone and lone / (agreed + lone) > policy.max_lone_fraction:
         out.agreed = 0  # the teachers disagree too much on this frame to trust either
     return out
-
-
-def _iou1(a: np.ndarray, b: np.ndarray) -> float:
-    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = iw * ih
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return float(inter / union) if union > 0 else 0.0
 
 
 def iter_video_frames(path: Path, every: int = 10, max_frames: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
