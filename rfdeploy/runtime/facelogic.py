@@ -29,8 +29,17 @@ import numpy as np
 from rfdeploy.contract import PreprocessContract
 from rfdeploy.errors import InputError, ModelFileError
 from rfdeploy.runtime.detections import Detections
-from rfdeploy.runtime.preprocess import Letterbox, preprocess
-from rfdeploy.runtime.tiling import Pass, Tile, TilePlan, choose_tile_size, drop_cut_boxes, plan_pyramid, to_image_coords
+from rfdeploy.runtime.preprocess import Letterbox, padded_size, preprocess, target_scale
+from rfdeploy.runtime.tiling import (
+    DEFAULT_AUTO_TILE,
+    Pass,
+    Tile,
+    TilePlan,
+    choose_tile_size,
+    drop_cut_boxes,
+    plan_pyramid,
+    to_image_coords,
+)
 
 InferDetector = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 InferRanker = Callable[[np.ndarray, np.ndarray], np.ndarray]
@@ -49,9 +58,13 @@ class FaceLogicConfig:
     """What the glue needs to know about the two networks and the output policy.
 
     ``max_batch``: most tiles per detector call (the engine profile's max batch).
-    ``max_input``: longest side the detector accepts (the profile's max H/W); None = unbounded.
+    ``max_input``: longest side the detector accepts; None = unbounded.
+    ``max_input_size``: (width, height) of the largest detector input (an engine profile's max,
+    see :func:`rfdeploy.engines.profiles.input_limits`). With ``tile=auto`` an image runs whole when
+    its padded size fits, else in square tiles of at most the smaller of the two sides.
     ``min_input``: (width, height) the detector input is padded up to at least (the profile's min),
     so small images and the last, smallest pyramid passes still fit the engine.
+    ``ranker_min_input``: the same for the ranker's input.
     ``tile``: ``auto|off|SIZE`` as in ``rfdeploy infer --tile``.
     ``tile_max_face``: largest face (px at tile scale) a tile must hold whole; default tile // 4.
     ``ranker_boxes``: the ranker's N (rows of its boxes input); 0 = no ranker.
@@ -65,6 +78,8 @@ class FaceLogicConfig:
     max_batch: int = 8
     max_input: int | None = None
     min_input: tuple[int, int] | None = None
+    max_input_size: tuple[int, int] | None = None
+    ranker_min_input: tuple[int, int] | None = None
     tile: str = "auto"
     tile_max_face: int | None = None
     tile_min_face: int = 16
@@ -89,10 +104,12 @@ class FaceLogicConfig:
                 raise ValueError(f"{name} must be within [0, 1], got {v}")
         if self.max_candidates < 1 or self.max_det < 1:
             raise ValueError("max_candidates and max_det must be >= 1")
-        if self.min_input is not None:
-            object.__setattr__(self, "min_input", (int(self.min_input[0]), int(self.min_input[1])))
-        # Validates the spec early (raises ValueError for a bad one).
-        choose_tile_size(1, 1, self.tile, None)
+        for name in ("min_input", "max_input_size", "ranker_min_input"):
+            v = getattr(self, name)
+            if v is not None:
+                object.__setattr__(self, name, (int(v[0]), int(v[1])))
+        # Validates the spec early (raises ValueError for a bad one, or a tile larger than the input).
+        choose_tile_size(1, 1, self.tile, tile_limit(self))
 
     def to_dict(self) -> dict:
         d = {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -112,15 +129,63 @@ class FaceLogicConfig:
 # --- planning ---------------------------------------------------------------------------------
 
 
+def tile_limit(cfg: FaceLogicConfig) -> int | None:
+    """The largest tile side the detector takes: ``max_input`` and the smaller side of
+    ``max_input_size`` (rounded down to the padding multiple, so a padded tile still fits)."""
+    limits = [cfg.max_input] if cfg.max_input is not None else []
+    if cfg.max_input_size is not None:
+        m = cfg.detector_contract.pad_multiple
+        limits.append(min(cfg.max_input_size) // m * m)
+    return min(limits) if limits else None
+
+
+def input_size(width: int, height: int, cfg: FaceLogicConfig) -> tuple[int, int]:
+    """(width, height) of the detector input made from a ``width`` x ``height`` image or tile:
+    the contract's resize and padding, then ``min_input`` (what :func:`preprocess` does)."""
+    scale = target_scale(width, height, cfg.detector_contract)
+    if scale != 1.0:
+        width, height = max(1, round(width * scale)), max(1, round(height * scale))
+    pw, ph = padded_size(width, height, cfg.detector_contract.pad_multiple)
+    if cfg.min_input is not None:
+        pw, ph = max(pw, cfg.min_input[0]), max(ph, cfg.min_input[1])
+    return pw, ph
+
+
 def plan_for(width: int, height: int, cfg: FaceLogicConfig) -> TilePlan | None:
     """The tile pyramid for an image, or None when it runs whole."""
     if cfg.detector_contract.resize != "none":
         return None  # a detector that resizes its input sees the whole image anyway
-    tile = choose_tile_size(width, height, cfg.tile, cfg.max_input)
+    limit, spec = tile_limit(cfg), cfg.tile
+    if cfg.max_input_size is not None and str(spec).strip().lower() == "auto":
+        pw, ph = input_size(width, height, cfg)
+        if pw <= cfg.max_input_size[0] and ph <= cfg.max_input_size[1] and (
+                cfg.max_input is None or max(width, height) <= cfg.max_input):
+            return None
+        spec = str(min(DEFAULT_AUTO_TILE, limit))  # too large (or the wrong way round) to run whole
+    tile = choose_tile_size(width, height, spec, limit)
     if tile is None:
         return None
     max_face = cfg.tile_max_face or tile // 4
+    if max_face + 2 * cfg.seam_margin >= tile:
+        # a small engine input: smaller faces per tile, more (downscaled) passes cover the rest
+        max_face = tile // 4
     return plan_pyramid(width, height, tile, max_face, min(cfg.tile_min_face, max_face - 1), cfg.seam_margin)
+
+
+def detector_input_shapes(width: int, height: int, cfg: FaceLogicConfig) -> list[tuple[int, int, int, int]]:
+    """The (B, 3, H, W) of every batch :func:`detector_batches` feeds for a ``width`` x ``height``
+    image, in order, without touching pixels (to check an engine profile against the pipeline)."""
+    plan = plan_for(width, height, cfg)
+    if plan is None:
+        pw, ph = input_size(width, height, cfg)
+        return [(1, 3, ph, pw)]
+    out = []
+    for p in plan.passes:
+        th, tw = p.tile_shape
+        pw, ph = input_size(tw, th, cfg)
+        n = len(p.tiles)
+        out += [(min(cfg.max_batch, n - i), 3, ph, pw) for i in range(0, n, cfg.max_batch)]
+    return out
 
 
 @dataclass(frozen=True)
@@ -191,18 +256,19 @@ def _host_tiles(rgb: np.ndarray, p: Pass, cfg: FaceLogicConfig):
 
 
 def _torch_tiles(rgb, p: Pass, cfg: FaceLogicConfig):
-    """The same on the image's torch device: the pass is resized and normalised once as a whole,
-    then tiles are cut from it (overlaps are not normalised twice)."""
-    from rfdeploy.runtime.preprocess import normalise_torch, pad_torch, padded_size, resize_torch
+    """The same on the image's torch device: the pass is resized once, in uint8 as Pillow does it
+    (the full-resolution pass is the image itself), then each tile is cut, normalised and padded.
+    No float copy of a whole pass is made (at 8K one would be 0.4 GB)."""
+    from rfdeploy.runtime.preprocess import padded_size, resize_torch, to_input_torch
 
     contract = cfg.detector_contract
-    scaled = normalise_torch(resize_torch(rgb, p.width, p.height), contract)
+    scaled = resize_torch(rgb, p.width, p.height)
     for t in p.tiles:
         pw, ph = padded_size(t.width, t.height, contract.pad_multiple)
         if cfg.min_input is not None:
             pw, ph = max(pw, cfg.min_input[0]), max(ph, cfg.min_input[1])
         lb = Letterbox(scale=1.0, image_size=(t.width, t.height), input_size=(pw, ph))
-        yield pad_torch(scaled[:, :, t.y0:t.y0 + t.height, t.x0:t.x0 + t.width], pw, ph), lb, t
+        yield to_input_torch(scaled[t.y0:t.y0 + t.height, t.x0:t.x0 + t.width], contract, pw, ph), lb, t
 
 
 def to_host(x) -> np.ndarray:
@@ -267,13 +333,13 @@ def rank_candidates(rgb, boxes: np.ndarray, scores: np.ndarray, infer_ranker: In
     h, w = rgb.shape[:2]
     packed, order = pack_candidates(boxes, scores, w, h, cfg.ranker_boxes)
     if isinstance(rgb, np.ndarray):
-        image, _ = preprocess(rgb, cfg.ranker_contract)
+        image, _ = preprocess(rgb, cfg.ranker_contract, cfg.ranker_min_input)
     else:
         import torch
 
         from rfdeploy.runtime.preprocess import preprocess_torch
 
-        image, _ = preprocess_torch(rgb, cfg.ranker_contract)
+        image, _ = preprocess_torch(rgb, cfg.ranker_contract, cfg.ranker_min_input)
         packed = torch.from_numpy(packed).to(rgb.device)
     out = to_host(infer_ranker(image, packed[None]))
     if out.shape != (1, cfg.ranker_boxes):

@@ -80,38 +80,65 @@ def preprocess_torch(rgb, contract: PreprocessContract, min_size: tuple[int, int
     h, w = rgb.shape[:2]
     scale = target_scale(w, h, contract)
     nw, nh = (max(1, round(w * scale)), max(1, round(h * scale))) if scale != 1.0 else (w, h)
-    x = normalise_torch(resize_torch(rgb, nw, nh), contract)
     pw, ph = padded_size(nw, nh, contract.pad_multiple)
     if min_size is not None:
         pw, ph = max(pw, min_size[0]), max(ph, min_size[1])
-    return pad_torch(x, pw, ph), Letterbox(scale=scale, image_size=(w, h), input_size=(pw, ph))
+    x = to_input_torch(resize_torch(rgb, nw, nh), contract, pw, ph)
+    return x, Letterbox(scale=scale, image_size=(w, h), input_size=(pw, ph))
+
+
+# Float scratch of one strip when resizing a torch image (elements): an 8K image as float32 is
+# 0.4 GB, so only strips of it are ever converted; 16 M elements keeps the kernels large.
+RESIZE_STRIP_ELEMENTS = 1 << 24
 
 
 def resize_torch(rgb, width: int, height: int):
-    """uint8 HxWx3 tensor -> float 1x3xHxW, resized bilinearly with antialiasing (as Pillow's
-    BILINEAR does when it shrinks), on the tensor's device."""
+    """uint8 HxWx3 tensor -> uint8 ``height`` x ``width`` x 3 on the tensor's device: bilinear with
+    antialiasing as Pillow's BILINEAR does it (a horizontal pass, then a vertical one, each rounded
+    to uint8), which lands within one level of Pillow. Each pass works on strips along the axis it
+    does not resize (those are independent), so the float copies stay strip-sized."""
+    h, w = rgb.shape[:2]
+    if w != width:
+        rgb = _resize_axis(rgb, width, axis=1)
+    if h != height:
+        rgb = _resize_axis(rgb, height, axis=0)
+    return rgb
+
+
+def _resize_axis(rgb, size: int, axis: int):
+    import torch
     import torch.nn.functional as F
 
-    x = rgb.permute(2, 0, 1).unsqueeze(0).float()
-    if (rgb.shape[1], rgb.shape[0]) != (width, height):
-        x = F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False, antialias=True)
-    return x
+    h, w = rgb.shape[:2]
+    out = torch.empty((size, w, 3) if axis == 0 else (h, size, 3), dtype=torch.uint8, device=rgb.device)
+    length, across = (h, w) if axis == 0 else (w, h)
+    step = max(1, RESIZE_STRIP_ELEMENTS // (3 * max(length, size)))
+    for s in range(0, across, step):
+        part = rgb[:, s:s + step] if axis == 0 else rgb[s:s + step]
+        x = part.permute(2, 0, 1).unsqueeze(0).float()
+        target = (size, x.shape[3]) if axis == 0 else (x.shape[2], size)
+        y = F.interpolate(x, size=target, mode="bilinear", align_corners=False, antialias=True)
+        y = y.add_(0.5).floor_().clamp_(0, 255)[0].permute(1, 2, 0)  # Pillow rounds half up
+        if axis == 0:
+            out[:, s:s + step] = y
+        else:
+            out[s:s + step] = y
+    return out
 
 
-def normalise_torch(x, contract: PreprocessContract):
-    """float 1x3xHxW RGB pixels -> the contract's channel order and normalisation."""
+def to_input_torch(rgb, contract: PreprocessContract, width: int, height: int):
+    """uint8 hxwx3 tensor -> float32 1x3x``height``x``width`` network input on its device: the
+    contract's channel order and normalisation, zero-padded bottom/right (zero = the mean colour).
+    Channel by channel into the output, with the numpy path's arithmetic (same float32 values)."""
     import torch
 
-    if contract.channel_order == "BGR":
-        x = x.flip(1)
-    mean = torch.tensor(contract.mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(contract.std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-    return (x - mean) / std
-
-
-def pad_torch(x, width: int, height: int):
-    """Zero-pad (= the mean colour after normalisation) NCHW bottom/right to width x height."""
-    import torch.nn.functional as F
-
-    h, w = x.shape[-2:]
-    return x if (w, h) == (width, height) else F.pad(x, (0, width - w, 0, height - h))
+    h, w = rgb.shape[:2]
+    out = torch.zeros((1, 3, height, width), dtype=torch.float32, device=rgb.device)
+    mean = np.asarray(contract.mean, np.float32)
+    inv_std = np.float32(1.0) / np.asarray(contract.std, np.float32)
+    order = (2, 1, 0) if contract.channel_order == "BGR" else (0, 1, 2)
+    for c, src in enumerate(order):
+        dst = out[0, c, :h, :w]
+        dst.copy_(rgb[..., src])
+        dst.sub_(float(mean[c])).mul_(float(inv_std[c]))
+    return out
