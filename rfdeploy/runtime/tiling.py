@@ -248,35 +248,66 @@ def _next_size(width: int, height: int, s_step: Fraction, s_stop: Fraction) -> t
     return size(s_step, math.ceil)
 
 
-def choose_tile_size(width: int, height: int, spec: str, max_input: int | None = None) -> int | None:
-    """Resolve ``--tile auto|off|SIZE`` for one image: a tile size, or ``None`` for no tiling.
+@dataclass(frozen=True)
+class TilePolicy:
+    """``--tile``, parsed once: ``auto`` (tile only images too large to run whole), ``off``, or a
+    fixed tile ``size``. ``str()`` gives the canonical spelling back (``auto``, ``off``, ``1024``)."""
 
-    * ``off``: never tile.
-    * ``auto``: no tiling when the long side fits ``max_input`` (the engine's largest input side;
-      default 2048), else tiles of 1024 (or ``max_input`` when that is smaller).
-    * ``SIZE`` (an integer >= 64): tiles of that size (at most ``max_input`` when given).
-    """
-    if width < 1 or height < 1:
-        raise ValueError(f"image size must be positive, got {width}x{height}")
-    if max_input is not None and max_input < MIN_TILE:
-        raise ValueError(f"max_input must be >= {MIN_TILE}, got {max_input}")
-    s = str(spec).strip().lower()
-    if s == "off":
-        return None
-    if s == "auto":
-        limit = max_input if max_input is not None else DEFAULT_AUTO_MAX_INPUT
-        if max(width, height) <= limit:
+    mode: str = "auto"  # auto | off | size
+    size: int | None = None
+
+    def __post_init__(self):
+        if self.mode not in ("auto", "off", "size") or (self.mode == "size") != (self.size is not None):
+            raise ValueError(f"invalid tile policy {self.mode!r} / {self.size!r}")
+        if self.size is not None and self.size < MIN_TILE:
+            raise ValueError(f"tile size must be >= {MIN_TILE}, got {self.size}")
+
+    @classmethod
+    def parse(cls, spec: "str | int | TilePolicy") -> "TilePolicy":
+        """``auto``, ``off`` (any case, spaces around ignored) or an integer size >= 64; ValueError
+        otherwise."""
+        if isinstance(spec, TilePolicy):
+            return spec
+        s = str(spec).strip().lower()
+        if s in ("auto", "off"):
+            return cls(s)
+        try:
+            size = int(s)
+        except ValueError:
+            raise ValueError(f"tile must be 'auto', 'off' or an integer size >= {MIN_TILE}, got {spec!r}") from None
+        return cls("size", size)
+
+    def __str__(self) -> str:
+        return str(self.size) if self.mode == "size" else self.mode
+
+    def tile_size(self, width: int, height: int, max_input: int | None = None) -> int | None:
+        """The tile size for one image, or ``None`` for no tiling.
+
+        * ``off``: never tile.
+        * ``auto``: no tiling when the long side fits ``max_input`` (the engine's largest input side;
+          default 2048), else tiles of 1024 (or ``max_input`` when that is smaller).
+        * a size: tiles of that size (at most ``max_input`` when given).
+        """
+        if width < 1 or height < 1:
+            raise ValueError(f"image size must be positive, got {width}x{height}")
+        if max_input is not None and max_input < MIN_TILE:
+            raise ValueError(f"max_input must be >= {MIN_TILE}, got {max_input}")
+        if self.mode == "off":
             return None
-        return min(DEFAULT_AUTO_TILE, limit)
-    try:
-        size = int(s)
-    except ValueError:
-        raise ValueError(f"tile must be 'auto', 'off' or an integer size, got {spec!r}") from None
-    if size < MIN_TILE:
-        raise ValueError(f"tile size must be >= {MIN_TILE}, got {size}")
-    if max_input is not None and size > max_input:
-        raise ValueError(f"tile size {size} exceeds the engine's largest input side {max_input}")
-    return size
+        if self.mode == "auto":
+            limit = max_input if max_input is not None else DEFAULT_AUTO_MAX_INPUT
+            if max(width, height) <= limit:
+                return None
+            return min(DEFAULT_AUTO_TILE, limit)
+        if max_input is not None and self.size > max_input:
+            raise ValueError(f"tile size {self.size} exceeds the engine's largest input side {max_input}")
+        return self.size
+
+
+def choose_tile_size(width: int, height: int, spec: "str | TilePolicy", max_input: int | None = None) -> int | None:
+    """Resolve ``--tile auto|off|SIZE`` (a string or a :class:`TilePolicy`) for one image: a tile
+    size, or ``None`` for no tiling (see :meth:`TilePolicy.tile_size`)."""
+    return TilePolicy.parse(spec).tile_size(width, height, max_input)
 
 
 def to_image_coords(
