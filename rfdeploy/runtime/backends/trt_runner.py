@@ -1,15 +1,21 @@
 """TensorRT backend: an engine plan plus its manifest (see rfdeploy.engines).
 
-NOT EXECUTED IN THIS PROJECT'S CI (no GPU that runs TensorRT engines is available there); the
-manifest checks it performs before running are tested.
+NOT EXECUTED ON A GPU IN THIS PROJECT'S CI (no GPU that runs TensorRT engines is available
+there); the manifest checks it performs before running, and the runner's binding logic against a
+fake engine, are tested.
+
+With torch on CUDA it takes device tensors (``accepts_torch``): the pipeline's GPU
+pre-processing then feeds the engine directly, and outputs come back as device tensors.
 """
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 from rfdeploy.engines.manifest import load_manifest
-from rfdeploy.runtime.backends.base import Runner
+from rfdeploy.runtime.backends.base import Runner, cuda_available
 
 
 class TrtRunner(Runner):
@@ -18,9 +24,24 @@ class TrtRunner(Runner):
     def __init__(self, engine_path, device: str = "cuda:0"):
         super().__init__()
         self.path = engine_path
-        self.device = device
+        self.device_name = str(device)
         self.manifest = load_manifest(engine_path)  # refuses a missing or corrupt manifest
         self._runner = None
+        self._activating = threading.Lock()
+
+    @property
+    def accepts_torch(self) -> bool:
+        """Device tensors go straight in where torch has CUDA (the engine's memory is torch's)."""
+        return cuda_available()
+
+    @property
+    def device(self):
+        """A torch device where torch has CUDA (what the pipeline's device processing reads), else the name."""
+        if not cuda_available():
+            return self.device_name
+        import torch
+
+        return torch.device(self.device_name)
 
     @property
     def metadata(self) -> dict[str, str]:
@@ -44,9 +65,10 @@ class TrtRunner(Runner):
     def activate(self):
         from rfdeploy.engines.runner import TensorRTRunner
 
-        if self._runner is None:
-            self._runner = TensorRTRunner(self.path, device=self.device).activate()
-        return super().activate()
+        with self._activating:  # workers may call infer before anyone activated
+            if self._runner is None:
+                self._runner = TensorRTRunner(self.path, device=self.device_name).activate()
+            return super().activate()
 
     def deactivate(self):
         if self._runner is not None:
@@ -54,8 +76,8 @@ class TrtRunner(Runner):
             self._runner = None
         super().deactivate()
 
-    def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def infer(self, feed: dict) -> dict:
+        """numpy in, numpy out; a torch tensor in (on the GPU), device tensors out."""
         if not self.active:
             self.activate()
-        out = self._runner.infer(feed)
-        return {k: (v.cpu().numpy() if hasattr(v, "cpu") else np.asarray(v)) for k, v in out.items()}
+        return self._runner.infer(feed)
