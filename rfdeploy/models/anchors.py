@@ -21,9 +21,15 @@ def anchor_shapes(stride: int, scales, ratio: float) -> list[tuple[float, float]
     return out
 
 
-def level_anchors(feat_h, feat_w, stride: int, scales, ratio: float, device=None, dtype=torch.float32):
-    """Anchors [H*W*A, 4] as (cx, cy, w, h), ordered y, x, anchor — matching head outputs."""
-    shapes = torch.tensor(anchor_shapes(stride, scales, ratio), dtype=dtype, device=device)  # A,2
+def level_anchors(feat_h, feat_w, stride: int, scales=None, ratio: float | None = None, device=None,
+                  dtype=torch.float32, shapes: torch.Tensor | None = None):
+    """Anchors [H*W*A, 4] as (cx, cy, w, h), ordered y, x, anchor — matching head outputs.
+
+    ``shapes`` [A, 2] (w, h) already on the device avoids building them from host data."""
+    if shapes is None:
+        shapes = torch.tensor(anchor_shapes(stride, scales, ratio), dtype=dtype, device=device)  # A,2
+    else:
+        shapes = shapes.to(dtype)
     ys = (torch.arange(feat_h, device=device).to(dtype) + 0.5) * stride
     xs = (torch.arange(feat_w, device=device).to(dtype) + 0.5) * stride
     cy, cx = torch.meshgrid(ys, xs, indexing="ij")

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field, fields
 
 from rfdeploy.contract import PreprocessContract
 
-BACKBONES = ("resnet18", "resnet50", "resnet101", "resnet152", "mobilenet_v2")
+BACKBONES = ("resnet18", "resnet50", "resnet101", "resnet152", "mobilenet_v2", "mobilenet_v2_relu", "mobilenet_v1_025")
 # TensorRT refuses TopK with K above this (FACTS): larger candidate sets are selected per level.
 TENSORRT_MAX_TOPK = 3840
 
@@ -39,8 +39,10 @@ class DetectorConfig:
     backbone: str = "resnet50"
     fpn_channels: int = 256
     head_channels: int = 256
-    head_convs: int = 4  # RFE replaces the middle two when use_rfe
+    head_convs: int = 4  # RFE replaces the middle two when use_rfe (the middle one of three)
     use_rfe: bool = True
+    # depthwise-separable 3x3 convs in the FPN and the heads (CPU-speed variants)
+    separable: bool = False
     strides: tuple[int, ...] = (4, 8, 16, 32, 64, 128)
     # anchor sizes per level are stride * each scale; aspect ratio is height / width
     anchor_scales: tuple[float, ...] = (2.0, 2.0 * math.sqrt(2.0))
@@ -75,8 +77,8 @@ class DetectorConfig:
             raise ValueError("candidates and max_detections must be >= 1")
         if not 0.0 < self.stc_threshold <= 1.0:
             raise ValueError("stc_threshold must be in (0, 1]")
-        if self.head_convs < 2 or (self.use_rfe and self.head_convs < 4):
-            raise ValueError("head_convs must be >= 2 (>= 4 with RFE, which replaces the middle two)")
+        if self.head_convs < 2 or (self.use_rfe and self.head_convs < 3):
+            raise ValueError("head_convs must be >= 2 (>= 3 with RFE, which replaces the middle convs)")
 
     @property
     def num_anchors(self) -> int:
@@ -154,6 +156,10 @@ _DETECTOR_PRESETS = {
     "refineface_r101": dict(backbone="resnet101"),
     "refineface_r152": dict(backbone="resnet152"),
     "refineface_mbv2": dict(backbone="mobilenet_v2"),
+    # CPU preset: MobileNetV1-0.25 (face-trained weights importable from RetinaFace-MobileNet0.25),
+    # narrow depthwise-separable FPN and heads, one RFE per subnet
+    "refineface_mnet025": dict(backbone="mobilenet_v1_025", fpn_channels=32, head_channels=16, head_convs=3,
+                               separable=True),
 }
 _RANKER_PRESETS = {
     "crface_large": dict(backbone="resnet50", fpn_channels=256, conf_channels=256),

@@ -64,8 +64,9 @@ class CRFace(nn.Module):
             nn.init.zeros_(fc.bias)
 
     def forward(self, image: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
-        feats = self.backbone(image)[-len(self.lateral):]
-        taps = self.bpn(boxes)
+        dtype = self.lateral[0].weight.dtype  # callers may pass fp32 inputs to an fp16 model
+        feats = self.backbone(image.to(dtype))[-len(self.lateral):]
+        taps = self.bpn(boxes.to(dtype))
         lat = [
             l(torch.cat([f, F.interpolate(t, size=f.shape[-2:], mode="nearest")], dim=1))
             for l, f, t in zip(self.lateral, feats, taps)
@@ -77,9 +78,11 @@ class CRFace(nn.Module):
         for s, conv, fc, x in zip(self.smooth, self.conf_convs, self.conf_fc, td):
             y = F.relu(conv(s(x)))
             residual = residual + fc(y.mean(dim=(2, 3)))
-        residual = residual / len(td)
-        scores = boxes[..., 4]
-        valid = (scores > 0).to(scores.dtype)
+        # score + residual + clip in float32 whatever the network's precision: fp16's spacing
+        # near 1 (4.9e-4) would erase the fine re-ordering the ranker exists for
+        residual = residual.float() / len(td)
+        scores = boxes[..., 4].float()
+        valid = (scores > 0).float()
         return (scores + residual).clamp(0.0, 1.0) * valid
 
 

@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from rfdeploy.models.anchors import cxcywh_to_xyxy, decode, level_anchors
+from rfdeploy.models.anchors import anchor_shapes, cxcywh_to_xyxy, decode, level_anchors
 from rfdeploy.models.backbones import Backbone
 from rfdeploy.models.config import TENSORRT_MAX_TOPK, DetectorConfig
 
@@ -23,26 +23,33 @@ def conv3x3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(cin, cout, 3, stride=stride, padding=1)
 
 
+def sep3x3(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
+    """Depthwise-separable 3x3: depthwise 3x3 then pointwise 1x1 (about 1/8 of a dense 3x3's
+    work at 32 channels, which is what makes stride-4 heads affordable on a CPU)."""
+    return nn.Sequential(nn.Conv2d(cin, cin, 3, stride=stride, padding=1, groups=cin), nn.Conv2d(cin, cout, 1))
+
+
+def conv3(cin: int, cout: int, stride: int = 1, separable: bool = False) -> nn.Module:
+    return sep3x3(cin, cout, stride) if separable else conv3x3(cin, cout, stride)
+
+
 class RFE(nn.Module):
-    """Receptive Field Enhancement: four branches (1x1 to C/4, then 1xk + kx1 or kx1 + 1xk,
-    k = 3, 5), concatenated, fused by a 1x1, plus a shortcut."""
+    """Receptive Field Enhancement (paper 3.5, Fig. 7): four branches, each a 1x1 to C/4 then one
+    rectangular conv (1x3, 3x1, 1x5, 5x1), concatenated, fused by a 1x1, plus a shortcut."""
+
+    KERNELS = ((1, 3), (3, 1), (1, 5), (5, 1))
 
     def __init__(self, channels: int):
         super().__init__()
         c4 = max(1, channels // 4)
 
-        def branch(k: int, wide_first: bool) -> nn.Sequential:
-            a, b = ((1, k), (k, 1)) if wide_first else ((k, 1), (1, k))
-            pad = lambda s: (s[0] // 2, s[1] // 2)  # noqa: E731
+        def branch(k: tuple[int, int]) -> nn.Sequential:
             return nn.Sequential(
                 nn.Conv2d(channels, c4, 1), nn.ReLU(inplace=True),
-                nn.Conv2d(c4, c4, a, padding=pad(a)), nn.ReLU(inplace=True),
-                nn.Conv2d(c4, c4, b, padding=pad(b)), nn.ReLU(inplace=True),
+                nn.Conv2d(c4, c4, k, padding=(k[0] // 2, k[1] // 2)), nn.ReLU(inplace=True),
             )
 
-        self.branches = nn.ModuleList(
-            [branch(3, True), branch(3, False), branch(5, True), branch(5, False)]
-        )
+        self.branches = nn.ModuleList([branch(k) for k in self.KERNELS])
         self.fuse = nn.Conv2d(4 * c4, channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -51,19 +58,21 @@ class RFE(nn.Module):
 
 
 class Subnet(nn.Module):
-    """RetinaNet class/box subnet; with RFE the middle two 3x3 convs are RFE blocks."""
+    """RetinaNet class/box subnet; with RFE the middle two 3x3 convs are RFE blocks (the middle
+    one in a 3-conv tower)."""
 
-    def __init__(self, cin: int, width: int, convs: int, out_per_anchor: int, anchors: int, rfe: bool):
+    def __init__(self, cin: int, width: int, convs: int, out_per_anchor: int, anchors: int, rfe: bool,
+                 separable: bool = False):
         super().__init__()
         layers: list[nn.Module] = []
         for i in range(convs):
-            middle = rfe and i in (1, 2)
+            middle = rfe and 1 <= i <= min(2, convs - 2)
             if middle:
                 layers.append(RFE(width))
             else:
-                layers += [conv3x3(cin if i == 0 else width, width), nn.ReLU(inplace=True)]
+                layers += [conv3(cin if i == 0 else width, width, separable=separable), nn.ReLU(inplace=True)]
         self.tower = nn.Sequential(*layers)
-        self.pred = conv3x3(width, anchors * out_per_anchor)
+        self.pred = conv3(width, anchors * out_per_anchor, separable=separable)
         self.out_per_anchor = out_per_anchor
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -77,14 +86,14 @@ class FPN(nn.Module):
     """P2-P5 by lateral 1x1 + top-down nearest upsampling + 3x3 smoothing; P6, P7 by two stride-2
     3x3 convs after P5. C6, C7 likewise by two stride-2 3x3 convs after C5."""
 
-    def __init__(self, in_channels: tuple[int, ...], width: int):
+    def __init__(self, in_channels: tuple[int, ...], width: int, separable: bool = False):
         super().__init__()
         self.lateral = nn.ModuleList([nn.Conv2d(c, width, 1) for c in in_channels])
-        self.smooth = nn.ModuleList([conv3x3(width, width) for _ in in_channels])
-        self.c6 = conv3x3(in_channels[-1], width, stride=2)
-        self.c7 = conv3x3(width, width, stride=2)
-        self.p6 = conv3x3(width, width, stride=2)
-        self.p7 = conv3x3(width, width, stride=2)
+        self.smooth = nn.ModuleList([conv3(width, width, separable=separable) for _ in in_channels])
+        self.c6 = conv3(in_channels[-1], width, stride=2, separable=separable)
+        self.c7 = conv3(width, width, stride=2, separable=separable)
+        self.p6 = conv3(width, width, stride=2, separable=separable)
+        self.p7 = conv3(width, width, stride=2, separable=separable)
 
     def forward(self, c: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """-> (first-step features [L2, L3, L4, L5, C6, C7], second-step features [P2..P7]).
@@ -111,13 +120,21 @@ class RefineFace(nn.Module):
         self.cfg = cfg
         a = cfg.num_anchors
         self.backbone = Backbone(cfg.backbone)
-        self.fpn = FPN(self.backbone.channels, cfg.fpn_channels)
+        sep = cfg.separable
+        self.fpn = FPN(self.backbone.channels, cfg.fpn_channels, separable=sep)
         w, n, rfe = cfg.head_channels, cfg.head_convs, cfg.use_rfe
         # One classification module for both STC steps (paper 3.2); the first-step regressor
         # (STR) has its own subnet.
-        self.cls_head = Subnet(cfg.fpn_channels, w, n, 1, a, rfe)
-        self.box_head = Subnet(cfg.fpn_channels, w, n, 4, a, rfe)
-        self.box_head_first = Subnet(cfg.fpn_channels, w, n, 4, a, rfe)
+        self.cls_head = Subnet(cfg.fpn_channels, w, n, 1, a, rfe, sep)
+        self.box_head = Subnet(cfg.fpn_channels, w, n, 4, a, rfe, sep)
+        self.box_head_first = Subnet(cfg.fpn_channels, w, n, 4, a, rfe, sep)
+        # Anchor sizes per level as buffers (they follow .to(device)); full anchor grids are cached
+        # per feature size, so a repeated input shape makes no tensor from host data (CUDA-graph
+        # capture forbids host-to-device copies)
+        for l, st in enumerate(cfg.strides):
+            self.register_buffer(f"anchor_wh{l}", torch.tensor(anchor_shapes(st, cfg.anchor_scales, cfg.anchor_ratio)),
+                                 persistent=False)
+        self._anchor_cache: dict = {}
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -129,16 +146,42 @@ class RefineFace(nn.Module):
         # focal-loss prior: start with a small p(face) so early training is not swamped by
         # negatives; 0.02 rather than RetinaNet's 0.01 keeps the STC filter (1 - p > 0.99) from
         # rejecting every anchor before training starts
-        nn.init.constant_(self.cls_head.pred.bias, -math.log((1 - 0.02) / 0.02))
+        pred = self.cls_head.pred
+        last = pred[-1] if isinstance(pred, nn.Sequential) else pred
+        nn.init.constant_(last.bias, -math.log((1 - 0.02) / 0.02))
+
+    def _anchors(self, level: int, feat: torch.Tensor) -> torch.Tensor:
+        """float32 anchors of a level for a feature map; cached per size outside tracing."""
+        h, w = feat.shape[-2], feat.shape[-1]
+        wh = getattr(self, f"anchor_wh{level}")
+        tracing = torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+        if tracing:
+            return level_anchors(h, w, self.cfg.strides[level], device=feat.device, shapes=wh)
+        key = (level, int(h), int(w), feat.device)
+        a = self._anchor_cache.get(key)
+        if a is None:
+            if len(self._anchor_cache) > 64:  # bounded: tiles and pyramid passes repeat few sizes
+                self._anchor_cache.clear()
+            a = self._anchor_cache[key] = level_anchors(h, w, self.cfg.strides[level], device=feat.device, shapes=wh)
+        return a
+
+    def _apply(self, fn, *args, **kwargs):
+        # anchor sizes stay exact float32 through .half() and follow the device; cached grids
+        # are dropped on any device or dtype change
+        self._anchor_cache = {}
+        names = [f"anchor_wh{l}" for l in range(len(self.cfg.strides))]
+        kept = {n: getattr(self, n) for n in names}
+        out = super()._apply(fn, *args, **kwargs)
+        for n, t in kept.items():
+            setattr(self, n, t.to(device=getattr(self, n).device, dtype=torch.float32))
+        return out
 
     def forward_raw(self, images: torch.Tensor) -> dict:
         """Head outputs and anchors per level: what the losses and the decoder consume."""
         cfg = self.cfg
+        images = images.to(self.fpn.lateral[0].weight.dtype)  # callers may pass fp32 to an fp16 model
         first, second = self.fpn(self.backbone(images))
-        anchors = [
-            level_anchors(f.shape[-2], f.shape[-1], s, cfg.anchor_scales, cfg.anchor_ratio, f.device, f.dtype)
-            for f, s in zip(second, cfg.strides)
-        ]
+        anchors = [self._anchors(l, f) for l, f in enumerate(second)]
         return {
             "anchors": anchors,
             "features": second,
@@ -153,17 +196,19 @@ class RefineFace(nn.Module):
         cfg = self.cfg
         cv, sv = cfg.center_variance, cfg.size_variance
         boxes, scores = [], []
+        # decoding, the STC test and selection run in float32 whatever the network's precision:
+        # 0.99 is 5e-4 from 1 in fp16, and pixel boxes at 8K need more than fp16's 11 bits
         for l, anchors in enumerate(raw["anchors"]):
-            score = torch.sigmoid(raw["cls2"][l])
+            score = torch.sigmoid(raw["cls2"][l].float())
             if l in raw["cls1"]:
                 # STC: anchors the first step is sure are background (1 - p1 > threshold) are dropped
-                neg = 1.0 - torch.sigmoid(raw["cls1"][l])
+                neg = 1.0 - torch.sigmoid(raw["cls1"][l].float())
                 score = torch.where(neg > cfg.stc_threshold, torch.zeros_like(score), score)
-            a = anchors.unsqueeze(0)
+            a = anchors.float().unsqueeze(0)
             if l in raw["reg1"]:
                 # STR: the first step refines the anchors, the second regresses from the refined ones
-                a = decode(raw["reg1"][l], a, cv, sv)
-            boxes.append(cxcywh_to_xyxy(decode(raw["reg2"][l], a, cv, sv)))
+                a = decode(raw["reg1"][l].float(), a, cv, sv)
+            boxes.append(cxcywh_to_xyxy(decode(raw["reg2"][l].float(), a, cv, sv)))
             scores.append(score)
         return boxes, scores
 
@@ -172,43 +217,33 @@ class RefineFace(nn.Module):
         return select_candidates(boxes, scores, self.cfg.candidates)
 
 
-def level_quotas(k: int, levels: int) -> list[int]:
-    """Split K candidates over pyramid levels when K exceeds TensorRT's TopK limit.
-
-    Shares follow each level's anchor count (a level has 4x the anchors of the next), with every
-    quota <= the TopK limit; the quotas add up to K.
-    """
-    if k <= TENSORRT_MAX_TOPK:
-        return [k]
-    weights = [4.0 ** -(i) for i in range(levels)]
-    total = sum(weights)
-    quotas = [max(1, int(k * w / total)) for w in weights]
-    quotas[0] += k - sum(quotas)
-    # cap at the TopK limit and pass any overflow on to the next level
-    for i in range(levels - 1):
-        if quotas[i] > TENSORRT_MAX_TOPK:
-            quotas[i + 1] += quotas[i] - TENSORRT_MAX_TOPK
-            quotas[i] = TENSORRT_MAX_TOPK
-    if quotas[-1] > TENSORRT_MAX_TOPK:
-        raise ValueError(f"{k} candidates cannot be split into TopKs of <= {TENSORRT_MAX_TOPK}")
-    return quotas
-
-
 def _topk_padded(boxes: torch.Tensor, scores: torch.Tensor, k: int):
-    # Pad with k dummy entries (score -1) so TopK(k) is valid whatever the image size; padded
-    # entries come out with score 0 and an empty box.
+    """Exact top-k over all anchors, built from TopKs of at most TENSORRT_MAX_TOPK each.
+
+    Pad with k dummy entries (score -1) so the TopKs are valid whatever the image size (padded
+    entries come out with score 0 and an empty box). Above the TopK limit: take the top 3840,
+    mask what was chosen (score -2, below every dummy), take the next chunk from the rest, and so
+    on; the chunks come out in descending order, so the result equals one TopK(k).
+    """
     b = scores.shape[0]
     scores = torch.cat([scores, scores.new_full((b, k), -1.0)], dim=1)
     boxes = torch.cat([boxes, boxes.new_zeros((b, k, 4))], dim=1)
-    top, idx = torch.topk(scores, k, dim=1)
+    tops, idxs, left = [], [], k
+    while left > 0:
+        q = min(left, TENSORRT_MAX_TOPK)
+        top, idx = torch.topk(scores, q, dim=1)
+        tops.append(top)
+        idxs.append(idx)
+        left -= q
+        if left > 0:
+            scores = scores.scatter(1, idx, -2.0)
+    top = tops[0] if len(tops) == 1 else torch.cat(tops, 1)
+    idx = idxs[0] if len(idxs) == 1 else torch.cat(idxs, 1)
     sel = torch.gather(boxes, 1, idx.unsqueeze(-1).expand(-1, -1, 4))
     return sel, top.clamp(min=0.0)
 
 
 def select_candidates(boxes: list[torch.Tensor], scores: list[torch.Tensor], k: int):
-    """Fixed-size candidate set: boxes [B,K,4], scores [B,K] (score-sorted within each TopK)."""
-    quotas = level_quotas(k, len(boxes))
-    if len(quotas) == 1:
-        return _topk_padded(torch.cat(boxes, 1), torch.cat(scores, 1), k)
-    parts = [_topk_padded(b, s, q) for b, s, q in zip(boxes, scores, quotas)]
-    return torch.cat([p[0] for p in parts], 1), torch.cat([p[1] for p in parts], 1)
+    """Fixed-size candidate set: boxes [B,K,4], scores [B,K], the global top-K over every level,
+    score-sorted."""
+    return _topk_padded(torch.cat(boxes, 1), torch.cat(scores, 1), k)

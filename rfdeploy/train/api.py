@@ -8,7 +8,8 @@ from rfdeploy.errors import InputError
 
 
 def train_detector_cli(*, data, annotations, preset, out, steps, batch_size, size, lr, device, workers, time_budget,
-                       use_fsm, imagenet, extra_annotations=(), extra_repeats=1, init_checkpoint=None, freeze_stages=0):
+                       use_fsm, imagenet, extra_annotations=(), extra_repeats=1, init_checkpoint=None, freeze_stages=0,
+                       init_backbone=None):
     from rfdeploy.models.config import detector_config
     from rfdeploy.train.recipes import default_detector_config, synthetic_dataset, with_labelled_sets
     from rfdeploy.train.trainer import TrainOptions, train_detector
@@ -24,6 +25,11 @@ def train_detector_cli(*, data, annotations, preset, out, steps, batch_size, siz
             from rfdeploy.models import load
 
             cfg = load(init_checkpoint).cfg
+    backbone = None
+    if init_backbone is not None:
+        if init_checkpoint is not None:
+            raise InputError("give --init or --init-backbone, not both")
+        cfg, backbone = backbone_config(cfg, init_backbone)
     if annotations:
         from rfdeploy.train.augment import RefineFaceAugment
         from rfdeploy.train.datasets import DetectionDataset, read_annotations
@@ -46,8 +52,23 @@ def train_detector_cli(*, data, annotations, preset, out, steps, batch_size, siz
     if imagenet is None and cfg.backbone == "mobilenet_v2" and default_imagenet.is_file():
         imagenet = default_imagenet
     opts = TrainOptions(steps=steps, batch_size=batch_size, lr=lr, device=device, workers=workers,
-                        time_budget_s=time_budget, warmup_steps=min(500, max(1, steps // 10)), freeze_stages=freeze_stages)
-    return train_detector(cfg, ds, opts, out, imagenet_weights=imagenet, use_fsm=use_fsm, init_checkpoint=init_checkpoint)
+                        time_budget_s=time_budget, warmup_steps=min(500, max(1, steps // 10)), freeze_stages=freeze_stages,
+                        freeze_bn=backbone is not None)
+    return train_detector(cfg, ds, opts, out, imagenet_weights=None if backbone is not None else imagenet, use_fsm=use_fsm,
+                          init_checkpoint=init_checkpoint, init_backbone=backbone)
+
+
+def backbone_config(cfg, onnx_path):
+    """(cfg with the imported backbone's contract, the verified backbone module)."""
+    from dataclasses import replace
+
+    from rfdeploy.models.backbone_import import import_backbone
+
+    bb, contract, report = import_backbone(onnx_path)
+    if report.backbone != cfg.backbone:
+        raise InputError(f"{Path(onnx_path).name} holds a {report.backbone} backbone; the preset uses {cfg.backbone}",
+                         hint="pick a preset with that backbone (the default preset uses mobilenet_v1_025)")
+    return replace(cfg, contract=contract), bb
 
 
 def train_ranker_cli(*, data, detectors, out, scenes, steps, batch_size, device, time_budget, lr=1e-3,

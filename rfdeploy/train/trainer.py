@@ -46,6 +46,9 @@ class TrainOptions:
     # backbone stages (of C2-C5) kept frozen, BN statistics included: on a CPU budget the
     # high-resolution early stages cost most of the backward pass and move least
     freeze_stages: int = 0
+    # keep every backbone BatchNorm in eval mode (affine parameters still train): an imported
+    # BN-folded backbone carries identity statistics that small CPU batches would overwrite
+    freeze_bn: bool = False
 
     def progress(self, step: int, elapsed_s: float) -> float:
         """Fraction of training done: by steps, or by time when a time budget ends it sooner."""
@@ -85,6 +88,8 @@ def _loop(model, loss_fn, loader, opts: TrainOptions, out_dir: Path, step_fn, ex
     if opts.channels_last:
         model.to(memory_format=torch.channels_last)
     frozen = _freeze_backbone(model, opts.freeze_stages)
+    if opts.freeze_bn and hasattr(model, "backbone"):
+        frozen += [m for m in model.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     params = [p for p in model.parameters() if p.requires_grad] + list(extra_params)
     optim = _optimizer(params, opts)
     log_path = out_dir / "log.jsonl"
@@ -136,15 +141,7 @@ def _freeze_backbone(model, stages: int) -> list:
     """Freeze the first ``stages`` backbone stages; returns the modules to keep in eval mode."""
     if stages <= 0 or not hasattr(model, "backbone"):
         return []
-    bb = model.backbone
-    if bb.name.startswith("resnet"):
-        n = bb.net
-        mods = [n.conv1, n.bn1] + [n.layer1, n.layer2, n.layer3, n.layer4][:stages]
-    else:
-        from rfdeploy.models.backbones import _MBV2_STAGES
-
-        end = _MBV2_STAGES[min(stages, 4) - 1][1]
-        mods = [bb.net.features[i] for i in range(end)]
+    mods = list(model.backbone.stage_modules()[: min(stages, 4)])
     for m in mods:
         for p in m.parameters():
             p.requires_grad_(False)
@@ -172,7 +169,8 @@ def _to_float(x):
 
 
 def train_detector(cfg: DetectorConfig, dataset, opts: TrainOptions, out_dir, *, imagenet_weights=None,
-                   init_checkpoint=None, use_fsm: bool | None = None, use_sml: bool = True) -> TrainResult:
+                   init_checkpoint=None, use_fsm: bool | None = None, use_sml: bool = True,
+                   init_backbone=None) -> TrainResult:
     """Train RefineFace: L = L_STR + L_STC + L_FSM (SML inside the classification losses)."""
     from rfdeploy.models.losses import RefineFaceLoss
     from rfdeploy.train.augment import collate_fn
@@ -183,6 +181,8 @@ def train_detector(cfg: DetectorConfig, dataset, opts: TrainOptions, out_dir, *,
         from rfdeploy.models import load
 
         model.load_state_dict(load(init_checkpoint).state_dict())
+    elif init_backbone is not None:  # an imported, verified backbone (models.backbone_import)
+        model.backbone.load_state_dict(init_backbone.state_dict())
     elif imagenet_weights is not None:
         model.backbone.load_imagenet(imagenet_weights)
     loss_fn = RefineFaceLoss(cfg, use_fsm=use_fsm, use_sml=use_sml).to(opts.device)

@@ -6,7 +6,7 @@ import torch
 from rfdeploy.models import build, detector_config
 from rfdeploy.models.anchors import anchor_shapes, decode, encode, level_anchors, xyxy_to_cxcywh
 from rfdeploy.models.config import TENSORRT_MAX_TOPK
-from rfdeploy.models.refineface import RFE, RefineFace, level_quotas, select_candidates
+from rfdeploy.models.refineface import RFE, RefineFace, select_candidates
 
 
 @pytest.mark.parametrize("hw", [(128, 128), (100, 130), (97, 255)])
@@ -94,16 +94,28 @@ def test_rfe_shapes_and_shortcut():
     assert torch.allclose(rfe(x), torch.relu(x))  # shortcut keeps the original field
 
 
+def test_rfe_branches_have_rectangular_receptive_fields():
+    # paper Fig. 7: the four branches see 1x3, 3x1, 1x5 and 5x1 fields (not k x k squares)
+    rfe = RFE(8)
+    for p in rfe.parameters():
+        torch.nn.init.constant_(p, 0.1) if p.dim() > 1 else torch.nn.init.zeros_(p)
+    x = torch.zeros(1, 8, 11, 11)
+    x[..., 5, 5] = 1.0  # an impulse
+    extents = []
+    with torch.no_grad():
+        for b in rfe.branches:
+            nz = b(x)[0].abs().sum(0).nonzero()
+            extents.append((int(nz[:, 0].max() - nz[:, 0].min() + 1), int(nz[:, 1].max() - nz[:, 1].min() + 1)))
+    assert sorted(extents) == sorted([(1, 3), (3, 1), (1, 5), (5, 1)])
+
+
 def test_rfe_replaces_middle_convs(tiny_det_cfg):
     m = RefineFace(tiny_det_cfg)
     kinds = [type(x).__name__ for x in m.cls_head.tower]
     assert kinds.count("RFE") == 2 and kinds[0] == "Conv2d" and kinds[-2] == "Conv2d"
 
 
-def test_candidate_selection_respects_tensorrt_topk_limit():
-    q = level_quotas(5000, 6)
-    assert sum(q) == 5000 and max(q) <= TENSORRT_MAX_TOPK
-    assert level_quotas(1000, 6) == [1000]
+def test_candidate_selection_pads_small_sets():
     # fewer anchors than K: padded entries have score 0
     boxes = [torch.rand(1, 3, 4)]
     scores = [torch.tensor([[0.3, 0.9, 0.1]])]
@@ -112,12 +124,79 @@ def test_candidate_selection_respects_tensorrt_topk_limit():
     assert torch.equal(b[0, 0], boxes[0][0, 1])
 
 
-def test_large_candidate_sets_are_split_per_level():
+def test_candidate_selection_is_an_exact_global_topk_above_the_tensorrt_limit():
+    # six levels sized like a 640x640 input; the high levels hold far more strong candidates
+    # than an anchor-count quota would give them (P5-P7 would keep 58/14/3 of 5000)
+    g = torch.Generator().manual_seed(0)
+    sizes = [51200, 12800, 3200, 800, 200, 50]
+    # distinct scores (ties would make the reference order ambiguous)
+    ranks = torch.stack([torch.randperm(sum(sizes), generator=g) for _ in range(2)]).float() / sum(sizes)
+    scores = list(ranks.split(sizes, dim=1))
+    scores = [x + (0.0 if l < 3 else 1.0) for l, x in enumerate(scores)]
+    boxes = [torch.rand(2, n, 4, generator=g) for n in sizes]
+    k = 5000
+    assert k > TENSORRT_MAX_TOPK
+    b, s = select_candidates(boxes, scores, k)
+    all_s, all_b = torch.cat(scores, 1), torch.cat(boxes, 1)
+    ref_s, ref_i = torch.topk(all_s, k, dim=1)
+    assert torch.equal(s, ref_s)  # same scores, same (descending) order
+    for i in range(2):
+        assert torch.equal(b[i], all_b[i, ref_i[i]])
+    high = sum(sizes[:3])
+    assert (ref_i >= high).sum(1).min() > 58 + 14 + 3  # the case the old quotas lost
+
+
+def test_large_candidate_sets_run_end_to_end():
     cfg = detector_config("refineface_mbv2", fpn_channels=16, head_channels=16, candidates=5000)
     m = build(cfg).eval()
     with torch.no_grad():
         b, s = m(torch.randn(1, 3, 64, 64))
     assert b.shape == (1, 5000, 4) and s.shape == (1, 5000)
+    assert (s[0, :-1] >= s[0, 1:]).all()
+
+
+def test_repeated_input_shape_builds_no_tensor_from_host_data(tiny_det_cfg, monkeypatch):
+    # CUDA-graph capture forbids host-to-device copies: after one forward of a shape, a second
+    # forward of that shape must not build tensors from Python data (anchors are cached)
+    m = build(tiny_det_cfg).eval()
+    x = torch.randn(1, 3, 96, 128)
+    with torch.no_grad():
+        ref = m(x)
+
+        def refuse(*a, **k):
+            raise AssertionError("tensor built from host data during a repeated forward")
+
+        for name in ("tensor", "as_tensor", "from_numpy"):
+            monkeypatch.setattr(torch, name, refuse)
+        again = m(x)
+    assert torch.equal(ref[0], again[0]) and torch.equal(ref[1], again[1])
+
+
+def test_fp16_network_decodes_and_filters_in_fp32(tiny_det_cfg):
+    m = RefineFace(tiny_det_cfg)
+    # first-step face probabilities a hair on either side of the STC boundary 1 - p > 0.99
+    p1 = torch.tensor([0.0099, 0.0101, 0.00995, 0.01005, 0.5, 0.0098, 0.0102, 0.2])
+    raw32 = _fake_raw(tiny_det_cfg, torch.logit(p1.double()).float())
+    raw16 = {
+        "anchors": raw32["anchors"],
+        "cls1": {l: v.half() for l, v in raw32["cls1"].items()},
+        "reg1": {l: v.half() for l, v in raw32["reg1"].items()},
+        "cls2": [v.half() for v in raw32["cls2"]],
+        "reg2": [v.half() for v in raw32["reg2"]],
+    }
+    b32, s32 = m.decode_levels(raw32)
+    b16, s16 = m.decode_levels(raw16)
+    for l in tiny_det_cfg.stc_levels:
+        assert s16[l].dtype == torch.float32
+        dropped16 = s16[l][0] == 0
+        # fp16 logits carry ~1e-3 relative error; only the clear cases must agree, and the
+        # decision itself is taken in fp32 (an fp16 compare against 0.99 rounds it to 0.99023)
+        clear = ((1 - p1) - 0.99).abs() > 2e-4
+        assert torch.equal(dropped16[clear], (s32[l][0] == 0)[clear])
+    half_model = RefineFace(tiny_det_cfg).half()
+    assert half_model.anchor_wh0.dtype == torch.float32  # anchor sizes stay exact
+    for b in b16:
+        assert b.dtype == torch.float32
 
 
 @pytest.mark.parametrize("name", ["refineface_r18", "refineface_r50", "refineface_r101", "refineface_r152", "refineface_mbv2"])
