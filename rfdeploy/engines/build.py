@@ -296,10 +296,66 @@ def _write_pair(out_path: Path, plan, manifest: Manifest) -> None:
         raise
 
 
+DEFAULT_PROFILE = "default"
+
+
+def default_profile(onnx_path: str | Path) -> ProfileSpec:
+    """The profile the runtime feeds an rfdeploy model with, from the file's kind and contract.
+
+    Detector: batches of 1..8 tiles of the default tile size (opt), whole images up to the untiled
+    limit (max), down to the smallest padded input (min); ranker: its image resized to the long
+    side its contract names, plus its fixed ``boxes`` (see rfdeploy.runtime.backends.engine_cache).
+    """
+    from rfdeploy.runtime.backends.engine_cache import profile_for
+
+    kind, spec = profile_for(onnx_path)
+    return ProfileSpec(spec.image, dict(spec.named), preset=f"{DEFAULT_PROFILE} {kind}", cli_args=spec.cli_args)
+
+
+def _declared_inputs(onnx_path: Path) -> dict[str, tuple[int | None, ...]]:
+    model = onnxinfo.load_onnx(onnx_path)
+    return {t["name"]: tuple(d if isinstance(d, int) and d > 0 else None for d in t["shape"])
+            for t in onnxinfo.graph_io(model)["inputs"]}
+
+
+def profile_specs(
+    onnx_path: str | Path,
+    *,
+    min_shapes: Sequence[str] = (),
+    opt_shapes: Sequence[str] = (),
+    max_shapes: Sequence[str] = (),
+    presets: Sequence[str] = (),
+) -> list[ProfileSpec]:
+    """The profiles `rfdeploy build-engine` builds, checked against the ONNX file's inputs (before
+    any conversion or build starts). ``--profile default``, or no profile at all on a model with
+    dynamic inputs, is the runtime's own profile (:func:`default_profile`)."""
+    from rfdeploy.engines.profiles import preset_names, specs_from_cli
+
+    onnx_path = Path(onnx_path)
+    declared = _declared_inputs(onnx_path)
+    named = [p for p in presets if p.strip().lower() != DEFAULT_PROFILE]
+    want_default = len(named) < len(presets)
+    specs = specs_from_cli(min_shapes, opt_shapes, max_shapes, named)
+    dynamic = any(d is None for dims in declared.values() for d in dims)
+    if want_default or (not specs and dynamic):
+        meta = onnxinfo.metadata(onnxinfo.load_onnx(onnx_path))
+        if "rfdeploy.kind" not in meta:
+            raise InputError(
+                f"{onnx_path} has dynamic inputs "
+                + ", ".join(f"{n} {'x'.join('?' if d is None else str(d) for d in dims)}" for n, dims in declared.items())
+                + " and no rfdeploy metadata, so no default profile can be derived",
+                hint=f"add --profile PRESET ({', '.join(preset_names())}) or --min-shape/--opt-shape/--max-shape",
+            )
+        specs.insert(0, default_profile(onnx_path))
+    resolve_profiles(specs, declared)  # refuse bad shapes now, not after an fp16/int8 conversion
+    return specs
+
+
 def build_engine_cli(
     onnx_path: str | Path,
     out_path: str | Path | None = None,
     *,
+    specs: Sequence[ProfileSpec] | None = None,
     min_shapes: Sequence[str] = (),
     opt_shapes: Sequence[str] = (),
     max_shapes: Sequence[str] = (),
@@ -311,14 +367,14 @@ def build_engine_cli(
     backend: str | None = None,
     argv: Sequence[str] | None = None,
 ) -> Manifest:
-    """What `rfdeploy build-engine` does after option parsing: shapes/presets as the user typed
-    them; ``out_path`` defaults to the ONNX path with ``.engine``; ``argv`` (the user's command)
-    is recorded as the rebuild command."""
-    from rfdeploy.engines.profiles import specs_from_cli
-
+    """What `rfdeploy build-engine` does after option parsing: ``specs`` from :func:`profile_specs`
+    (or shapes/presets as the user typed them); ``out_path`` defaults to the ONNX path with
+    ``.engine``; ``argv`` (the user's command) is recorded as the rebuild command."""
     onnx_path = Path(onnx_path)
     out = Path(out_path) if out_path is not None else onnx_path.with_suffix(".engine")
-    specs = specs_from_cli(min_shapes, opt_shapes, max_shapes, presets)
+    if specs is None:
+        specs = profile_specs(onnx_path, min_shapes=min_shapes, opt_shapes=opt_shapes, max_shapes=max_shapes,
+                              presets=presets)
     return build_engine(
         onnx_path, out, specs, workspace_mb=workspace_mb, opt_level=opt_level, timing_cache=timing_cache,
         compute_capabilities=list(compute_capabilities) or None, prefer_backend=backend, rebuild_command=argv,

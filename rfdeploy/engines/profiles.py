@@ -344,3 +344,57 @@ def select_profile(profiles: Sequence[Profile], shapes: Mapping[str, Sequence[in
         )
         raise EngineMismatchError(f"input shape(s) {given} fall outside every profile of the engine [{avail}]")
     return min(fitting, key=lambda i: profiles[i].max_volume())
+
+
+# --- what a runtime may feed -----------------------------------------------------------------
+@dataclass(frozen=True)
+class InputLimits:
+    """The image inputs one profile of a detector engine takes, as the tiled runtime needs them.
+
+    Every input the runtime makes from these limits lies inside profile ``index``: batches of
+    ``1..max_batch``; whole images whose padded size fits ``max_size``; square tiles of at most
+    ``max_tile`` a side; everything padded up to at least ``min_size``. Sizes are (width, height).
+    """
+
+    index: int
+    max_batch: int
+    min_size: tuple[int, int]
+    max_size: tuple[int, int]
+    max_tile: int
+
+
+def _image_range(p: Profile) -> tuple[str, ShapeRange] | None:
+    rank4 = {n: r for n, r in p.shapes.items() if len(r.min) == 4}
+    for n in IMAGE_INPUT_NAMES:
+        if n in rank4:
+            return n, rank4[n]
+    return next(iter(rank4.items())) if len(rank4) == 1 else None
+
+
+def input_limits(profiles: Sequence[Profile], pad_multiple: int = 1) -> InputLimits:
+    """The one profile a tiled runtime should feed, and what it admits.
+
+    One profile, not the union of all: shapes mixed from several profiles (one's minimum, another's
+    maximum) may fit none. The choice is the profile with the largest square input (the tile size
+    limit), then the largest input area, then the largest batch; a profile must admit a batch of one
+    image (the untiled case). Tiles are squares, so a fixed 640x480 profile takes tiles of 480.
+    """
+    best: tuple[tuple[int, int, int], InputLimits] | None = None
+    for i, p in enumerate(profiles):
+        found = _image_range(p)
+        if found is None or found[1].min[0] > 1:
+            continue
+        r = found[1]
+        # a tile is padded to the contract's multiple: round down so the padded tile still fits
+        side = min(r.max[2], r.max[3]) // pad_multiple * pad_multiple
+        lim = InputLimits(i, int(r.max[0]), (int(r.min[3]), int(r.min[2])), (int(r.max[3]), int(r.max[2])), int(side))
+        key = (lim.max_tile, r.max[2] * r.max[3], lim.max_batch)
+        if best is None or key > best[0]:
+            best = (key, lim)
+    if best is None:
+        raise EngineMismatchError(
+            "no profile of the engine takes a batch of one image "
+            + "; ".join(f"#{i}: " + ", ".join(f"{n} {r}" for n, r in p.shapes.items()) for i, p in enumerate(profiles)),
+            hint="rebuild it with a profile whose minimum batch is 1 (e.g. without --profile: the runtime's default)",
+        )
+    return best[1]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rfdeploy.errors import InputError, RfdeployError
+from rfdeploy.errors import InputError, ModelFileError, RfdeployError
 from rfdeploy.runtime.detections import Detections
 from rfdeploy.runtime.facelogic import FaceLogicConfig, detect_faces
 
@@ -96,6 +96,7 @@ class FacePipeline:
         det_path = Path(detector) if detector else DEFAULT_DETECTOR
         if not det_path.is_file():
             raise InputError(f"detector model not found: {det_path}")
+        _check_model_suffix(det_path, "detector")
         if det_path.suffix.lower() == ".onnx" and (adapter is not None or not _has_rfdeploy_metadata(det_path)):
             from rfdeploy.runtime.adapters import OnnxDetector
 
@@ -111,6 +112,7 @@ class FacePipeline:
             rank_path = Path(ranker) if ranker else DEFAULT_RANKER
             if not rank_path.is_file():
                 raise InputError(f"ranker model not found: {rank_path}", hint="or run with --no-ranker")
+            _check_model_suffix(rank_path, "ranker")
             # tensorrt builds the ranker's engine too when it is given as a checkpoint or ONNX file
             rrunner = open_runner(rank_path, backend=backend, device=device, fp16=fp16, onnx_cache=onnx_cache,
                                   engine_cache=engine_cache, precision=precision, notes=notes, cuda_graph=cuda_graph)
@@ -128,26 +130,30 @@ class FacePipeline:
     def logic_config(self) -> FaceLogicConfig:
         """What the shared face logic (tiling, merging, ranking, NMS) needs from these models."""
         runner = getattr(self.detector, "runner", None)
-        max_input = min_input = None
-        if runner is not None and hasattr(runner, "max_input"):  # engines: tiles fit the profiles
-            max_input = max(runner.max_input())
-            min_input = runner.min_input()
+        # engines: every batch, image and tile fits one of the detector's profiles
+        det = _engine_limits(runner, self.detector.contract)
+        rank = _engine_limits(getattr(self.ranker, "runner", None), self.ranker.contract) if self.ranker else None
         o = self.options
-        return FaceLogicConfig(
-            detector_contract=self.detector.contract,
-            ranker_contract=self.ranker.contract if self.ranker else None,
-            ranker_boxes=self.ranker.num_boxes if self.ranker else 0,
-            max_batch=min(o.tile_batch, self.detector.max_batch or o.tile_batch),
-            max_input=max_input or o.max_untiled,
-            min_input=min_input,
-            tile=o.tile,
-            tile_max_face=MAX_FACE_AT_TILE if o.tile in ("auto", "off") or int(o.tile) > 2 * MAX_FACE_AT_TILE else None,
-            candidate_thr=self.candidate_thr,
-            nms_iou=o.nms_iou,
-            max_det=o.max_det,
-            score_thr=self.score_thr,
-            device=self._processing_device(runner),
-        )
+        try:
+            return FaceLogicConfig(
+                detector_contract=self.detector.contract,
+                ranker_contract=self.ranker.contract if self.ranker else None,
+                ranker_boxes=self.ranker.num_boxes if self.ranker else 0,
+                max_batch=min(o.tile_batch, det.max_batch if det else (self.detector.max_batch or o.tile_batch)),
+                max_input=None if det else o.max_untiled,
+                max_input_size=det.max_size if det else None,
+                min_input=det.min_size if det else None,
+                ranker_min_input=rank.min_size if rank else None,
+                tile=o.tile,
+                tile_max_face=MAX_FACE_AT_TILE if o.tile in ("auto", "off") or int(o.tile) > 2 * MAX_FACE_AT_TILE else None,
+                candidate_thr=self.candidate_thr,
+                nms_iou=o.nms_iou,
+                max_det=o.max_det,
+                score_thr=self.score_thr,
+                device=self._processing_device(runner),
+            )
+        except ValueError as e:  # e.g. --tile larger than the engine's input
+            raise InputError(str(e)) from None
 
     def _processing_device(self, runner) -> str | None:
         """Where pre/post-processing runs: the GPU of a torch detector, else the host (None)."""
@@ -200,6 +206,28 @@ def error_record(path, exc: BaseException) -> dict:
     """A failed input: kept in the results with its reason, never dropped silently."""
     return {"file": str(path), "error": str(exc).split("\n")[0], "error_type": type(exc).__name__,
             "exit_code": getattr(exc, "exit_code", 1) if isinstance(exc, RfdeployError) else 1}
+
+
+def _check_model_suffix(path: Path, role: str) -> None:
+    """A file that is no kind of model (a photo, a text file) given as a model: a model file of the
+    wrong kind (exit 3), not a bad image."""
+    from rfdeploy.runtime.backends.base import model_kind
+
+    try:
+        model_kind(path)
+    except InputError as e:
+        raise ModelFileError(f"{path} is not a {role} model: {e.args[0].split(': ', 1)[-1]}", hint=e.hint) from None
+
+
+def _engine_limits(runner, contract):
+    """What an engine's profiles admit (rfdeploy.engines.profiles.input_limits); None for runners
+    without a manifest (they take any shape)."""
+    manifest = getattr(runner, "manifest", None)
+    if manifest is None:
+        return None
+    from rfdeploy.engines.profiles import input_limits
+
+    return input_limits(manifest.profiles, contract.pad_multiple)
 
 
 def _has_rfdeploy_metadata(path: Path) -> bool:

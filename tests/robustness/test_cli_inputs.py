@@ -156,11 +156,16 @@ def test_ranker_passed_as_detector_exits_3(tiny_ranker_ckpt, photo_dir):
     assert_clean_failure(res, 3, "expected a detector")
 
 
-def test_unknown_model_suffix_is_an_input_error(tiny_ckpt, photo_dir, tmp_path):
+def test_a_file_that_is_no_model_exits_3(tiny_ckpt, photo_dir, tmp_path):
+    """README: 3 = a model file of the wrong kind; a photo or a text file given as a model is one."""
     other = tmp_path / "model.txt"
     shutil.copy(tiny_ckpt, other)
     res = run_cli("infer", photo_dir / "a_hopper.jpg", *tiny_args(other))
-    assert_clean_failure(res, 2, "unknown model file type")
+    assert_clean_failure(res, 3, "unknown model file type")
+    res = run_cli("infer", photo_dir / "a_hopper.jpg", "--detector", HOPPER, "--no-ranker")
+    assert_clean_failure(res, 3, "is not a detector model")
+    res = run_cli("infer", photo_dir / "a_hopper.jpg", "--detector", tiny_ckpt, "--backend", "torch", "--ranker", HOPPER)
+    assert_clean_failure(res, 3, "is not a ranker model")
 
 
 def test_interrupted_run_leaves_no_output(tiny_ckpt, photo_dir, tmp_path, monkeypatch):
