@@ -9,7 +9,11 @@ from pathlib import Path
 import click
 
 from rfdeploy import __version__
+from rfdeploy.engines.profiles import preset_names
 from rfdeploy.errors import PARTIAL_FAILURE_EXIT_CODE, InputError, RfdeployError
+
+
+_PRESETS = preset_names()
 
 
 class _Group(click.Group):
@@ -26,7 +30,50 @@ class _Group(click.Group):
             sys.exit(130)
 
 
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class _OneName(click.Option):
+    """An option with aliases that its help lists under its first name only (the aliases still work)."""
+
+    def get_help_record(self, ctx):
+        opts = self.opts
+        self.opts = opts[:1]
+        try:
+            return super().get_help_record(ctx)
+        finally:
+            self.opts = opts
+
+
+def _is_tty(stream) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+class _Progress:
+    """Images done: a tqdm bar when stderr is a terminal; in a log, a plain line at every tenth
+    (no terminal escape codes in log files)."""
+
+    def __init__(self, total: int, unit: str):
+        self.total, self.unit, self.n, self.bar = total, unit, 0, None
+        if _is_tty(sys.stderr):
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, unit=unit, file=sys.stderr)
+
+    def update(self, k: int = 1) -> None:
+        before, self.n = self.n, self.n + k
+        if self.bar is not None:
+            self.bar.update(k)
+        elif self.n * 10 // self.total > before * 10 // self.total:
+            click.echo(f"# {self.n}/{self.total} {self.unit}", err=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100,
+                                           "show_default": True})
 @click.version_option(__version__, prog_name="rfdeploy")
 def main():
     """Deploy RefineFace face detection with the CRFace confidence ranker.
@@ -50,10 +97,11 @@ def version():
 @main.command()
 @click.argument("checkpoints", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("-o", "--output", required=True, type=click.Path(), help="ONNX file (one checkpoint) or folder (several).")
-@click.option("--config", "config", default=None, help="Preset for plain state_dicts without a stored config.")
+@click.option("--config", "config", default=None,
+              help="Model preset for plain state_dicts without a stored config (default: the stored config).")
 @click.option("--fp16", is_flag=True, help="Also write a mixed-precision FP16 model (<name>.fp16.onnx).")
 @click.option("--verify/--no-verify", default=True, show_default=True, help="Compare onnxruntime against PyTorch.")
-@click.option("--opset", default=17, show_default=True)
+@click.option("--opset", default=17, show_default=True, help="ONNX opset version to export with.")
 def export(checkpoints, output, config, fp16, verify, opset):
     """Export checkpoints (detector and/or ranker) to ONNX, training-only parts stripped."""
     from rfdeploy.export.api import export_checkpoint
@@ -70,10 +118,13 @@ def export(checkpoints, output, config, fp16, verify, opset):
 @main.command()
 @click.argument("onnx_file", type=click.Path(dir_okay=False))
 @click.option("--images", required=True, type=click.Path(), help="Folder of calibration images.")
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="The Q/DQ ONNX file to write.")
 @click.option("--num", default=256, show_default=True, help="Images to use.")
-@click.option("--method", type=click.Choice(["max", "entropy", "percentile"]), default="max", show_default=True)
-@click.option("--cache-dir", type=click.Path(file_okay=False), default=None, help="Calibration cache folder.")
+@click.option("--method", type=click.Choice(["max", "entropy", "percentile"]), default="max", show_default=True,
+              help="Activation range: max (min/max), or a histogram (entropy, percentile), whose memory "
+                   "grows with --num (see docs/benchmarks.md).")
+@click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
+              help="Calibration cache folder (default: none, ranges are recomputed).")
 @click.option("--calib-size", default=640, show_default=True, help="Long side of the calibration images.")
 @click.option("--allow-fewer", is_flag=True, help="Accept fewer images than --num (with a warning).")
 def calibrate(onnx_file, images, output, num, method, cache_dir, calib_size, allow_fewer):
@@ -93,59 +144,95 @@ def calibrate(onnx_file, images, output, num, method, cache_dir, calib_size, all
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None, help="Engine path (default: <onnx>.engine).")
 @click.option("--fp16", is_flag=True, help="Build from the FP16 mixed-precision ONNX (made if missing).")
 @click.option("--int8", is_flag=True, help="Build from the INT8 Q/DQ ONNX (calibrated if missing).")
-@click.option("--calib-images", type=click.Path(), default=None, help="Calibration images for --int8.")
-@click.option("--profile", "presets", multiple=True, help="Shape preset (vga, 720p, 1080p, 4k, tile1024, tile640, ...).")
-@click.option("--min-shape", "min_shapes", multiple=True, help="[input:]NxCxHxW")
-@click.option("--opt-shape", "opt_shapes", multiple=True, help="[input:]NxCxHxW")
-@click.option("--max-shape", "max_shapes", multiple=True, help="[input:]NxCxHxW")
-@click.option("--timing-cache", type=click.Path(dir_okay=False), default=None)
-@click.option("--workspace-mb", type=int, default=None)
-@click.option("--opt-level", type=click.IntRange(0, 5), default=None, help="Builder optimization level.")
-@click.option("--compute-capability", "ccs", multiple=True, help="TensorRT-RTX target, e.g. 8.6 or sm89.")
-@click.option("--backend", type=click.Choice(["auto", "tensorrt", "tensorrt_rtx"]), default="auto", show_default=True)
+@click.option("--calib-images", type=click.Path(), default=None,
+              help="Calibration images for --int8 (needed unless <name>.int8.onnx exists).")
+@click.option("--profile", "presets", multiple=True,
+              help="Shape preset (repeatable, one optimization profile each): default (what the runtime feeds "
+                   "this model; used when no shape is given), " + ", ".join(_PRESETS) + ".")
+@click.option("--min-shape", "min_shapes", multiple=True,
+              help="Smallest input shape of a custom profile, [input:]NxCxHxW (unnamed: the image input).")
+@click.option("--opt-shape", "opt_shapes", multiple=True,
+              help="Shape the kernels are tuned for, [input:]NxCxHxW; alone it makes a fixed shape.")
+@click.option("--max-shape", "max_shapes", multiple=True, help="Largest input shape of a custom profile, [input:]NxCxHxW.")
+@click.option("--timing-cache", type=click.Path(dir_okay=False), default=None,
+              help="TensorRT timing cache file, read and updated (faster rebuilds; default: none).")
+@click.option("--workspace-mb", type=int, default=None,
+              help="Builder workspace memory limit in MiB (default: TensorRT's, the GPU's memory).")
+@click.option("--opt-level", type=click.IntRange(0, 5), default=None,
+              help="Builder optimization level 0-5 (default: TensorRT's, 3).")
+@click.option("--compute-capability", "ccs", multiple=True,
+              help="TensorRT-RTX target GPU generation, e.g. 8.6 or sm89 (repeatable; default: all but Turing).")
+@click.option("--backend", type=click.Choice(["auto", "tensorrt", "tensorrt_rtx"]), default="auto", show_default=True,
+              help="Builder: auto prefers TensorRT, then TensorRT-RTX.")
 def build_engine(onnx_file, output, fp16, int8, calib_images, presets, min_shapes, opt_shapes, max_shapes,
                  timing_cache, workspace_mb, opt_level, ccs, backend):
-    """Build a TensorRT engine (strongly typed: precision comes from the ONNX file)."""
-    from rfdeploy.engines.build import build_engine_cli
+    """Build a TensorRT engine (strongly typed: precision comes from the ONNX file).
+
+    Without --profile or shapes, an rfdeploy detector or ranker gets the profile the runtime
+    feeds it (--profile default), so `infer --engine` takes every image `infer` takes.
+    """
+    from rfdeploy.engines.build import build_engine_cli, profile_specs
     from rfdeploy.export.api import precision_variant
 
     if fp16 and int8:
         raise InputError("choose one of --fp16 and --int8")
+    if not Path(onnx_file).is_file():
+        raise InputError(f"ONNX file not found: {onnx_file}")
+    # the profiles are checked before an fp16/int8 variant is made
+    specs = profile_specs(onnx_file, min_shapes=min_shapes, opt_shapes=opt_shapes, max_shapes=max_shapes,
+                          presets=presets)
     src = precision_variant(onnx_file, "fp16" if fp16 else "int8" if int8 else "fp32", calib_images=calib_images,
                             echo=click.echo)
-    man = build_engine_cli(src, output, min_shapes=min_shapes, opt_shapes=opt_shapes, max_shapes=max_shapes,
-                           presets=presets, workspace_mb=workspace_mb, opt_level=opt_level, timing_cache=timing_cache,
-                           compute_capabilities=ccs, backend=None if backend == "auto" else backend, argv=sys.argv)
+    man = build_engine_cli(src, output, specs=specs, workspace_mb=workspace_mb, opt_level=opt_level,
+                           timing_cache=timing_cache, compute_capabilities=ccs,
+                           backend=None if backend == "auto" else backend, argv=sys.argv)
+    for i, prof in enumerate(man.profiles):
+        click.echo(f"profile #{i}" + (f" ({prof.preset})" if prof.preset else "") + ": "
+                   + "; ".join(f"{n} {r}" for n, r in prof.shapes.items()))
     click.echo(f"built {man.precision} engine with {man.backend} {man.backend_version} -> "
                f"{output or Path(src).with_suffix('.engine')} (+ manifest .json)")
 
 
 @main.command()
 @click.argument("path", type=click.Path(dir_okay=False))
-def info(path):
-    """Describe an .onnx, .engine (via its manifest) or checkpoint file."""
-    from rfdeploy.engines.inspect import info as describe
+@click.option("--json", "as_json", is_flag=True, help="Print the description as one JSON object (for scripts).")
+def info(path, as_json):
+    """Describe an .onnx, .engine (via its manifest) or checkpoint file: I/O, precision, profiles,
+    preprocessing contract and config, in full."""
+    from rfdeploy.engines.inspect import describe, format_description
 
     if not Path(path).is_file():
         raise InputError(f"file not found: {path}")
-    click.echo(describe(path))
+    d = describe(path)
+    click.echo(json.dumps(d, indent=1, ensure_ascii=False, default=str) if as_json else format_description(d))
 
 
 # -- inference ---------------------------------------------------------------------------------------
 
 def _pipeline_options(f):
     opts = [
-        click.option("--detector", "--checkpoint", "--onnx", "--engine", "detector", type=click.Path(dir_okay=False),
-                     default=None, help="Detector: checkpoint, rfdeploy ONNX, engine, or a third-party ONNX (default: bundled)."),
-        click.option("--adapter", default=None, help="Adapter for a third-party ONNX: retinaface, centerface, or a JSON file."),
-        click.option("--ranker", type=click.Path(dir_okay=False), default=None, help="Ranker model (default: bundled)."),
-        click.option("--no-ranker", is_flag=True, help="Run the detector alone."),
-        click.option("--backend", type=click.Choice(["auto", "tensorrt", "onnxruntime", "torch"]), default="auto", show_default=True),
-        click.option("--device", default="cpu", show_default=True, help="cpu or cuda[:i]"),
-        click.option("--fp16", is_flag=True, help="torch backend on CUDA: half precision."),
-        click.option("--tile", default="auto", show_default=True, help="auto, off, or a tile size in pixels."),
+        click.option("--detector", "--checkpoint", "--onnx", "--engine", "detector", cls=_OneName,
+                     type=click.Path(dir_okay=False), default=None,
+                     help="Detector model: a .safetensors/.pt checkpoint, an rfdeploy .onnx, a TensorRT .engine "
+                          "(with its .json manifest), or a third-party ONNX detector (see --adapter); default: the "
+                          "bundled detector. --checkpoint, --onnx and --engine are other names for it."),
+        click.option("--adapter", default=None,
+                     help="Adapter for a third-party ONNX detector: retinaface, centerface, or a JSON file "
+                          "(default: recognised from the model's outputs)."),
+        click.option("--ranker", type=click.Path(dir_okay=False), default=None,
+                     help="Ranker model: a .safetensors/.pt checkpoint, an rfdeploy .onnx or a TensorRT .engine "
+                          "(default: the bundled ranker)."),
+        click.option("--no-ranker", is_flag=True, help="Run the detector alone (score = detector_score)."),
+        click.option("--backend", type=click.Choice(["auto", "tensorrt", "onnxruntime", "torch"]), default="auto",
+                     show_default=True,
+                     help="auto: an engine when given, or TensorRT with a CUDA GPU, else onnxruntime, else torch."),
+        click.option("--device", default="cpu", show_default=True, help="cpu or cuda[:i]."),
+        click.option("--fp16", is_flag=True, help="Half precision: the torch backend on CUDA, engines built on first use."),
+        click.option("--tile", default="auto", show_default=True,
+                     help="auto (tile images too large to run whole), off, or a tile size in pixels."),
         click.option("--score-thr", type=float, default=None, help="Output score threshold (default: the model's)."),
-        click.option("--nms-iou", type=float, default=0.4, show_default=True),
+        click.option("--nms-iou", type=float, default=0.4, show_default=True,
+                     help="NMS drops a box that overlaps a higher-scored one by more than this IoU."),
         click.option("--engine-cache", type=click.Path(file_okay=False), default=None,
                      help="Where engines built on first use go (default: $RFDEPLOY_ENGINE_CACHE or ~/.cache/rfdeploy/engines)."),
     ]
@@ -171,12 +258,16 @@ def _make_pipeline(detector, adapter, ranker, no_ranker, backend, device, fp16, 
 @main.command()
 @click.argument("inputs", nargs=-1, required=True)
 @_pipeline_options
-@click.option("--out", "out", type=click.Path(dir_okay=False), default=None, help="Write JSON lines here.")
-@click.option("--save-vis", type=click.Path(file_okay=False), default=None, help="Write annotated images here.")
+@click.option("--out", "out", type=click.Path(dir_okay=False), default=None,
+              help="Write the JSON lines (one record per image, see README) to this file (default: stdout).")
+@click.option("--save-vis", type=click.Path(file_okay=False), default=None,
+              help="Write annotated copies of the images (boxes and scores, same format) into this folder.")
 @click.option("--overwrite", is_flag=True, help="Replace existing output files.")
 @click.option("--workers", default=1, show_default=True, help="Files processed in parallel (results keep input order).")
 @click.option("--recursive", is_flag=True, help="Descend into sub-folders.")
-@click.option("-q", "--quiet", is_flag=True)
+@click.option("-q", "--quiet", is_flag=True,
+              help="No notes, progress or summary on stderr (errors still print; records of failed files go "
+                   "only to --out).")
 @_cuda_graph_option
 def infer(inputs, detector, adapter, ranker, no_ranker, backend, device, fp16, tile, score_thr, nms_iou, engine_cache, out, save_vis,
           overwrite, workers, recursive, quiet, cuda_graph):
@@ -193,12 +284,8 @@ def infer(inputs, detector, adapter, ranker, no_ranker, backend, device, fp16, t
         for n in pipe.notes:
             click.echo(f"# {n}", err=True)
     sink = AtomicTextFile(out, overwrite) if out else None
-    progress = None
-    if not quiet and len(paths) > 1:
-        from tqdm import tqdm
-
-        progress = tqdm(total=len(paths), unit="img", file=sys.stderr)
-    if not quiet and workers == 1:
+    progress = _Progress(len(paths), "images") if not quiet and len(paths) > 1 else None
+    if not quiet and workers == 1 and _is_tty(sys.stderr):
         pipe.on_tiles = _TileBar()
 
     def on_record(rec):
@@ -236,7 +323,8 @@ def infer(inputs, detector, adapter, ranker, no_ranker, backend, device, fp16, t
 
 
 class _TileBar:
-    """A progress bar over the tiles of one large image (shown when it takes several batches)."""
+    """A progress bar over the tiles of one large image (shown on a terminal when it takes several
+    batches)."""
 
     def __init__(self):
         self.bar = None
@@ -256,9 +344,10 @@ class _TileBar:
 @main.command()
 @_pipeline_options
 @click.option("--size", "sizes", multiple=True, default=["vga"], show_default=True, help="vga, 720p, 1080p, 4k, 8k (repeatable).")
-@click.option("--image", type=click.Path(dir_okay=False), default=None, help="Photo to time (resized to --size).")
-@click.option("--runs", default=10, show_default=True)
-@click.option("--warmup", default=2, show_default=True)
+@click.option("--image", type=click.Path(dir_okay=False), default=None,
+              help="Photo to time, resized to --size (default: the bundled example photo).")
+@click.option("--runs", default=10, show_default=True, help="Timed runs per size (the median is reported).")
+@click.option("--warmup", default=2, show_default=True, help="Untimed runs first.")
 @click.option("--compare", default=None,
               help="Second configuration, e.g. 'no-ranker', 'detector=other.onnx,backend=torch' or 'cuda-graph'.")
 @_cuda_graph_option
@@ -290,7 +379,7 @@ def bench(detector, adapter, ranker, no_ranker, backend, device, fp16, tile, sco
     for label, cfg in configs:
         pipe = _make_pipeline(**cfg)
         for size in sizes:
-            results.append(run_bench(pipe, bench_image(size, image), label=f"{label}: {pipe.notes[-1]}"[:34], size=size,
+            results.append(run_bench(pipe, bench_image(size, image), label=f"{label}: {pipe.notes[-1]}", size=size,
                                      runs=runs, warmup=warmup))
     click.echo(format_results(results))
 
@@ -299,11 +388,11 @@ def bench(detector, adapter, ranker, no_ranker, backend, device, fp16, tile, sco
 @click.argument("inputs", nargs=-1, required=True)
 @click.argument("output", type=click.Path(dir_okay=False))
 @_pipeline_options
-@click.option("--ray-address", default="local", show_default=True, help="local, auto, or ray://host:port")
-@click.option("--num-gpus-per-worker", type=float, default=0.0, show_default=True)
+@click.option("--ray-address", default="local", show_default=True, help="local, auto, or ray://host:port.")
+@click.option("--num-gpus-per-worker", type=float, default=0.0, show_default=True, help="GPUs Ray reserves per actor.")
 @click.option("--concurrency", default=1, show_default=True, help="Actors, each loading the models once.")
 @click.option("--batch-size", default=4, show_default=True, help="Images per actor call.")
-@click.option("--recursive", is_flag=True)
+@click.option("--recursive", is_flag=True, help="Descend into sub-folders.")
 def batch(inputs, output, detector, adapter, ranker, no_ranker, backend, device, fp16, tile, score_thr, nms_iou, engine_cache,
           ray_address, num_gpus_per_worker, concurrency, batch_size, recursive):
     """Batch inference with Ray Data: JSON lines, one record per image (extra: scale)."""
@@ -321,11 +410,12 @@ def batch(inputs, output, detector, adapter, ranker, no_ranker, backend, device,
 @click.argument("out_dir", type=click.Path(file_okay=False))
 @click.argument("detector_engine", type=click.Path(dir_okay=False))
 @click.option("--ranker", "ranker_engine", type=click.Path(dir_okay=False), default=None, help="Ranker engine.")
-@click.option("--max-batch", default=8, show_default=True)
+@click.option("--max-batch", default=8, show_default=True,
+              help="Triton max_batch_size of the TensorRT models (capped by each engine's profile).")
 @click.option("--instances", default=1, show_default=True, help="TensorRT model instances per GPU.")
-@click.option("--python-instances", default=1, show_default=True)
-@click.option("--tile", default="auto", show_default=True)
-@click.option("--score-thr", type=float, default=None)
+@click.option("--python-instances", default=1, show_default=True, help="Instances of the Python model (tiling, NMS).")
+@click.option("--tile", default="auto", show_default=True, help="auto, off, or a tile size in pixels (as infer).")
+@click.option("--score-thr", type=float, default=None, help="Output score threshold (default: the model's).")
 @click.option("--force", is_flag=True, help="Replace an existing repository folder.")
 def triton_repo(out_dir, detector_engine, ranker_engine, max_batch, instances, python_instances, tile, score_thr, force):
     """Write a Triton model repository: TensorRT plans + a Python model returning faces per image."""
@@ -339,19 +429,28 @@ def triton_repo(out_dir, detector_engine, ranker_engine, max_batch, instances, p
 # -- evaluation and training ------------------------------------------------------------------------
 
 @main.command("eval")
-@click.option("--gt", "gt", required=True, type=click.Path(dir_okay=False), help="Annotations JSON (rfdeploy format).")
-@click.option("--images", type=click.Path(file_okay=False), default=None, help="Image folder (default: beside --gt).")
-@click.option("--predictions", type=click.Path(dir_okay=False), default=None, help="Evaluate a predictions file instead of running a model.")
+@click.option("--gt", "gt", required=True, type=click.Path(dir_okay=False),
+              help="Annotations JSON: {images: [{file, faces: [{box: [x1, y1, x2, y2], ignore}]}]}.")
+@click.option("--images", type=click.Path(file_okay=False), default=None,
+              help="Image folder the annotated files are relative to (default: the folder of --gt).")
+@click.option("--predictions", type=click.Path(dir_okay=False), default=None,
+              help="Score a results file instead of running a model: the JSON lines of `rfdeploy infer --out` or "
+                   "`rfdeploy batch` (files matched by path relative to --images, else by name), or a JSON object "
+                   "{file: [{box, score}]}. Use --score-thr 0 at infer time for the whole PR curve.")
+@click.option("--allow-missing", is_flag=True,
+              help="With --predictions: count annotated images without a prediction as having no detections "
+                   "(otherwise an error naming them).")
 @_pipeline_options
-@click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Write a precision-recall PNG.")
-@click.option("--json-out", type=click.Path(dir_okay=False), default=None, help="Write the metrics as JSON.")
-def eval_cmd(gt, images, predictions, detector, adapter, ranker, no_ranker, backend, device, fp16, tile, score_thr,
-             nms_iou, engine_cache, plot, json_out):
-    """AP at IoU 0.5..0.8 on an annotated set, for any model, backend and precision."""
+@click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Write a precision-recall PNG here.")
+@click.option("--json-out", type=click.Path(dir_okay=False), default=None, help="Write the metrics as JSON here.")
+def eval_cmd(gt, images, predictions, allow_missing, detector, adapter, ranker, no_ranker, backend, device, fp16, tile,
+             score_thr, nms_iou, engine_cache, plot, json_out):
+    """AP at IoU 0.5..0.8 on an annotated set, for any model, backend and precision (running the
+    model keeps every detection down to --score-thr, default 0, so the whole PR curve is measured)."""
     from rfdeploy.eval.api import evaluate_pipeline, evaluate_predictions
 
     if predictions:
-        res = evaluate_predictions(gt, predictions, plot)
+        res = evaluate_predictions(gt, predictions, plot, images_dir=images, allow_missing=allow_missing)
     else:
         pipe = _make_pipeline(detector, adapter, ranker, no_ranker, backend, device, fp16, tile, 0.0 if score_thr is None else score_thr, nms_iou, engine_cache)
         res = evaluate_pipeline(pipe, gt, images, plot)
@@ -365,8 +464,8 @@ def eval_cmd(gt, images, predictions, detector, adapter, ranker, no_ranker, back
 @main.command("eval-wider")
 @click.argument("pred_dir", type=click.Path(file_okay=False))
 @click.argument("gt_dir", type=click.Path(file_okay=False))
-@click.option("--iou", default=0.5, show_default=True)
-@click.option("--plot", type=click.Path(dir_okay=False), default=None)
+@click.option("--iou", default=0.5, show_default=True, help="IoU a detection needs to match a face.")
+@click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Write the Easy/Medium/Hard PR curves here (PNG).")
 def eval_wider(pred_dir, gt_dir, iou, plot):
     """WIDER FACE Easy/Medium/Hard AP of a result folder (official protocol, needs scipy)."""
     from rfdeploy.eval.run import evaluate_wider_folder
@@ -382,33 +481,39 @@ def train():
 @train.command("detector")
 @click.option("--data", "data", required=True, type=click.Path(file_okay=False),
               help="Folder with facecrops/ and backgrounds/ (synthetic scenes), or a dataset folder with --annotations.")
-@click.option("--annotations", type=click.Path(dir_okay=False), default=None, help="WIDER FACE gt .txt or rfdeploy JSON.")
+@click.option("--annotations", type=click.Path(dir_okay=False), default=None,
+              help="WIDER FACE gt .txt or rfdeploy JSON for --data (default: synthetic scenes from --data).")
 @click.option("--preset", default="default", show_default=True, help="default (CPU-friendly mbv2) or a preset name.")
-@click.option("-o", "--out", "out", required=True, type=click.Path(file_okay=False))
-@click.option("--steps", default=20000, show_default=True)
-@click.option("--batch-size", default=32, show_default=True)
+@click.option("-o", "--out", "out", required=True, type=click.Path(file_okay=False),
+              help="Run folder: checkpoints and the training log.")
+@click.option("--steps", default=20000, show_default=True, help="SGD steps.")
+@click.option("--batch-size", default=32, show_default=True, help="Images per step.")
 @click.option("--size", default=640, show_default=True, help="Training crop size (paper: 1024).")
-@click.option("--lr", default=1e-2, show_default=True)
-@click.option("--device", default="cpu", show_default=True)
-@click.option("--workers", default=4, show_default=True)
-@click.option("--time-budget", type=float, default=None, help="Stop after this many seconds.")
+@click.option("--lr", default=1e-2, show_default=True, help="Base learning rate (after warm-up).")
+@click.option("--device", default="cpu", show_default=True, help="cpu or cuda[:i].")
+@click.option("--workers", default=4, show_default=True, help="Data loader processes.")
+@click.option("--time-budget", type=float, default=None, help="Stop after this many seconds (default: no limit).")
 @click.option("--no-fsm", is_flag=True, help="Train without the feature supervision module.")
-@click.option("--imagenet", type=click.Path(dir_okay=False), default=None, help="ImageNet backbone weights (state_dict).")
+@click.option("--imagenet", type=click.Path(dir_okay=False), default=None,
+              help="ImageNet backbone weights, a state_dict (default: none, random init).")
 @click.option("--extra-annotations", multiple=True, type=click.Path(dir_okay=False),
               help="Labelled sets mixed into the synthetic scenes (e.g. from `rfdeploy pseudo-label`; repeatable).")
 @click.option("--extra-repeats", default=1, show_default=True, help="Times each extra set is repeated per epoch.")
 @click.option("--init", "init_checkpoint", type=click.Path(dir_okay=False), default=None,
               help="Start from this checkpoint (same architecture) instead of ImageNet weights.")
 @click.option("--freeze-stages", default=0, show_default=True, help="Backbone stages kept frozen (0-4).")
+@click.option("--init-backbone", type=click.Path(dir_okay=False), default=None,
+              help="A face-trained backbone from a detector's ONNX (RetinaFace-MobileNet0.25 or CenterFace): imported, "
+                   "verified against onnxruntime, and its preprocessing becomes the model's. BatchNorm stays frozen.")
 def train_detector_cmd(data, annotations, preset, out, steps, batch_size, size, lr, device, workers, time_budget, no_fsm, imagenet,
-                       extra_annotations, extra_repeats, init_checkpoint, freeze_stages):
+                       extra_annotations, extra_repeats, init_checkpoint, freeze_stages, init_backbone):
     """RefineFace with the paper's recipe (SGD, warm-up, step schedule, paper augmentation)."""
     from rfdeploy.train.api import train_detector_cli
 
     res = train_detector_cli(data=data, annotations=annotations, preset=preset, out=out, steps=steps, batch_size=batch_size,
                              size=size, lr=lr, device=device, workers=workers, time_budget=time_budget, use_fsm=not no_fsm,
                              imagenet=imagenet, extra_annotations=extra_annotations, extra_repeats=extra_repeats,
-                             init_checkpoint=init_checkpoint, freeze_stages=freeze_stages)
+                             init_checkpoint=init_checkpoint, freeze_stages=freeze_stages, init_backbone=init_backbone)
     click.echo(f"{res.steps} steps in {res.seconds:.0f} s -> {res.checkpoint} (log: {res.log})")
 
 
@@ -416,12 +521,13 @@ def train_detector_cmd(data, annotations, preset, out, steps, batch_size, size, 
 @click.option("--data", "data", required=True, type=click.Path(file_okay=False), help="Folder with facecrops/ and backgrounds/.")
 @click.option("--detector", "detectors", multiple=True, required=True, type=click.Path(dir_okay=False),
               help="Frozen detectors whose candidates train the ranker (checkpoint or third-party ONNX; repeatable).")
-@click.option("-o", "--out", "out", required=True, type=click.Path(file_okay=False))
-@click.option("--scenes", default=1500, show_default=True)
-@click.option("--steps", default=3000, show_default=True)
-@click.option("--batch-size", default=16, show_default=True)
-@click.option("--device", default="cpu", show_default=True)
-@click.option("--time-budget", type=float, default=None)
+@click.option("-o", "--out", "out", required=True, type=click.Path(file_okay=False),
+              help="Run folder: checkpoints and the training log.")
+@click.option("--scenes", default=1500, show_default=True, help="Composed scenes whose candidates train the ranker.")
+@click.option("--steps", default=3000, show_default=True, help="Adam steps.")
+@click.option("--batch-size", default=16, show_default=True, help="Scenes per step.")
+@click.option("--device", default="cpu", show_default=True, help="cpu or cuda[:i].")
+@click.option("--time-budget", type=float, default=None, help="Stop after this many seconds (default: no limit).")
 @click.option("--lr", default=1e-3, show_default=True, help="Adam learning rate.")
 @click.option("--final-lr-ratio", default=1e-3, show_default=True,
               help="Exponential decay to lr x this by the end (CRFace: 1e-3; short runs: ~0.1).")
@@ -440,7 +546,7 @@ def train_ranker_cmd(data, detectors, out, scenes, steps, batch_size, device, ti
 @click.option("--teacher", "teachers", multiple=True, required=True, type=click.Path(dir_okay=False),
               help="A third-party ONNX detector (give exactly two; adapters are recognised or named with file.onnx:adapter).")
 @click.option("--every", default=10, show_default=True, help="Video: label every N-th frame.")
-@click.option("--max-frames", type=int, default=None, help="Video: at most this many frames per file.")
+@click.option("--max-frames", type=int, default=None, help="Video: at most this many frames per file (default: all).")
 @click.option("--agree-iou", default=0.6, show_default=True, help="IoU for the teachers' boxes to be one face.")
 @click.option("--min-score", default=0.6, show_default=True, help="Both teachers' score on an agreed face.")
 @click.option("--note", default="", help="Source/licence note stored with every image record.")
@@ -464,11 +570,12 @@ def pseudo_label_cmd(inputs, out, teachers, every, max_frames, agree_iou, min_sc
 @main.command("synth-data")
 @click.argument("out_dir", type=click.Path(file_okay=False))
 @click.option("--data", "data", required=True, type=click.Path(file_okay=False), help="Folder with facecrops/ and backgrounds/.")
-@click.option("-n", "--num", default=1000, show_default=True)
-@click.option("--size", default=1024, show_default=True)
-@click.option("--split", type=click.Choice(["train", "holdout", "dev", "all"]), default="train", show_default=True)
-@click.option("--seed", default=0, show_default=True)
-@click.option("--workers", default=1, show_default=True)
+@click.option("-n", "--num", default=1000, show_default=True, help="Scenes to write.")
+@click.option("--size", default=1024, show_default=True, help="Scene width and height in pixels.")
+@click.option("--split", type=click.Choice(["train", "holdout", "dev", "all"]), default="train", show_default=True,
+              help="Which crops and backgrounds to compose from (held-out splits never share one).")
+@click.option("--seed", default=0, show_default=True, help="Random seed (same seed, same scenes).")
+@click.option("--workers", default=1, show_default=True, help="Processes composing scenes.")
 def synth_data(out_dir, data, num, size, split, seed, workers):
     """Write composed face scenes (exact boxes) in WIDER FACE format plus rfdeploy JSON."""
     from rfdeploy.train.synth import SceneGenerator, write_wider

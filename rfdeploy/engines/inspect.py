@@ -166,9 +166,19 @@ def _io_lines(items: list[dict]) -> list[str]:
     return out
 
 
-def _short(v: Any, limit: int = 100) -> str:
-    s = v if isinstance(v, str) else json.dumps(v, sort_keys=True)
-    return s if len(s) <= limit else s[: limit - 3] + "..."
+def _value_lines(key: str, v: Any, indent: str) -> list[str]:
+    """``key: value`` in full; a JSON object (inline or as a JSON string, as the rfdeploy.config
+    and rfdeploy.contract metadata are) one field per line below its key."""
+    if isinstance(v, str):
+        try:
+            parsed = json.loads(v)
+        except ValueError:
+            parsed = None
+        if isinstance(parsed, dict):
+            v = parsed
+    if isinstance(v, dict) and v:
+        return [f"{indent}{key}:"] + [f"{indent}  {k}: {json.dumps(x, ensure_ascii=False)}" for k, x in v.items()]
+    return [f"{indent}{key}: {v if isinstance(v, str) else json.dumps(v, ensure_ascii=False)}"]
 
 
 def format_description(d: dict[str, Any]) -> str:
@@ -204,7 +214,7 @@ def format_description(d: dict[str, Any]) -> str:
         if d.get("dtypes"):
             lines.append(f"  dtypes: {', '.join(d['dtypes'])}")
         if d.get("config_file"):
-            lines.append(f"  config ({d['config_file']}): {_short(d['config'])}")
+            lines += _value_lines(f"config ({d['config_file']})", d["config"], "  ")
     if "inputs" in d:
         lines.append("  inputs:")
         lines += _io_lines(d["inputs"])
@@ -213,5 +223,5 @@ def format_description(d: dict[str, Any]) -> str:
     if d.get("metadata"):
         lines.append("  metadata:")
         for k, v in sorted(d["metadata"].items()):
-            lines.append(f"    {k}: {_short(v)}")
+            lines += _value_lines(k, v, "    ")
     return "\n".join(lines)

@@ -25,8 +25,10 @@ def evaluate_pipeline(pipeline, gt_json, images_dir=None, plot_path=None, iou_th
     return _finish(result, plot_path, "AP")
 
 
-def evaluate_predictions(gt_json, predictions_file, plot_path=None) -> dict:
+def evaluate_predictions(gt_json, predictions_file, plot_path=None, images_dir=None, allow_missing=False) -> dict:
+    """AP of a results file (e.g. `rfdeploy infer --out`'s JSON lines); see evaluate_prediction_file."""
     from rfdeploy.eval.run import evaluate_prediction_file
 
-    return evaluate_prediction_file(gt_json, predictions_file, plot_path=plot_path)
+    return evaluate_prediction_file(gt_json, predictions_file, plot_path=plot_path, images_dir=images_dir,
+                                    allow_missing=allow_missing)
 

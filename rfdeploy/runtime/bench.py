@@ -76,9 +76,12 @@ def _encode_jpeg(rgb):
 
 def format_results(results: list[BenchResult]) -> str:
     stages = sorted({k for r in results for k in r.median_ms})
-    lines = [f"{'configuration':<34} {'size':<6} " + " ".join(f"{s:>10}" for s in stages) + f" {'total ms':>10} {'faces':>6}"]
+    # the configuration column is as wide as its longest name: names are never cut
+    width = max([len("configuration")] + [len(r.label) for r in results])
+    lines = [f"{'configuration':<{width}} {'size':<6} " + " ".join(f"{s:>10}" for s in stages)
+             + f" {'total ms':>10} {'faces':>6}"]
     for r in results:
-        lines.append(f"{r.label:<34} {r.size:<6} " + " ".join(f"{r.median_ms.get(s, 0):>10.2f}" for s in stages)
+        lines.append(f"{r.label:<{width}} {r.size:<6} " + " ".join(f"{r.median_ms.get(s, 0):>10.2f}" for s in stages)
                      + f" {r.total_ms:>10.2f} {r.faces:>6}")
     if len(results) == 2:
         a, b = results

@@ -47,25 +47,31 @@ class Detections:
         return self[np.argsort(-self.scores, kind="stable")]
 
     def to_json(self, ndigits: int = 2) -> list[dict]:
-        out = []
-        for i in range(len(self)):
-            rec = {
-                "box": [round(float(v), ndigits) for v in self.boxes[i]],
-                "score": round(float(self.scores[i]), 4),
-            }
-            if self.detector_scores is not None:
-                rec["detector_score"] = round(float(self.detector_scores[i]), 4)
-            out.append(rec)
-        return out
+        """``[{"box", "score", "detector_score"}]``: the same keys with and without a ranker
+        (``detector_score`` equals ``score`` when no ranker re-scored the boxes)."""
+        det = self.scores if self.detector_scores is None else self.detector_scores
+        return [{"box": [round(float(v), ndigits) for v in self.boxes[i]],
+                 "score": round(float(self.scores[i]), 4),
+                 "detector_score": round(float(det[i]), 4)} for i in range(len(self))]
 
     def draw(self, image, color=(0, 255, 0), width: int | None = None):
-        """Return a copy of a PIL image with boxes and scores drawn on it."""
-        from PIL import ImageDraw
+        """A copy of a PIL image with each box and its score drawn on it. Line width and label
+        size follow the image size (a label stays readable on an 8K image viewed whole); labels sit
+        on a filled tab above the box, or inside it at the top edge of the image."""
+        from PIL import ImageDraw, ImageFont
 
         img = image.convert("RGB").copy()
         draw = ImageDraw.Draw(img)
-        w = width or max(2, round(max(img.size) / 500))
+        side = max(img.size)
+        w = width or max(2, round(side / 400))
+        font = ImageFont.load_default(size=max(14, round(side / 40)))
         for (x1, y1, x2, y2), s in zip(self.boxes.tolist(), self.scores.tolist()):
             draw.rectangle([x1, y1, x2, y2], outline=color, width=w)
-            draw.text((x1 + w, max(0, y1 - 12 - w)), f"{s:.2f}", fill=color)
+            text = f"{s:.2f}"
+            left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+            tw, th = right - left + 2 * w, bottom - top + 2 * w
+            ty = y1 - th if y1 - th >= 0 else y1
+            tx = min(max(0.0, x1), max(0.0, img.size[0] - tw))
+            draw.rectangle([tx, ty, tx + tw, ty + th], fill=color)
+            draw.text((tx + w - left, ty + w - top), text, fill=(0, 0, 0), font=font)
         return img

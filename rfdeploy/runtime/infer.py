@@ -62,15 +62,30 @@ class AtomicTextFile:
             self.abort()
 
 
+def _vis_format(src_path: Path) -> tuple[str, str]:
+    """(file suffix, Pillow format) of the annotated copy: the input's own when Pillow can write
+    it (PNG stays PNG, JPEG stays JPEG), else PNG."""
+    from PIL import Image
+
+    Image.init()
+    suffix = src_path.suffix.lower()
+    fmt = Image.registered_extensions().get(suffix)
+    if fmt is None or fmt not in Image.SAVE:
+        return ".png", "PNG"
+    return suffix, fmt
+
+
 def save_visualisation(record: dict, src_path: Path, out_dir: Path, overwrite: bool) -> Path:
-    """Annotated copy of an input image, written atomically as <out_dir>/<stem>.jpg."""
+    """Annotated copy of an input image (boxes and scores), written atomically as
+    <out_dir>/<name> in the input's format."""
     import numpy as np
 
     from rfdeploy.runtime.detections import Detections
     from rfdeploy.runtime.image_io import load_image
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    dst = out_dir / f"{src_path.stem}.jpg"
+    suffix, fmt = _vis_format(src_path)
+    dst = out_dir / f"{src_path.stem}{suffix}"
     if dst.exists() and not overwrite:
         raise InputError(f"{dst} exists", hint="pass --overwrite to replace it")
     from PIL import Image
@@ -78,10 +93,11 @@ def save_visualisation(record: dict, src_path: Path, out_dir: Path, overwrite: b
     img = Image.fromarray(load_image(src_path).rgb)
     faces = record["faces"]
     dets = Detections(np.array([f["box"] for f in faces]).reshape(-1, 4), np.array([f["score"] for f in faces]))
+    options = {"quality": 92} if fmt in ("JPEG", "WEBP") else {}
     fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".part", dir=out_dir)
     os.close(fd)
     try:
-        dets.draw(img).save(tmp, format="JPEG", quality=92)
+        dets.draw(img).save(tmp, format=fmt, **options)
         os.replace(tmp, dst)
     finally:
         Path(tmp).unlink(missing_ok=True)
