@@ -1,21 +1,35 @@
-"""Write a Triton Inference Server model repository for rfdeploy's engines.
+"""Write a Triton Inference Server model repository for rfdeploy's detector and ranker.
+
+Two kinds of repository come from one description of the networks (:class:`ServedNetwork`: tensor
+names, dims, dtypes, batching, model metadata), so they cannot drift apart:
+
+* GPU (default): the networks as ``tensorrt_plan`` models on TensorRT engines.
+* CPU (``cpu=True``): the same networks as Python-backend models that run rfdeploy's onnxruntime
+  runner on the ONNX files, for servers without a GPU or TensorRT (the ``tritonserver`` in PyPI's
+  ``nvidia-pytriton`` has the Python backend only; see :mod:`rfdeploy.deploy.triton_server`).
 
 Layout (``rfdeploy triton-repo``)::
 
     REPO/
-      rfdeploy_detector/config.pbtxt      tensorrt_plan, dynamic batching, GPU instance group
-      rfdeploy_detector/1/model.plan      the engine plan, unchanged
-      rfdeploy_detector/1/model.plan.json its rfdeploy manifest (Triton ignores it)
+      rfdeploy_detector/config.pbtxt      tensor names/dims/dtypes, dynamic batching, instances
+      rfdeploy_detector/1/model.plan      GPU: the engine plan, unchanged (+ model.plan.json, its
+                                          rfdeploy manifest, which Triton ignores)
+      rfdeploy_detector/1/model.onnx      CPU: the ONNX file, with model.py (onnxruntime) and
+                                          network.json (its tensor names)
       rfdeploy_ranker/...                 the same for the ranker (optional)
-      rfdeploy_faces/config.pbtxt         Python backend: encoded image -> BOXES, SCORES
+      rfdeploy_faces/config.pbtxt         Python backend: encoded image -> BOXES, SCORES, ...
       rfdeploy_faces/1/model.py           decode, tiles, detector (BLS), ranker (BLS), NMS
-      rfdeploy_faces/1/faces.json         tiling/threshold settings and the tensor names
+      rfdeploy_faces/1/faces.json         the face logic's settings and the tensor names
 
-Tensor names, dims and dtypes come from the engine manifests (``X.engine.json``), so the configs
-describe exactly what the plans were built with. A Python model rather than an ensemble: the
-tile loop, the global merge and the ranker's dependence on the merged candidates are control flow
-an ensemble cannot express. Writing is atomic: the repository is assembled in a temporary folder
-beside ``out_dir`` and renamed into place.
+CPU repositories also carry ``rfdeploy_env.py`` and ``python_env.json`` beside each model.py: the
+Python paths the server's Python stub needs to import rfdeploy (see ``triton_env.py``).
+
+The faces model's settings come from :func:`rfdeploy.runtime.logic_config.face_logic_config`, the
+factory ``rfdeploy infer`` uses, fed the same model metadata and engine limits; on engines the
+TensorRT models run on the profile the runtime would feed. A Python model rather than an
+ensemble: the tile loop, the global merge and the ranker's dependence on the merged candidates are
+control flow an ensemble cannot express. Writing is atomic: the repository is assembled in a
+temporary folder beside ``out_dir`` and renamed into place.
 """
 
 from __future__ import annotations
@@ -23,16 +37,17 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
+import sysconfig
 import tempfile
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from rfdeploy.contract import PreprocessContract
-from rfdeploy.engines.manifest import IOTensor, Manifest, load_manifest
+from rfdeploy.engines.manifest import IOTensor, load_manifest
 from rfdeploy.errors import InputError, ModelFileError
-from rfdeploy.runtime.facelogic import FaceLogicConfig
 
 TRITON_DTYPES = {
     "float32": "TYPE_FP32", "float16": "TYPE_FP16", "bfloat16": "TYPE_BF16", "int8": "TYPE_INT8",
@@ -41,6 +56,7 @@ TRITON_DTYPES = {
 FACES_INPUT = "IMAGE"
 FACES_OUTPUTS = (("BOXES", "TYPE_FP32", (-1, 4)), ("SCORES", "TYPE_FP32", (-1,)),
                  ("DETECTOR_SCORES", "TYPE_FP32", (-1,)), ("IMAGE_SIZE", "TYPE_INT32", (2,)))
+ENV_FILE = "python_env.json"
 
 
 @dataclass(frozen=True)
@@ -50,6 +66,89 @@ class TritonRepo:
     path: Path
     models: dict[str, Path] = field(default_factory=dict)
     settings: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ServedNetwork:
+    """One network as Triton serves it, whichever backend runs it.
+
+    ``inputs``/``outputs`` carry full shapes (batch dim included, -1 = dynamic).
+    ``max_batch_size``: Triton's (0: the batch dim is fixed and travels in the dims).
+    ``profile``/``limits``: engines only: the optimisation profile the runtime feeds and what it
+    admits (:class:`rfdeploy.engines.profiles.InputLimits`); the TensorRT model runs on it.
+    """
+
+    role: str  # detector | ranker
+    source: Path
+    inputs: tuple[IOTensor, ...]
+    outputs: tuple[IOTensor, ...]
+    metadata: Mapping[str, str]
+    max_batch_size: int
+    profile: int | None = None
+    limits: object | None = None
+
+    @property
+    def contract(self) -> PreprocessContract:
+        raw = self.metadata.get("rfdeploy.contract")
+        if not raw:
+            raise ModelFileError(
+                f"{self.source}: the model carries no preprocessing contract (metadata 'rfdeploy.contract')",
+                hint="export it with `rfdeploy export` (and build engines from that ONNX file)",
+            )
+        try:
+            return PreprocessContract.from_dict(json.loads(raw))
+        except (ValueError, TypeError) as e:
+            raise ModelFileError(f"{self.source}: bad preprocessing contract in the metadata ({e})") from e
+
+    @property
+    def config(self):
+        """The model config (DetectorConfig / RankerConfig), or None when absent or unreadable."""
+        from rfdeploy.models.config import config_from_dict
+
+        try:
+            return config_from_dict(json.loads(self.metadata.get("rfdeploy.config", "")))
+        except (ValueError, TypeError, KeyError):
+            return None
+
+    def dims(self, t: IOTensor) -> tuple[int, ...]:
+        return tuple(t.shape[1:]) if self.max_batch_size > 0 else tuple(t.shape)
+
+
+def network_from_engine(path: str | os.PathLike, role: str, max_batch: int) -> ServedNetwork:
+    """The description of an engine (from its manifest)."""
+    from rfdeploy.runtime.logic_config import engine_limits
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"{role} engine not found: {path}")
+    m = load_manifest(path)
+    probe = ServedNetwork(role, path, m.inputs, m.outputs, dict(m.metadata), 0)
+    limits = engine_limits(m, probe.contract)
+    prof = m.profiles[limits.index]
+    if any(t.shape[0] != -1 for t in m.inputs):
+        mbs = 0
+    else:  # every input's batch range in the profile the runtime feeds
+        mbs = max(1, min(int(max_batch), *(int(r.max[0]) for r in prof.shapes.values())))
+    return ServedNetwork(role, path, m.inputs, m.outputs, dict(m.metadata), mbs, limits.index, limits)
+
+
+def network_from_onnx(path: str | os.PathLike, role: str, max_batch: int) -> ServedNetwork:
+    """The description of an ONNX file (from its graph signature and metadata_props)."""
+    from rfdeploy.engines import onnxinfo
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"{role} model not found: {path}")
+    model = onnxinfo.load_onnx(path)
+    io = onnxinfo.graph_io(model)
+
+    def tensors(kind):
+        return tuple(IOTensor(t["name"], tuple(d if isinstance(d, int) and d > 0 else -1 for d in t["shape"]),
+                              t["dtype"]) for t in io[kind])
+
+    inputs, outputs = tensors("inputs"), tensors("outputs")
+    dynamic_batch = all(t.shape and t.shape[0] == -1 for t in inputs + outputs)
+    return ServedNetwork(role, path, inputs, outputs, onnxinfo.metadata(model), int(max_batch) if dynamic_batch else 0)
 
 
 # --- config.pbtxt text ----------------------------------------------------------------------
@@ -77,47 +176,37 @@ def _io_section(kind: str, tensors: Sequence[tuple[str, str, Sequence[int]]]) ->
     return f"{kind} [\n" + ",\n".join(_tensor_block(*t) for t in tensors) + "\n]\n"
 
 
-def _instance_group(kind: str, count: int, gpus: Sequence[int] | None) -> str:
+def _instance_group(kind: str, count: int, gpus: Sequence[int] | None, profile: int | None = None) -> str:
     g = f"    count: {int(count)}\n    kind: {kind}\n"
     if gpus:
         g += f"    gpus: [ {', '.join(str(int(x)) for x in gpus)} ]\n"
+    if profile is not None:
+        g += f"    profile: [ {pbtxt_string(str(int(profile)))} ]\n"
     return "instance_group [\n  {\n" + g + "  }\n]\n"
 
 
-# --- engines -> model configs ----------------------------------------------------------------
-
-
-def _triton_dtype(t: IOTensor, engine: Path) -> str:
+def _triton_dtype(t: IOTensor, source: Path) -> str:
     if t.dtype not in TRITON_DTYPES:
-        raise ModelFileError(f"{engine}: tensor {t.name!r} has dtype {t.dtype}, which Triton has no type for")
+        raise ModelFileError(f"{source}: tensor {t.name!r} has dtype {t.dtype}, which Triton has no type for")
     return TRITON_DTYPES[t.dtype]
 
 
-def _batch_limits(m: Manifest, engine: Path, requested: int) -> int:
-    """Triton's max_batch_size: 0 when the plan's batch dim is fixed, else min(requested, profile 0's
-    max batch). Triton's TensorRT backend runs instances on profile 0 unless told otherwise."""
-    if any(t.shape[0] != -1 for t in m.inputs):
-        return 0
-    prof = m.profiles[0]
-    return max(1, min(int(requested), min(r.max[0] for r in prof.shapes.values())))
-
-
-def _dims(t: IOTensor, batched: bool) -> tuple[int, ...]:
-    return tuple(t.shape[1:]) if batched else tuple(t.shape)
-
-
-def trt_model_config(name: str, m: Manifest, engine: Path, *, max_batch: int, instances: int,
-                     gpus: Sequence[int] | None = None, max_queue_delay_us: int = 1000) -> tuple[str, int]:
-    """(config.pbtxt text, max_batch_size) of a tensorrt_plan model for an engine manifest."""
-    mbs = _batch_limits(m, engine, max_batch)
-    batched = mbs > 0
-    text = f"name: {pbtxt_string(name)}\nplatform: \"tensorrt_plan\"\nmax_batch_size: {mbs}\n"
-    text += _io_section("input", [(t.name, _triton_dtype(t, engine), _dims(t, batched)) for t in m.inputs])
-    text += _io_section("output", [(t.name, _triton_dtype(t, engine), _dims(t, batched)) for t in m.outputs])
-    if batched:
+def network_config(name: str, net: ServedNetwork, *, cpu: bool, instances: int, gpus: Sequence[int] | None = None,
+                   max_queue_delay_us: int = 1000) -> str:
+    """config.pbtxt of one network: a tensorrt_plan model on GPUs, or a Python-backend model on
+    CPUs; everything else (tensors, batching) is the same text."""
+    text = f"name: {pbtxt_string(name)}\n"
+    text += 'backend: "python"\n' if cpu else 'platform: "tensorrt_plan"\n'
+    text += f"max_batch_size: {net.max_batch_size}\n"
+    text += _io_section("input", [(t.name, _triton_dtype(t, net.source), net.dims(t)) for t in net.inputs])
+    text += _io_section("output", [(t.name, _triton_dtype(t, net.source), net.dims(t)) for t in net.outputs])
+    if net.max_batch_size > 0:
         text += f"dynamic_batching {{\n  max_queue_delay_microseconds: {int(max_queue_delay_us)}\n}}\n"
-    text += _instance_group("KIND_GPU", instances, gpus)
-    return text, mbs
+    if cpu:
+        text += _instance_group("KIND_CPU", instances, None)
+    else:
+        text += _instance_group("KIND_GPU", instances, gpus, net.profile)
+    return text
 
 
 def faces_model_config(name: str, *, instances: int) -> str:
@@ -129,73 +218,131 @@ def faces_model_config(name: str, *, instances: int) -> str:
     return text
 
 
-def _contract(m: Manifest, engine: Path) -> PreprocessContract:
-    raw = m.metadata.get("rfdeploy.contract")
-    if not raw:
-        raise ModelFileError(
-            f"{engine}: the manifest carries no preprocessing contract (metadata 'rfdeploy.contract')",
-            hint="build the engine from an ONNX file exported by `rfdeploy export`",
-        )
-    try:
-        return PreprocessContract.from_dict(json.loads(raw))
-    except (ValueError, TypeError) as e:
-        raise ModelFileError(f"{engine}: bad preprocessing contract in the manifest ({e})") from e
+# --- the networks' interfaces ----------------------------------------------------------------
 
 
-def _model_config(m: Manifest) -> dict:
-    try:
-        return json.loads(m.metadata.get("rfdeploy.config", "{}"))
-    except json.JSONDecodeError:
-        return {}
-
-
-def _find(tensors: Sequence[IOTensor], name: str, rank: int, engine: Path, what: str) -> IOTensor:
+def _find(tensors: Sequence[IOTensor], name: str, rank: int, source: Path, what: str) -> IOTensor:
     for t in tensors:
         if t.name == name and len(t.shape) == rank:
             return t
     have = ", ".join(f"{t.name}{list(t.shape)}" for t in tensors)
-    raise ModelFileError(f"{engine}: no {what} tensor {name!r} of rank {rank} (has {have})",
+    raise ModelFileError(f"{source}: no {what} tensor {name!r} of rank {rank} (has {have})",
                          hint="the Triton repository serves rfdeploy's own detector/ranker interfaces")
 
 
-def _detector_io(m: Manifest, engine: Path) -> dict:
-    images = [t for t in m.inputs if len(t.shape) == 4]
-    if len(m.inputs) != 1 or not images:
-        raise ModelFileError(f"{engine}: a detector engine needs one 4-D image input, has {[t.name for t in m.inputs]}")
-    boxes = _find(m.outputs, "boxes", 3, engine, "output")
-    scores = _find(m.outputs, "scores", 2, engine, "output")
+def _detector_io(net: ServedNetwork) -> dict:
+    images = [t for t in net.inputs if len(t.shape) == 4]
+    if len(net.inputs) != 1 or not images:
+        raise ModelFileError(f"{net.source}: a detector needs one 4-D image input, has {[t.name for t in net.inputs]}")
+    boxes = _find(net.outputs, "boxes", 3, net.source, "output")
+    scores = _find(net.outputs, "scores", 2, net.source, "output")
     return {"input": images[0].name, "input_dtype": images[0].dtype, "boxes": boxes.name, "scores": scores.name}
 
 
-def _ranker_io(m: Manifest, engine: Path) -> tuple[dict, int]:
-    image = _find(m.inputs, "image", 4, engine, "input")
-    boxes = _find(m.inputs, "boxes", 3, engine, "input")
-    scores = _find(m.outputs, "scores", 2, engine, "output")
+def _ranker_io(net: ServedNetwork) -> tuple[dict, int]:
+    image = _find(net.inputs, "image", 4, net.source, "input")
+    boxes = _find(net.inputs, "boxes", 3, net.source, "input")
+    scores = _find(net.outputs, "scores", 2, net.source, "output")
     n = boxes.shape[1]
+    if n <= 0 and net.profile is not None:
+        from rfdeploy.engines.manifest import load_manifest as _load
+
+        prof = _load(net.source).profiles[net.profile].shapes[boxes.name]
+        if prof.min[1] == prof.max[1]:
+            n = prof.max[1]
     if n <= 0:
-        prof = m.profiles[0].shapes[boxes.name]
-        if prof.min[1] != prof.max[1]:
-            raise ModelFileError(f"{engine}: the ranker's number of boxes is dynamic ({prof}); rebuild with a fixed N")
-        n = prof.max[1]
+        raise ModelFileError(f"{net.source}: the ranker's number of boxes is dynamic; export or build it with a fixed N")
     return {"image": image.name, "image_dtype": image.dtype, "boxes": boxes.name, "boxes_dtype": boxes.dtype,
             "scores": scores.name}, int(n)
 
 
-def _max_input(m: Manifest, image: str) -> int | None:
-    r = m.profiles[0].shapes.get(image)
-    return None if r is None else int(min(r.max[2], r.max[3]))
+# --- the server's Python environment (CPU repositories) --------------------------------------
 
 
-def _min_input(m: Manifest, image: str) -> tuple[int, int] | None:
-    r = m.profiles[0].shapes.get(image)
-    return None if r is None else (int(r.min[3]), int(r.min[2]))
+def _numpy_version(site: Path) -> str | None:
+    """The numpy version installed in a site-packages folder (from its dist-info), or None."""
+    for d in sorted(site.glob("numpy-*.dist-info")):
+        meta = d / "METADATA"
+        if meta.is_file():
+            for line in meta.read_text(encoding="utf-8", errors="replace").splitlines():
+                if line.startswith("Version:"):
+                    return line.split(":", 1)[1].strip()
+    return None
+
+
+def server_site_packages(server_env: str | os.PathLike) -> Path:
+    """The site-packages folder of the Python environment where nvidia-pytriton is installed."""
+    env = Path(server_env).resolve()
+    found = sorted(env.glob("lib/python3.*/site-packages/pytriton/tritonserver/bin/tritonserver"))
+    if not found:
+        raise InputError(f"{env}: no nvidia-pytriton installation found in this environment",
+                         hint="python3 -m venv .venv-triton && .venv-triton/bin/pip install nvidia-pytriton==0.7.0")
+    return found[0].parents[3]
+
+
+def python_env(server_env: str | os.PathLike | None) -> dict:
+    """What a CPU repository's models add to the server stub's Python: this environment's
+    site-packages (where rfdeploy and onnxruntime are installed) and, from the server's
+    environment, numpy < 2, which the stub's array bridge needs."""
+    import rfdeploy
+
+    paths: list[str] = []
+    for key in ("purelib", "platlib"):
+        p = sysconfig.get_paths()[key]
+        if p not in paths:
+            paths.append(p)
+    root = Path(rfdeploy.__file__).resolve().parents[1]
+    if not any(root == Path(p).resolve() or Path(p).resolve() in root.parents for p in paths):
+        paths.append(str(root))  # rfdeploy imported from a source tree (editable install, PYTHONPATH)
+    env = {"python": list(sys.version_info[:2]), "site_packages": paths, "numpy_site": None}
+    if server_env is not None:
+        site = server_site_packages(server_env)
+        version = _numpy_version(site)
+        if version is None or int(version.split(".")[0]) >= 2:
+            raise InputError(f"{site} has numpy {version or 'missing'}; Triton's Python stub needs numpy < 2 there",
+                             hint="reinstall the server environment: pip install nvidia-pytriton==0.7.0")
+        env["numpy_site"] = str(site)
+    else:
+        import numpy
+
+        if int(numpy.__version__.split(".")[0]) >= 2:
+            raise InputError(
+                f"this environment has numpy {numpy.__version__}, and Triton's Python stub reads arrays as numpy 1 does",
+                hint="pass the server's environment (where nvidia-pytriton and its numpy < 2 are installed): "
+                     "--server-env .venv-triton")
+    return env
+
+
+# --- the repository --------------------------------------------------------------------------
+
+
+def _model_path(p, default: Path) -> Path:
+    return Path(p) if p is not None else default
+
+
+def _onnx_file(path: Path, role: str) -> Path:
+    """An ONNX file for a CPU repository: an ONNX file as it is, a checkpoint exported once."""
+    if not path.is_file():
+        raise InputError(f"{role} model not found: {path}")
+    suffix = path.suffix.lower()
+    if suffix == ".onnx":
+        return path
+    if suffix in (".safetensors", ".pt", ".pth"):
+        from rfdeploy.runtime.backends.base import cached_export
+
+        return cached_export(path)
+    raise InputError(f"{path}: a CPU repository serves ONNX files or checkpoints, not {suffix or 'this file'}",
+                     hint="engines are for GPU repositories (without --cpu)")
 
 
 def write_triton_repo(
     out_dir: str | os.PathLike,
-    detector_engine: str | os.PathLike,
-    ranker_engine: str | os.PathLike | None = None,
+    detector: str | os.PathLike | None = None,
+    ranker: str | os.PathLike | None = None,
     *,
+    cpu: bool = False,
+    use_ranker: bool = True,
+    server_env: str | os.PathLike | None = None,
     max_batch: int = 8,
     instances: int = 1,
     python_instances: int = 1,
@@ -213,78 +360,87 @@ def write_triton_repo(
 ) -> TritonRepo:
     """Write a Triton model repository to ``out_dir`` (see the module docstring for the layout).
 
-    ``max_batch``: Triton max_batch_size of the TensorRT models (capped by each plan's profile 0);
-    ``instances``: GPU instances per TensorRT model (``gpus``: which GPUs, default all);
-    ``python_instances``: CPU instances of the Python model. ``tile``, ``score_thr`` (default: the
-    detector config's output threshold, else 0.5), ``candidate_thr``, ``nms_iou``, ``max_det``:
-    as in ``rfdeploy infer``. ``overwrite``: replace an existing ``out_dir``.
+    GPU (default): ``detector`` and ``ranker`` are engines (``.engine`` + manifest); no ranker
+    when ``ranker`` is None. CPU (``cpu``): ONNX files or checkpoints (exported once), default
+    the bundled models; the bundled ranker unless ``use_ranker`` is False. ``server_env``: the
+    Python environment holding nvidia-pytriton (its numpy < 2 is used by the stub; CPU only).
 
-    Raises InputError (bad arguments, ``out_dir`` exists) and ModelFileError (engine or manifest
-    missing, or an engine without rfdeploy's interface and preprocessing contract).
+    ``max_batch``: Triton max_batch_size of the networks (capped by each engine's profile);
+    ``instances``: instances per network model (GPU: per GPU in ``gpus``, default all);
+    ``python_instances``: instances of the faces model. ``tile``, ``score_thr`` (default: the
+    detector config's output threshold), ``candidate_thr``, ``nms_iou``, ``max_det``: as in
+    ``rfdeploy infer``. ``overwrite``: replace an existing ``out_dir``.
+
+    Raises InputError (bad arguments, ``out_dir`` exists) and ModelFileError (a model file missing,
+    or without rfdeploy's interface and preprocessing contract).
     """
+    from rfdeploy.runtime.logic_config import face_logic_config
+
     if max_batch < 1 or instances < 1 or python_instances < 1:
         raise InputError("max_batch, instances and python_instances must be >= 1")
-    names = [detector_name, faces_name] + ([ranker_name] if ranker_engine is not None else [])
-    if len(set(names)) != len(names) or not all(n and "/" not in n and not n.startswith(".") for n in names):
-        raise InputError(f"model names must be distinct folder names, got {names}")
+    if server_env is not None and not cpu:
+        raise InputError("--server-env is for CPU repositories (--cpu)")
     out = Path(out_dir)
     if out.exists() and not overwrite:
         raise InputError(f"{out} already exists", hint="choose a new folder or pass overwrite (--force)")
     if not out.parent.is_dir():
         raise InputError(f"parent folder does not exist: {out.parent}")
 
-    det_path = Path(detector_engine)
-    if not det_path.is_file():
-        raise ModelFileError(f"detector engine not found: {det_path}")
-    det_m = load_manifest(det_path)
-    det_io = _detector_io(det_m, det_path)
-    det_cfg = _model_config(det_m)
-    rank = None
-    if ranker_engine is not None:
-        rank_path = Path(ranker_engine)
-        if not rank_path.is_file():
-            raise ModelFileError(f"ranker engine not found: {rank_path}")
-        rank_m = load_manifest(rank_path)
-        rank_io, n_boxes = _ranker_io(rank_m, rank_path)
-        rank = (rank_path, rank_m, rank_io, n_boxes)
+    if cpu:
+        from rfdeploy.models import DEFAULT_DETECTOR, DEFAULT_RANKER
 
-    det_text, det_mbs = trt_model_config(detector_name, det_m, det_path, max_batch=max_batch, instances=instances,
-                                         gpus=gpus, max_queue_delay_us=max_queue_delay_us)
-    try:
-        logic = FaceLogicConfig(
-            detector_contract=_contract(det_m, det_path),
-            ranker_contract=_contract(rank[1], rank[0]) if rank else None,
-            ranker_boxes=rank[3] if rank else 0,
-            max_batch=max(1, det_mbs),
-            max_input=_max_input(det_m, det_io["input"]),
-            min_input=_min_input(det_m, det_io["input"]),
-            tile=tile,
-            candidate_thr=candidate_thr if candidate_thr is not None else float(det_cfg.get("score_threshold", 0.05)),
-            max_candidates=int(det_cfg.get("candidates", 5000)),
-            nms_iou=nms_iou,
-            max_det=max_det,
-            score_thr=score_thr if score_thr is not None else float(det_cfg.get("output_score_threshold", 0.5)),
-        )
-    except ValueError as e:
-        raise InputError(str(e)) from e
-    settings = {"facelogic": logic.to_dict(), "detector": {"model": detector_name, **det_io}, "ranker": None}
+        det = network_from_onnx(_onnx_file(_model_path(detector, DEFAULT_DETECTOR), "detector"), "detector", max_batch)
+        rank = (network_from_onnx(_onnx_file(_model_path(ranker, DEFAULT_RANKER), "ranker"), "ranker", max_batch)
+                if use_ranker else None)
+        env = python_env(server_env)
+    else:
+        if detector is None:
+            raise InputError("a GPU repository needs the detector engine", hint="or pass --cpu to serve ONNX files on CPUs")
+        det = network_from_engine(detector, "detector", max_batch)
+        rank = network_from_engine(ranker, "ranker", max_batch) if ranker is not None and use_ranker else None
+        env = None
+    names = [detector_name, faces_name] + ([ranker_name] if rank is not None else [])
+    if len(set(names)) != len(names) or not all(n and "/" not in n and not n.startswith(".") for n in names):
+        raise InputError(f"model names must be distinct folder names, got {names}")
+
+    det_io = _detector_io(det)
+    rank_io, n_boxes = _ranker_io(rank) if rank is not None else (None, 0)
+    logic = face_logic_config(
+        detector_contract=det.contract,
+        detector_config=det.config,
+        ranker_contract=rank.contract if rank is not None else None,
+        ranker_boxes=n_boxes,
+        detector_limits=det.limits,
+        ranker_limits=rank.limits if rank is not None else None,
+        network_max_batch=det.max_batch_size or 1,
+        tile=tile,
+        tile_batch=max_batch,
+        score_thr=score_thr,
+        candidate_thr=candidate_thr,
+        nms_iou=nms_iou,
+        max_det=max_det,
+    )
+    settings = {"facelogic": logic.to_dict(), "detector": {"model": detector_name, **det_io},
+                "ranker": {"model": ranker_name, **rank_io} if rank is not None else None}
 
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        written = {detector_name: _write_trt_model(tmp / detector_name, det_path, det_text)}
-        if rank:
-            rank_text, _ = trt_model_config(ranker_name, rank[1], rank[0], max_batch=max_batch, instances=instances,
-                                            gpus=gpus, max_queue_delay_us=max_queue_delay_us)
-            written[ranker_name] = _write_trt_model(tmp / ranker_name, rank[0], rank_text)
-            settings["ranker"] = {"model": ranker_name, **rank[2]}
+        written = {}
+        for name, net in ((detector_name, det), (ranker_name, rank)):
+            if net is None:
+                continue
+            text = network_config(name, net, cpu=cpu, instances=instances, gpus=gpus,
+                                  max_queue_delay_us=max_queue_delay_us)
+            written[name] = _write_network(tmp / name, net, text, env)
         fdir = tmp / faces_name
         (fdir / "1").mkdir(parents=True)
         (fdir / "config.pbtxt").write_text(faces_model_config(faces_name, instances=python_instances))
-        source = resources.files("rfdeploy.deploy").joinpath("triton_model.py").read_text(encoding="utf-8")
-        (fdir / "1" / "model.py").write_text(source)
+        _copy_source("triton_model.py", fdir / "1" / "model.py")
         (fdir / "1" / "faces.json").write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
+        _write_env(fdir / "1", env)
         written[faces_name] = fdir / "config.pbtxt"
-        os.chmod(tmp, 0o755)  # mkdtemp makes it private; a server user must read it
+        for d in [tmp, *tmp.rglob("*")]:  # mkdtemp makes the folder private; a server user must read it
+            os.chmod(d, 0o755 if d.is_dir() else 0o644)
         _swap_into_place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -292,10 +448,30 @@ def write_triton_repo(
     return TritonRepo(out, {k: out / v.relative_to(tmp) for k, v in written.items()}, settings)
 
 
-def _write_trt_model(model_dir: Path, engine: Path, config_text: str) -> Path:
-    (model_dir / "1").mkdir(parents=True)
-    shutil.copyfile(engine, model_dir / "1" / "model.plan")
-    shutil.copyfile(engine.with_name(engine.name + ".json"), model_dir / "1" / "model.plan.json")
+def _copy_source(name: str, dst: Path) -> None:
+    dst.write_text(resources.files("rfdeploy.deploy").joinpath(name).read_text(encoding="utf-8"))
+
+
+def _write_env(version_dir: Path, env: dict | None) -> None:
+    """The stub's Python paths (CPU repositories); GPU repositories use the server's own Python."""
+    _copy_source("triton_env.py", version_dir / "rfdeploy_env.py")
+    if env is not None:
+        (version_dir / ENV_FILE).write_text(json.dumps(env, indent=2) + "\n")
+
+
+def _write_network(model_dir: Path, net: ServedNetwork, config_text: str, env: dict | None) -> Path:
+    version = model_dir / "1"
+    version.mkdir(parents=True)
+    if env is None:  # GPU: the plan and its manifest
+        shutil.copyfile(net.source, version / "model.plan")
+        shutil.copyfile(net.source.with_name(net.source.name + ".json"), version / "model.plan.json")
+    else:  # CPU: the ONNX file and the Python model that runs it
+        shutil.copyfile(net.source, version / "model.onnx")
+        _copy_source("triton_onnx_model.py", version / "model.py")
+        spec = {"role": net.role, "inputs": [t.name for t in net.inputs], "outputs": [t.name for t in net.outputs],
+                "max_batch_size": net.max_batch_size}
+        (version / "network.json").write_text(json.dumps(spec, indent=2) + "\n")
+        _write_env(version, env)
     (model_dir / "config.pbtxt").write_text(config_text)
     return model_dir / "config.pbtxt"
 
@@ -316,9 +492,12 @@ def _swap_into_place(tmp: Path, out: Path) -> None:
 
 def triton_repo_cli(
     out_dir: str,
-    detector_engine: str,
-    ranker_engine: str | None = None,
+    detector: str | None = None,
+    ranker: str | None = None,
     *,
+    cpu: bool = False,
+    no_ranker: bool = False,
+    server_env: str | None = None,
     max_batch: int = 8,
     instances: int = 1,
     python_instances: int = 1,
@@ -326,7 +505,9 @@ def triton_repo_cli(
     score_thr: float | None = None,
     force: bool = False,
 ) -> TritonRepo:
-    """What ``rfdeploy triton-repo OUT DETECTOR.engine [--ranker RANKER.engine] [--max-batch B]
-    [--instances N] [--python-instances N] [--tile auto|off|SIZE] [--score-thr T] [--force]`` does."""
-    return write_triton_repo(out_dir, detector_engine, ranker_engine, max_batch=max_batch, instances=instances,
-                             python_instances=python_instances, tile=tile, score_thr=score_thr, overwrite=force)
+    """What ``rfdeploy triton-repo OUT [DETECTOR] [--ranker RANKER] [--no-ranker] [--cpu]
+    [--server-env DIR] [--max-batch B] [--instances N] [--python-instances N] [--tile auto|off|SIZE]
+    [--score-thr T] [--force]`` does."""
+    return write_triton_repo(out_dir, detector, ranker, cpu=cpu, use_ranker=not no_ranker, server_env=server_env,
+                             max_batch=max_batch, instances=instances, python_instances=python_instances, tile=tile,
+                             score_thr=score_thr, overwrite=force)

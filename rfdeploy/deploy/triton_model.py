@@ -2,9 +2,12 @@
 
 :func:`rfdeploy.deploy.triton.write_triton_repo` copies this file to ``<repo>/rfdeploy_faces/1/model.py``
 beside ``faces.json`` (the settings it writes). It runs only inside Triton's Python backend, with
-rfdeploy installed in that Python environment; all the logic is
-:mod:`rfdeploy.runtime.facelogic`, and the two networks are BLS calls to the TensorRT models.
+rfdeploy importable there (installed in the server's Python, or through ``rfdeploy_env.py``);
+all the logic is :mod:`rfdeploy.runtime.facelogic`, and the two networks are BLS calls to the
+network models (TensorRT plans on GPUs, onnxruntime on CPUs).
 """
+
+import rfdeploy_env  # noqa: F401  (first: the stub's Python paths, see rfdeploy_env.py)
 
 import json
 from pathlib import Path

@@ -18,9 +18,8 @@ import numpy as np
 from rfdeploy.errors import InputError, ModelFileError, RfdeployError
 from rfdeploy.runtime.detections import Detections
 from rfdeploy.runtime.facelogic import FaceLogicConfig, detect_faces
-
-# The largest anchor is 2*sqrt(2)*128 = 362 px: larger faces are found in a downscaled pass.
-MAX_FACE_AT_TILE = 362
+from rfdeploy.runtime.logic_config import engine_limits, face_logic_config
+from rfdeploy.runtime.tiling import TilePolicy
 
 
 @dataclass
@@ -44,8 +43,10 @@ class PipelineOptions:
             raise InputError(f"score threshold must be in [0, 1], got {self.score_thr}")
         if self.max_det < 1 or self.tile_batch < 1:
             raise InputError("max_det and tile_batch must be >= 1")
-        if self.tile not in ("auto", "off") and not (str(self.tile).isdigit() and int(self.tile) >= 64):
-            raise InputError(f"--tile must be auto, off or a tile size >= 64 pixels, got {self.tile!r}")
+        try:  # the one --tile grammar (triton-repo parses the same way)
+            self.tile = str(TilePolicy.parse(self.tile))
+        except ValueError as e:
+            raise InputError(f"--tile: {e}") from None
 
 
 @dataclass
@@ -65,12 +66,8 @@ class FacePipeline:
         self.ranker = ranker
         self.options = options or PipelineOptions()
         self.notes = notes if notes is not None else []  # runners add to it later (CUDA graph fallback)
-        cfg = getattr(detector, "cfg", None)
-        self.score_thr = self.options.score_thr if self.options.score_thr is not None else (
-            cfg.output_score_threshold if cfg else 0.5)
-        self.candidate_thr = self.options.candidate_thr if self.options.candidate_thr is not None else (
-            cfg.score_threshold if cfg else 0.02)
         self._logic = self.logic_config()
+        self.score_thr, self.candidate_thr = self._logic.score_thr, self._logic.candidate_thr
         # progress(tiles_done, tiles_total) after each detector batch (the CLI's tile bar)
         self.on_tiles = None
 
@@ -128,32 +125,29 @@ class FacePipeline:
     # -- detection --------------------------------------------------------------------------
 
     def logic_config(self) -> FaceLogicConfig:
-        """What the shared face logic (tiling, merging, ranking, NMS) needs from these models."""
+        """What the shared face logic (tiling, merging, ranking, NMS) needs from these models: the
+        factory the Triton repository's faces model uses too."""
         runner = getattr(self.detector, "runner", None)
-        # engines: every batch, image and tile fits one of the detector's profiles
-        det = _engine_limits(runner, self.detector.contract)
-        rank = _engine_limits(getattr(self.ranker, "runner", None), self.ranker.contract) if self.ranker else None
         o = self.options
-        try:
-            return FaceLogicConfig(
-                detector_contract=self.detector.contract,
-                ranker_contract=self.ranker.contract if self.ranker else None,
-                ranker_boxes=self.ranker.num_boxes if self.ranker else 0,
-                max_batch=min(o.tile_batch, det.max_batch if det else (self.detector.max_batch or o.tile_batch)),
-                max_input=None if det else o.max_untiled,
-                max_input_size=det.max_size if det else None,
-                min_input=det.min_size if det else None,
-                ranker_min_input=rank.min_size if rank else None,
-                tile=o.tile,
-                tile_max_face=MAX_FACE_AT_TILE if o.tile in ("auto", "off") or int(o.tile) > 2 * MAX_FACE_AT_TILE else None,
-                candidate_thr=self.candidate_thr,
-                nms_iou=o.nms_iou,
-                max_det=o.max_det,
-                score_thr=self.score_thr,
-                device=self._processing_device(runner),
-            )
-        except ValueError as e:  # e.g. --tile larger than the engine's input
-            raise InputError(str(e)) from None
+        return face_logic_config(
+            detector_contract=self.detector.contract,
+            detector_config=self.detector.cfg,
+            ranker_contract=self.ranker.contract if self.ranker else None,
+            ranker_boxes=self.ranker.num_boxes if self.ranker else 0,
+            # engines: every batch, image and tile fits one of the detector's profiles
+            detector_limits=engine_limits(getattr(runner, "manifest", None), self.detector.contract),
+            ranker_limits=engine_limits(getattr(getattr(self.ranker, "runner", None), "manifest", None),
+                                        self.ranker.contract) if self.ranker else None,
+            network_max_batch=self.detector.max_batch,
+            tile=o.tile,
+            tile_batch=o.tile_batch,
+            max_untiled=o.max_untiled,
+            score_thr=o.score_thr,
+            candidate_thr=o.candidate_thr,
+            nms_iou=o.nms_iou,
+            max_det=o.max_det,
+            device=self._processing_device(runner),
+        )
 
     def _processing_device(self, runner) -> str | None:
         """Where pre/post-processing runs: the GPU of a torch detector, else the host (None)."""
@@ -217,17 +211,6 @@ def _check_model_suffix(path: Path, role: str) -> None:
         model_kind(path)
     except InputError as e:
         raise ModelFileError(f"{path} is not a {role} model: {e.args[0].split(': ', 1)[-1]}", hint=e.hint) from None
-
-
-def _engine_limits(runner, contract):
-    """What an engine's profiles admit (rfdeploy.engines.profiles.input_limits); None for runners
-    without a manifest (they take any shape)."""
-    manifest = getattr(runner, "manifest", None)
-    if manifest is None:
-        return None
-    from rfdeploy.engines.profiles import input_limits
-
-    return input_limits(manifest.profiles, contract.pad_multiple)
 
 
 def _has_rfdeploy_metadata(path: Path) -> bool:

@@ -1,7 +1,7 @@
 """Triton repository: configs parse with Triton's own schema and match the engine manifests; the
 Python model's code runs against a stand-in ``triton_python_backend_utils`` whose BLS calls run
-the same networks (the ONNX files the engines were built from) with onnxruntime. No Triton server
-runs here; this checks the repository's files and the model's own logic, not serving."""
+the same networks (the ONNX files the engines were built from) with onnxruntime. This checks the
+repository's files and the model's own logic; a real server runs in test_triton_server.py."""
 
 from __future__ import annotations
 
@@ -70,7 +70,9 @@ def test_every_config_parses_and_matches_the_manifests(repo, tiny_engines):
         assert got_in == [(t.name, "TYPE_FP32", tuple(t.shape[1:])) for t in m.inputs]
         assert got_out == [(t.name, "TYPE_FP32", tuple(t.shape[1:])) for t in m.outputs]
         assert cfg.HasField("dynamic_batching")
-        assert [(g.kind, g.count, list(g.gpus)) for g in cfg.instance_group] == [(pb2.ModelInstanceGroup.KIND_GPU, 2, [0])]
+        # instances run on the profile the runtime feeds (the plans have one: profile 0)
+        assert [(g.kind, g.count, list(g.gpus), list(g.profile)) for g in cfg.instance_group] == [
+            (pb2.ModelInstanceGroup.KIND_GPU, 2, [0], ["0"])]
         plan = repo.path / f"rfdeploy_{kind}" / "1" / "model.plan"
         assert plan.read_bytes() == tiny_engines[kind].read_bytes()
         assert load_manifest(plan) == m  # the manifest travels beside the plan
@@ -85,7 +87,7 @@ def test_every_config_parses_and_matches_the_manifests(repo, tiny_engines):
     assert [t.name for t in faces.output] == ["BOXES", "SCORES", "DETECTOR_SCORES", "IMAGE_SIZE"]
     assert [(g.kind, g.count) for g in faces.instance_group] == [(pb2.ModelInstanceGroup.KIND_CPU, 3)]
     settings = json.loads((repo.path / "rfdeploy_faces" / "1" / "faces.json").read_text())
-    assert settings["facelogic"]["max_batch"] == 4 and settings["facelogic"]["max_input"] == 256
+    assert settings["facelogic"]["max_batch"] == 4 and settings["facelogic"]["max_input_size"] == [256, 256]
     assert settings["facelogic"]["ranker_boxes"] == TINY_N
     assert settings["ranker"]["boxes"] == "boxes"
     # No temporary folders left beside the repository.
@@ -192,6 +194,9 @@ def faces_model(repo, tiny_onnx, monkeypatch):
     pb = _fake_pb_utils({"rfdeploy_detector": det, "rfdeploy_ranker": rank}, log)
     monkeypatch.setitem(sys.modules, "triton_python_backend_utils", pb)
     model_dir = repo.path / "rfdeploy_faces"
+    # Triton puts the model's version folder on sys.path (model.py imports rfdeploy_env from there)
+    monkeypatch.syspath_prepend(str(model_dir / "1"))
+    monkeypatch.delitem(sys.modules, "rfdeploy_env", raising=False)
     spec = importlib.util.spec_from_file_location("rfdeploy_faces_model", model_dir / "1" / "model.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)

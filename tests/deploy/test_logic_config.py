@@ -1,0 +1,117 @@
+"""One FaceLogicConfig for running and serving: the Triton repository's faces model and
+``rfdeploy infer`` (FacePipeline) get their settings from the same factory, fed the same model
+metadata and engine limits, so they plan the same tiles for the same image."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from rfdeploy.errors import InputError
+from rfdeploy.runtime.facelogic import FaceLogicConfig, plan_for
+
+UHD_8K = (7680, 4320)
+
+
+def _served_config(repo) -> FaceLogicConfig:
+    return FaceLogicConfig.from_dict(json.loads((repo.path / "rfdeploy_faces" / "1" / "faces.json").read_text())["facelogic"])
+
+
+def _plan_summary(cfg: FaceLogicConfig, w: int, h: int):
+    plan = plan_for(w, h, cfg)
+    return None if plan is None else [(p.width, p.height, p.tile_shape, len(p.tiles), p.overlap) for p in plan.passes]
+
+
+@pytest.fixture(scope="module")
+def runtime_profile_engines(tiny_onnx, tmp_path_factory):
+    """The tiny networks built with the runtime's default detector profile (batch 1-8, 64..2048 px):
+    the profile on which the 8K plans of infer and Triton used to differ."""
+    import importlib.util
+
+    if not any(importlib.util.find_spec(n) for n in ("tensorrt", "tensorrt_rtx")):
+        pytest.skip("neither tensorrt nor tensorrt_rtx imports here: engine builds cannot run")
+    from rfdeploy.engines.build import build_engine
+    from rfdeploy.engines.profiles import specs_from_cli
+
+    d = tmp_path_factory.mktemp("runtime_profile")
+    det = d / "detector.engine"
+    build_engine(tiny_onnx["detector"], det, specs_from_cli(["1x3x64x64"], ["4x3x1024x1024"], ["8x3x2048x2048"]))
+    rank = d / "ranker.engine"
+    build_engine(tiny_onnx["ranker"], rank, specs_from_cli(["1x3x64x64"], ["1x3x128x128"], ["1x3x128x128"]))
+    return {"detector": det, "ranker": rank}
+
+
+def _engine_pipeline(engines, **options):
+    from rfdeploy.runtime.backends.trt_runner import TrtRunner
+    from rfdeploy.runtime.models import Detector, Ranker
+    from rfdeploy.runtime.pipeline import FacePipeline, PipelineOptions
+
+    # TrtRunner reads the manifest only until it runs: nothing executes on a GPU here
+    return FacePipeline(Detector(TrtRunner(engines["detector"])), Ranker(TrtRunner(engines["ranker"])),
+                        PipelineOptions(**options))
+
+
+@pytest.mark.parametrize("tile", ["auto", "512", "1024"])
+def test_triton_plans_an_8k_image_as_infer_does(runtime_profile_engines, tmp_path, tile):
+    from rfdeploy.deploy.triton import write_triton_repo
+
+    repo = write_triton_repo(tmp_path / "repo", runtime_profile_engines["detector"], runtime_profile_engines["ranker"],
+                             tile=tile)
+    served = _served_config(repo)
+    run = _engine_pipeline(runtime_profile_engines, tile=tile).logic_config()
+    assert served == run
+    assert _plan_summary(served, *UHD_8K) == _plan_summary(run, *UHD_8K)
+    assert _plan_summary(run, *UHD_8K) is not None
+
+
+def test_settings_come_from_the_model_config_and_the_engine(runtime_profile_engines):
+    cfg = _engine_pipeline(runtime_profile_engines).logic_config()
+    # the tiny detector's config has RefineFace's default anchors: largest 128 * 2 * sqrt(2)
+    assert cfg.tile_max_face == round(128 * 2 * 2 ** 0.5)
+    # candidates merged over all tiles: not capped at one call's top K (the tiny detector's 64)
+    assert cfg.max_candidates >= 5000
+    assert cfg.max_batch == 8 and cfg.max_input_size == (2048, 2048) and cfg.min_input == (64, 64)
+    plan = plan_for(*UHD_8K, cfg)
+    assert all(p.overlap >= cfg.tile_max_face for p in plan.passes if len(p.tiles) > 1)
+
+
+def test_cpu_repository_plans_as_infer_on_onnxruntime(tiny_onnx, tmp_path, fake_server_env):
+    from rfdeploy.deploy.triton import write_triton_repo
+    from rfdeploy.runtime.pipeline import FacePipeline
+
+    repo = write_triton_repo(tmp_path / "repo", tiny_onnx["detector"], tiny_onnx["ranker"], cpu=True,
+                             server_env=fake_server_env)
+    pipe = FacePipeline.create(detector=tiny_onnx["detector"], ranker=tiny_onnx["ranker"], backend="onnxruntime")
+    served = _served_config(repo)
+    assert served == pipe.logic_config()
+    assert _plan_summary(served, *UHD_8K) == _plan_summary(pipe.logic_config(), *UHD_8K)
+
+
+def test_tile_policy_is_one_grammar(runtime_profile_engines, tmp_path):
+    from rfdeploy.deploy.triton import write_triton_repo
+
+    # the same spellings are accepted (and the same refused) by infer's options and triton-repo
+    run = _engine_pipeline(runtime_profile_engines, tile=" AUTO ").logic_config()
+    repo = write_triton_repo(tmp_path / "repo", runtime_profile_engines["detector"], tile="AUTO")
+    assert run.tile == _served_config(repo).tile == "auto"
+    for bad in ("12", "big", "1024px"):
+        with pytest.raises(InputError) as infer_err:
+            _engine_pipeline(runtime_profile_engines, tile=bad)
+        with pytest.raises(InputError) as repo_err:
+            write_triton_repo(tmp_path / f"r{bad}", runtime_profile_engines["detector"], tile=bad)
+        assert str(infer_err.value) == str(repo_err.value)
+    assert not [p for p in tmp_path.iterdir() if p.name != "repo"]
+
+
+@pytest.fixture
+def fake_server_env(tmp_path) -> Path:
+    """The layout of an nvidia-pytriton environment (what write_triton_repo looks for: the server
+    binary's place and numpy's version), without the 370 MB of the real one."""
+    site = tmp_path / "server-env" / "lib" / "python3.11" / "site-packages"
+    (site / "pytriton" / "tritonserver" / "bin").mkdir(parents=True)
+    (site / "pytriton" / "tritonserver" / "bin" / "tritonserver").write_bytes(b"")
+    (site / "numpy-1.26.4.dist-info").mkdir()
+    (site / "numpy-1.26.4.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: numpy\nVersion: 1.26.4\n")
+    return tmp_path / "server-env"
