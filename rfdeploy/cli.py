@@ -408,22 +408,32 @@ def batch(inputs, output, detector, adapter, ranker, no_ranker, backend, device,
 
 @main.command("triton-repo")
 @click.argument("out_dir", type=click.Path(file_okay=False))
-@click.argument("detector_engine", type=click.Path(dir_okay=False))
-@click.option("--ranker", "ranker_engine", type=click.Path(dir_okay=False), default=None, help="Ranker engine.")
+@click.argument("detector", type=click.Path(dir_okay=False), required=False)
+@click.option("--ranker", type=click.Path(dir_okay=False), default=None,
+              help="Ranker engine (GPU), or ONNX/checkpoint (--cpu; default: the bundled ranker).")
+@click.option("--no-ranker", is_flag=True, help="Serve the detector only.")
+@click.option("--cpu", is_flag=True,
+              help="A CPU repository: detector and ranker as Python-backend models running ONNX files with "
+                   "onnxruntime (DETECTOR: ONNX or checkpoint, default the bundled one) instead of TensorRT plans.")
+@click.option("--server-env", type=click.Path(file_okay=False, exists=True), default=None,
+              help="--cpu: the Python environment where nvidia-pytriton is installed (its numpy < 2 serves the stub).")
 @click.option("--max-batch", default=8, show_default=True,
-              help="Triton max_batch_size of the TensorRT models (capped by each engine's profile).")
-@click.option("--instances", default=1, show_default=True, help="TensorRT model instances per GPU.")
-@click.option("--python-instances", default=1, show_default=True, help="Instances of the Python model (tiling, NMS).")
+              help="Triton max_batch_size of the network models (capped by each engine's profile).")
+@click.option("--instances", default=1, show_default=True, help="Instances per network model (per GPU on GPUs).")
+@click.option("--python-instances", default=1, show_default=True, help="Instances of the faces model (tiling, NMS).")
 @click.option("--tile", default="auto", show_default=True, help="auto, off, or a tile size in pixels (as infer).")
 @click.option("--score-thr", type=float, default=None, help="Output score threshold (default: the model's).")
 @click.option("--force", is_flag=True, help="Replace an existing repository folder.")
-def triton_repo(out_dir, detector_engine, ranker_engine, max_batch, instances, python_instances, tile, score_thr, force):
-    """Write a Triton model repository: TensorRT plans + a Python model returning faces per image."""
+def triton_repo(out_dir, detector, ranker, no_ranker, cpu, server_env, max_batch, instances, python_instances, tile,
+                score_thr, force):
+    """Write a Triton model repository: the detector and ranker (TensorRT plans, or onnxruntime with
+    --cpu) + a Python model returning faces per image. DETECTOR: the detector engine (GPU)."""
     from rfdeploy.deploy.triton import triton_repo_cli
 
-    repo = triton_repo_cli(out_dir, detector_engine, ranker_engine, max_batch=max_batch, instances=instances,
-                           python_instances=python_instances, tile=tile, score_thr=score_thr, force=force)
-    click.echo(f"wrote Triton model repository {getattr(repo, 'root', out_dir)}")
+    repo = triton_repo_cli(out_dir, detector, ranker, cpu=cpu, no_ranker=no_ranker, server_env=server_env,
+                           max_batch=max_batch, instances=instances, python_instances=python_instances, tile=tile,
+                           score_thr=score_thr, force=force)
+    click.echo(f"wrote Triton model repository {repo.path} ({', '.join(sorted(repo.models))})")
 
 
 # -- evaluation and training ------------------------------------------------------------------------

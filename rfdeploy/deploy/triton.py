@@ -389,10 +389,10 @@ def write_triton_repo(
     if cpu:
         from rfdeploy.models import DEFAULT_DETECTOR, DEFAULT_RANKER
 
+        env = python_env(server_env)  # before any export: a wrong environment is a quick error
         det = network_from_onnx(_onnx_file(_model_path(detector, DEFAULT_DETECTOR), "detector"), "detector", max_batch)
         rank = (network_from_onnx(_onnx_file(_model_path(ranker, DEFAULT_RANKER), "ranker"), "ranker", max_batch)
                 if use_ranker else None)
-        env = python_env(server_env)
     else:
         if detector is None:
             raise InputError("a GPU repository needs the detector engine", hint="or pass --cpu to serve ONNX files on CPUs")
