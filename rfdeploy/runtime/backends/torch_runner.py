@@ -28,6 +28,10 @@ from rfdeploy.runtime.backends.base import Runner
 # lock), and each graph's outputs stay referenced, so no graph reuses memory another one's results
 # live in.
 MAX_CUDA_GRAPHS = 8
+# One capture at a time in the process (the detector's and the ranker's runners included): a
+# capture's start empties torch's cache and synchronises the device, which must not meet another
+# thread's capture halfway. Captures are rare (once per input shape).
+_CAPTURE_LOCK = threading.Lock()
 
 
 def disable_tf32(torch) -> None:
@@ -145,21 +149,26 @@ class TorchRunner(Runner):
         static_in = tuple(x.clone() for x in inputs)
         caller_stream = torch.cuda.current_stream(self.device)
         try:
-            side = torch.cuda.Stream(self.device)
-            side.wait_stream(caller_stream)
-            with torch.cuda.stream(side):  # warm-up outside the graph (cuDNN autotuning, lazy init)
-                for _ in range(2):
-                    self.model(*static_in)
-            caller_stream.wait_stream(side)
-            if self._graph_pool is None:
-                self._graph_pool = torch.cuda.graph_pool_handle()
-            graph = torch.cuda.CUDAGraph()
-            # thread_local: other workers' CUDA calls (uploads, NMS) must not break this capture
-            with torch.cuda.graph(graph, pool=self._graph_pool, capture_error_mode="thread_local"):
-                static_out = self.model(*static_in)
-        except RuntimeError as e:
+            with _CAPTURE_LOCK:
+                side = torch.cuda.Stream(self.device)
+                side.wait_stream(caller_stream)
+                with torch.cuda.stream(side):  # warm-up outside the graph (cuDNN autotuning, lazy init)
+                    for _ in range(2):
+                        self.model(*static_in)
+                caller_stream.wait_stream(side)
+                if self._graph_pool is None:
+                    self._graph_pool = torch.cuda.graph_pool_handle()
+                graph = torch.cuda.CUDAGraph()
+                # the capture stream made here, on this runner's device (torch's default capture
+                # stream is one per process, made on whichever device was current first);
+                # thread_local: other workers' CUDA calls (uploads, NMS) must not break this capture
+                with torch.cuda.graph(graph, pool=self._graph_pool, stream=side, capture_error_mode="thread_local"):
+                    static_out = self.model(*static_in)
+        except BaseException as e:
             # when capture_end raises, torch skips restoring the thread's current stream
             torch.cuda.set_stream(caller_stream)
+            if not isinstance(e, RuntimeError):
+                raise
             self.cuda_graph = False
             self._graphs.clear()
             self.notes.append(f"CUDA graph capture failed, running eagerly: {str(e).splitlines()[0]}")
