@@ -347,8 +347,46 @@ def profile_specs(
                 hint=f"add --profile PRESET ({', '.join(preset_names())}) or --min-shape/--opt-shape/--max-shape",
             )
         specs.insert(0, default_profile(onnx_path))
-    resolve_profiles(specs, declared)  # refuse bad shapes now, not after an fp16/int8 conversion
+    resolved = resolve_profiles(specs, declared)  # refuse bad shapes now, not after an fp16/int8 conversion
+    _check_runtime_fit(onnx_path, resolved)
     return specs
+
+
+def _check_runtime_fit(onnx_path: Path, profiles: Sequence[Profile]) -> None:
+    """Refuse profiles the runtime cannot feed an rfdeploy model through: a detector needs a
+    profile that takes one image of at least a tile's minimum; a ranker sees the whole image
+    resized to its contract's long side, landscape or portrait, so some profile must take that
+    side both ways."""
+    import json
+
+    from rfdeploy.contract import PreprocessContract
+    from rfdeploy.engines.profiles import input_limits
+    from rfdeploy.errors import EngineMismatchError
+    from rfdeploy.runtime.tiling import MIN_TILE
+
+    meta = onnxinfo.metadata(onnxinfo.load_onnx(onnx_path))
+    kind = meta.get("rfdeploy.kind")
+    if kind not in ("detector", "ranker") or "rfdeploy.contract" not in meta:
+        return
+    try:
+        contract = PreprocessContract.from_json(meta["rfdeploy.contract"])
+    except (ValueError, TypeError, json.JSONDecodeError):
+        return  # the build reports a broken contract when the engine is used
+    hint = "build without --profile/shapes (the runtime's profile), or add --profile default"
+    try:
+        lim = input_limits(profiles, contract.pad_multiple)
+    except EngineMismatchError as e:
+        raise InputError(str(e).split("\n")[0], hint=hint) from None
+    if kind == "detector" and contract.resize == "none" and lim.max_tile < MIN_TILE:
+        raise InputError(f"the largest input of these profiles ({lim.max_size[0]}x{lim.max_size[1]}) cannot "
+                         f"hold a {MIN_TILE} px tile", hint=hint)
+    if kind == "ranker" and contract.resize == "long_side":
+        side = -(-contract.resize_to // contract.pad_multiple) * contract.pad_multiple
+        if min(lim.max_size) < side:
+            raise InputError(
+                f"the ranker sees every image resized to a long side of {contract.resize_to} px (padded {side}), "
+                f"landscape or portrait; the largest input of these profiles is {lim.max_size[0]}x{lim.max_size[1]}",
+                hint=hint)
 
 
 def build_engine_cli(

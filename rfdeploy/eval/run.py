@@ -238,5 +238,6 @@ def _finish(result: dict, plot_path, title: str) -> dict:
     if plot_path is not None:
         from rfdeploy.eval.plot import curves_from_result, save_pr_plot
 
-        save_pr_plot(curves_from_result(result), plot_path, title=title)
+        save_pr_plot(curves_from_result(result), plot_path,
+                     title=f"{title}: {result['num_images']} images, {result['num_faces']} faces")
     return result

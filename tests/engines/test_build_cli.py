@@ -78,3 +78,16 @@ def test_bad_profiles_are_refused_first(trt_backend, tmp_path, detector_onnx, ba
     res = _cli("build-engine", src, "--fp16", *bad)
     assert res.exit_code == 2 and needle in res.output, res.output
     assert not (tmp_path / "d.fp16.onnx").exists()
+
+
+def test_a_ranker_profile_that_cannot_take_portrait_images_is_refused(trt_backend, tmp_path, ranker_onnx):
+    """A fixed landscape preset cannot hold a portrait photo resized to the ranker's long side."""
+    contract = PreprocessContract(resize="long_side", resize_to=640)
+    src = _set_metadata(ranker_onnx, tmp_path / "ranker.onnx", {
+        "rfdeploy.kind": "ranker", "rfdeploy.contract": contract.to_json(),
+        "rfdeploy.config": json.dumps({"name": "tiny", "num_boxes": 10})})
+    res = _cli("build-engine", src, "--profile", "vga")
+    assert res.exit_code == 2 and "landscape or portrait" in res.output, res.output
+    assert not (tmp_path / "ranker.engine").exists()
+    res = _cli("build-engine", src, "--profile", "vga", "--profile", "default")
+    assert res.exit_code == 0, res.output

@@ -28,3 +28,28 @@ def test_curves_from_results_carry_the_ap():
     assert curves_from_result(res) == {"IoU 0.50: AP 0.750": ([0.5], [1.0])}
     wider = {"easy": 0.9, "curves": {"easy": {"recall": [1.0], "precision": [0.9]}}}
     assert list(curves_from_result(wider, prefix="x ")) == ["x easy: AP 0.900"]
+
+
+def _overlap(a, b) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+@pytest.mark.parametrize("size", [(640, 520), (400, 300), (1280, 1000), (200, 200)])
+@pytest.mark.parametrize("title", ["AP", "AP: 14 images, 38 faces (0 ignored), 3120 detections"])
+def test_title_and_axis_labels_stay_clear_of_each_other_and_the_axes(size, title):
+    from rfdeploy.eval.plot import plot_layout
+
+    lay = plot_layout(size, title)
+    boxes = {"plot": lay.plot, "title": lay.title, "xlabel": lay.xlabel, "ylabel": lay.ylabel}
+    names = list(boxes)
+    for i, a in enumerate(names):
+        x0, y0, x1, y1 = boxes[a]
+        assert 0 <= x0 < x1 <= size[0] and 0 <= y0 < y1 <= size[1], (a, boxes[a])
+        for b in names[i + 1:]:
+            assert not _overlap(boxes[a], boxes[b]), (a, b, boxes)
+    assert lay.ylabel[3] - lay.ylabel[1] > lay.ylabel[2] - lay.ylabel[0]  # "precision" stands upright
+    # the text is drawn where the layout says
+    img = np.asarray(render_pr_curves({"a": ([0, 1], [1, 0.5])}, title, size).convert("L"))
+    for name in ("title", "xlabel", "ylabel"):
+        x0, y0, x1, y1 = boxes[name]
+        assert (img[y0:y1, x0:x1] < 128).any(), name
