@@ -85,6 +85,15 @@ def test_a_repeated_shape_builds_no_tensor_from_host_data_inside_the_model(path,
 # --- CUDA -------------------------------------------------------------------------------------
 
 
+def _unambiguous(scores: np.ndarray, gap: float = 1e-4) -> np.ndarray:
+    """Rows of a score-sorted candidate list whose place cannot swap with a neighbour's under
+    rounding (live scores further than ``gap`` from both neighbours)."""
+    s = scores
+    left = np.r_[np.inf, s[:-1] - s[1:]]
+    right = np.r_[s[:-1] - s[1:], np.inf]
+    return (s > 0) & (left > gap) & (right > gap)
+
+
 @needs_cuda
 def test_fp32_on_the_gpu_matches_the_cpu_without_tf32():
     x = np.random.default_rng(2).standard_normal((1, 3, 256, 320)).astype(np.float32)
@@ -92,9 +101,11 @@ def test_fp32_on_the_gpu_matches_the_cpu_without_tf32():
     gpu_runner = TorchRunner(_model(DEFAULT_DETECTOR), device="cuda").activate()
     gpu = gpu_runner.infer({"image": x})
     assert "without TF32" in gpu_runner.describe()
-    # TF32 (10-bit mantissa) convolutions would be off by ~1e-3 relative already
+    # TF32 (10-bit mantissa) convolutions would be off by ~1e-4 in these scores already
     np.testing.assert_allclose(gpu["scores"], cpu["scores"], atol=2e-5)
-    np.testing.assert_allclose(gpu["boxes"], cpu["boxes"], atol=2e-3)
+    sure = _unambiguous(cpu["scores"][0])
+    assert sure.sum() >= 5
+    np.testing.assert_allclose(gpu["boxes"][0][sure], cpu["boxes"][0][sure], atol=2e-3)
 
 
 @needs_cuda
@@ -115,11 +126,12 @@ def test_fp16_keeps_the_ranker_score_tail_and_detector_decode_in_fp32():
     d16 = det16.infer({"image": x})
     d32 = TorchRunner(_model(DEFAULT_DETECTOR), device="cuda").activate().infer({"image": x})
     live = d16["scores"][0] > 0
-    assert live.any()
-    # decoded in fp32: coordinates are not on fp16's grid (0.25-0.5 px at 256-640 px)
+    assert live.any() and d16["boxes"].dtype == np.float32
+    # decoded in fp32: coordinates from 256 px up are off fp16's grid there (0.25-0.5 px)
     coords = d16["boxes"][0][live]
-    assert (np.abs(coords * 4 - np.round(coords * 4)) > 1e-3).mean() > 0.5
-    top = min(50, int(live.sum()))
+    coords = coords[coords >= 256]
+    assert coords.size > 20 and (np.abs(coords * 4 - np.round(coords * 4)) > 1e-3).mean() > 0.5
+    top = min(50, int(live.sum()))  # score-sorted: the sorted values compare whatever the order
     np.testing.assert_allclose(d16["scores"][0, :top], d32["scores"][0, :top], atol=2e-2)
 
 
