@@ -47,12 +47,106 @@ def test_graph_is_inference_only(exported_detector, det_cfg):
     init_shapes = {tuple(i.dims) for i in m.graph.initializer}
     assert fsm_shapes and not (fsm_shapes & init_shapes)
     assert not any("fsm" in i.name or "loss" in i.name for i in m.graph.initializer)
-    # TensorRT's TopK limit
+    assert topk_sizes(m) == [det_cfg.candidates]
+    assert m.opset_import[0].version >= 17
+
+
+def topk_sizes(m: onnx.ModelProto) -> list[int]:
+    """K of every TopK node (each must be a constant: TensorRT needs it at build time)."""
+    consts = {i.name: onnx.numpy_helper.to_array(i) for i in m.graph.initializer}
+    consts.update({n.output[0]: onnx.numpy_helper.to_array(n.attribute[0].t) for n in m.graph.node
+                   if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value"})
+    ks = []
     for n in m.graph.node:
         if n.op_type == "TopK":
-            k = [i for i in m.graph.initializer if i.name == n.input[1]]
-            assert not k or int(onnx.numpy_helper.to_array(k[0]).reshape(-1)[0]) <= 3840
-    assert m.opset_import[0].version >= 17
+            assert n.input[1] in consts, f"TopK {n.name} has a non-constant K"
+            ks.append(int(consts[n.input[1]].reshape(-1)[0]))
+    return ks
+
+
+def test_k5000_export_is_an_exact_topk_from_tensorrt_sized_topks(tmp_path):
+    # K above TensorRT's TopK limit: every TopK <= 3840, and the selected set equals torch.topk
+    # over all anchors
+    import onnxruntime as ort
+
+    cfg = detector_config("refineface_mbv2", fpn_channels=16, head_channels=16, candidates=5000)
+    torch.manual_seed(0)
+    model = build(cfg).eval()
+    path = tmp_path / "k5000.onnx"
+    export_model(model, path)
+    ks = topk_sizes(onnx.load(str(path)))
+    assert sum(ks) == 5000 and max(ks) <= 3840
+    x = torch.rand(1, 3, 320, 320) * 4 - 2
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    _, scores = sess.run(None, {"image": x.numpy()})
+    with torch.no_grad():
+        all_s = torch.cat(model.decode_levels(model.forward_raw(x))[1], 1)
+    ref = torch.topk(all_s, 5000, dim=1).values[0].numpy()
+    assert np.allclose(scores[0], ref, atol=1e-5)  # same values, one descending order
+
+
+def test_exported_selection_takes_the_global_topk_when_high_levels_are_strong(tmp_path):
+    # the selection graph alone, fed per-level scores where P5-P7 hold far more strong candidates
+    # than an anchor-count quota gave them (58/14/3 of 5000 at this size)
+    import onnxruntime as ort
+
+    from rfdeploy.models.refineface import select_candidates
+
+    sizes = [25600, 6400, 1600, 400, 100, 25]
+
+    class Select(torch.nn.Module):
+        def forward(self, boxes, scores):
+            return select_candidates(list(boxes.split(sizes, 1)), list(scores.split(sizes, 1)), 5000)
+
+    path = tmp_path / "select.onnx"
+    torch.onnx.export(Select(), (torch.rand(1, sum(sizes), 4), torch.rand(1, sum(sizes))), str(path), dynamo=False,
+                      input_names=["boxes", "scores"], output_names=["b", "s"], opset_version=17)
+    assert max(topk_sizes(onnx.load(str(path)))) <= 3840
+    g = torch.Generator().manual_seed(1)
+    ranks = torch.randperm(sum(sizes), generator=g).float()[None] / sum(sizes)  # distinct scores
+    high = sum(sizes[:3])
+    ranks[:, high:] += 1.0  # every P5-P7 anchor outranks every low-level one
+    boxes = torch.rand(1, sum(sizes), 4, generator=g)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    ob, os_ = sess.run(None, {"boxes": boxes.numpy(), "scores": ranks.numpy()})
+    ref_s, ref_i = torch.topk(ranks, 5000, dim=1)
+    assert int((ref_i >= high).sum()) == sum(sizes[3:]) > 58 + 14 + 3
+    assert np.array_equal(os_, ref_s.numpy())
+    assert np.array_equal(ob, boxes[0, ref_i[0]][None].numpy())
+
+
+def test_stc_filtering_is_in_the_exported_graph(tmp_path):
+    # drive the face logits below the STC threshold (1 - p1 > 0.99) for most low-level anchors:
+    # the exported graph must zero those anchors exactly as torch does
+    import onnxruntime as ort
+
+    cfg = detector_config("refineface_mbv2", fpn_channels=16, head_channels=16, candidates=300)
+    torch.manual_seed(0)
+    model = build(cfg).eval()
+
+    with torch.no_grad():
+        model.cls_head.pred.bias.fill_(-4.6)  # p about 0.01: the features push anchors either side
+    x = torch.rand(1, 3, 128, 160) * 255
+    with torch.no_grad():
+        raw = model.forward_raw(x)
+        p1 = torch.sigmoid(raw["cls1"][0])
+    filtered = ((1 - p1) > cfg.stc_threshold).float().mean()
+    assert 0.1 < filtered < 0.9  # a real share of the low-level anchors is filtered, not all
+    path = tmp_path / "stc.onnx"
+    export_model(model, path)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    ob, os_ = sess.run(None, {"image": x.numpy()})
+    with torch.no_grad():
+        tb, ts = model(x)
+    assert np.allclose(os_, ts.numpy(), atol=1e-6)
+    # the same boxes (rows of near-equal score may swap places between the two runtimes)
+    d = np.abs(ob[0][:, None, :] - tb.numpy()[0][None, :, :]).max(-1).min(1)
+    assert (d < 1e-3).mean() > 0.98
+    # and the filtering is what makes the difference: without STC the candidate scores differ
+    with torch.no_grad():
+        b, s = model.decode_levels(raw)
+        unfiltered = torch.cat([torch.sigmoid(c) for c in raw["cls2"]], 1)
+    assert not torch.allclose(torch.topk(unfiltered, 300).values, ts)
 
 
 def test_dynamic_axes_and_static_candidate_count(exported_detector, det_cfg):
