@@ -59,7 +59,7 @@ def test_a_repeated_shape_builds_no_tensor_from_host_data_inside_the_model(path,
     """CUDA-graph capture refuses host-to-device copies: after a warm-up forward, the module the
     runner captures must not build a tensor from host data for the same input shape."""
     runner = TorchRunner(_model(path, narrow=True)).activate()
-    feed = {"image": np.random.default_rng(1).standard_normal((2, 3, 96, 128)).astype(np.float32)}
+    feed = {"image": np.random.default_rng(1).standard_normal((2, 3, 64, 96)).astype(np.float32)}
     if not runner.is_detector:
         feed = {"image": feed["image"][:1], "boxes": _ranker_feed(runner.model.cfg.num_boxes)}
     first = runner.infer(feed)
@@ -80,6 +80,21 @@ def test_a_repeated_shape_builds_no_tensor_from_host_data_inside_the_model(path,
             for owner, name, fn in _refusing_host_data():
                 m.setattr(owner, name, fn)
             torch.tensor([1.0])
+
+
+def test_a_graph_holds_the_tensors_its_module_caches():
+    """A captured graph reads RefineFace's cached anchor grids by address; the model may evict
+    them (its cache is bounded), so the runner holds every tensor a module caches at capture."""
+    from rfdeploy.runtime.backends.torch_runner import _module_caches
+
+    model = _model(DEFAULT_DETECTOR, narrow=True)
+    assert _module_caches(model) == ()
+    with torch.inference_mode():
+        model(torch.zeros(1, 3, 64, 64))
+    held = _module_caches(model)
+    anchors = list(model._anchor_cache.values())  # one grid per pyramid level
+    assert len(anchors) == len(model.cfg.strides) and {id(t) for t in anchors} <= {id(t) for t in held}
+    assert not any(isinstance(t, torch.nn.Parameter) for t in held)  # parameters live anyway
 
 
 # --- CUDA -------------------------------------------------------------------------------------

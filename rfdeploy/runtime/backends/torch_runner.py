@@ -45,6 +45,20 @@ def disable_tf32(torch) -> None:
         torch.backends.cuda.matmul.allow_tf32 = False
 
 
+def _module_caches(model) -> tuple:
+    """Tensors a module keeps in plain dict attributes (RefineFace's anchor grids per feature
+    size). A graph reads them by address at every replay, but the module may evict them later
+    (a bounded cache): the graph's entry holds them so their memory is never reused."""
+    import torch
+
+    held = []
+    for m in model.modules():
+        for v in vars(m).values():
+            if isinstance(v, dict) and v is not m._modules and v is not m._parameters and v is not m._buffers:
+                held.extend(t for t in v.values() if isinstance(t, torch.Tensor))
+    return tuple(held)
+
+
 class TorchRunner(Runner):
     name = "torch"
     accepts_torch = True
@@ -74,7 +88,8 @@ class TorchRunner(Runner):
             self.device = torch.device("cuda", torch.cuda.current_device())
         self.fp16 = fp16
         self.cuda_graph = cuda_graph
-        self._graphs: dict = {}  # input shapes -> (graph, static inputs, static outputs), oldest first
+        # input shapes -> (graph, static inputs, static outputs, module caches held), oldest first
+        self._graphs: dict = {}
         self._graph_lock = threading.Lock()
         self._graph_pool = None  # one memory pool for every graph of this runner
         self._replayed = None  # CUDA event after the last replay's copy-out
@@ -130,7 +145,7 @@ class TorchRunner(Runner):
             if len(self._graphs) >= MAX_CUDA_GRAPHS:
                 self._graphs.pop(next(iter(self._graphs)))
             self._graphs[key] = entry
-        graph, static_in, static_out = entry
+        graph, static_in, static_out, _ = entry
         stream = torch.cuda.current_stream(self.device)
         if self._replayed is not None:  # the previous caller may have queued its copy-out elsewhere
             stream.wait_event(self._replayed)
@@ -173,7 +188,7 @@ class TorchRunner(Runner):
             self._graphs.clear()
             self.notes.append(f"CUDA graph capture failed, running eagerly: {str(e).splitlines()[0]}")
             return None
-        return graph, static_in, static_out
+        return graph, static_in, static_out, _module_caches(self.model)
 
     def infer(self, feed: dict) -> dict[str, np.ndarray]:
         import torch
