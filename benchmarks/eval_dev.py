@@ -3,12 +3,18 @@ RetinaFace-MobileNet0.25, RetinaFace + our ranker, CenterFace (+ our ranker), al
 same pipeline and evaluation (ignore-flagged faces excluded).
 
     python benchmarks/eval_dev.py [--data ../shared/data] [--detector X] [--ranker Y] [--json out.json]
+        [--scrfd scrfd_2.5g_dynamic.onnx]
+
+SCRFD-2.5G joins as "SCRFD-2.5G (reference)" when its file is given with --scrfd or
+$RFDEPLOY_SCRFD_ONNX (made by benchmarks/prepare_scrfd.py; its weights are for non-commercial
+research, so it is an accuracy reference only and never shipped).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
@@ -18,6 +24,8 @@ def main():
     ap.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
     ap.add_argument("--detector", default=None)
     ap.add_argument("--ranker", default=None)
+    ap.add_argument("--scrfd", default=os.environ.get("RFDEPLOY_SCRFD_ONNX"),
+                    help="SCRFD-2.5G ONNX file (evaluation reference; default $RFDEPLOY_SCRFD_ONNX)")
     ap.add_argument("--only", default=None, help="comma-separated subset of configuration labels")
     ap.add_argument("--json", default=None)
     ap.add_argument("--holdout", type=int, default=0,
@@ -48,7 +56,13 @@ def main():
         "CenterFace": dict(detector=models / "centerface.onnx", use_ranker=False),
         "CenterFace + rfdeploy ranker": dict(detector=models / "centerface.onnx", ranker=args.ranker),
     }
+    if args.scrfd:
+        if not Path(args.scrfd).is_file():
+            ap.error(f"--scrfd: no such file {args.scrfd}")
+        configs["SCRFD-2.5G (reference)"] = dict(detector=Path(args.scrfd), adapter="scrfd", use_ranker=False)
     only = set(args.only.split(",")) if args.only else None
+    if only and only - set(configs):
+        ap.error(f"--only: unknown configurations {sorted(only - set(configs))} (known: {sorted(configs)})")
     results = {}
     for set_name, gt in sets.items():
         print(f"\n{set_name}: {gt}")

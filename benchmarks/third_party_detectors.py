@@ -1,6 +1,10 @@
 """AP on the development set and CPU latency at VGA of the third-party ONNX detectors.
 
     python benchmarks/third_party_detectors.py [--data /work/shared/data] [--runs 10] [--json out.json]
+        [--scrfd scrfd_2.5g_dynamic.onnx]
+
+SCRFD-2.5G is measured too when its file is given with --scrfd or $RFDEPLOY_SCRFD_ONNX (see
+benchmarks/prepare_scrfd.py): an evaluation reference only, its weights are for non-commercial research.
 
 Latency: onnxruntime CPU, one image 640x480, median of ``--runs`` after two warm-up runs; "full"
 is pre-processing + network + candidate decoding, "network" is the onnxruntime call alone.
@@ -10,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 from pathlib import Path
@@ -43,15 +48,22 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=Path("/work/shared/data"))
     ap.add_argument("--runs", type=int, default=10)
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--scrfd", type=Path, default=os.environ.get("RFDEPLOY_SCRFD_ONNX"),
+                    help="SCRFD-2.5G ONNX file (evaluation reference; default $RFDEPLOY_SCRFD_ONNX)")
     args = ap.parse_args()
+    if args.scrfd is not None and not args.scrfd.is_file():
+        ap.error(f"--scrfd: no such file {args.scrfd}")
     dev = args.data / "realfaces" / "dev"
     ann = json.loads((dev / "annotations.json").read_text())
     images = {im["file"]: np.asarray(Image.open(dev / im["file"]).convert("RGB")) for im in ann["images"]}
     vga = np.asarray(Image.open(dev / "faceapi_sample1.jpg").convert("RGB").resize((640, 480)))
+    detectors = [(args.data / "models" / file, None) for file in MODELS]
+    if args.scrfd is not None:
+        detectors.append((args.scrfd, "scrfd"))
     out = {}
-    for file in MODELS:
+    for path, adapter in detectors:
         for long_side in (None, 640):
-            det = OnnxDetector(args.data / "models" / file, long_side=long_side)
+            det = OnnxDetector(path, adapter=adapter, long_side=long_side)
             t0 = time.perf_counter()
             preds = {f: det.detect(rgb, nms_iou=0.4, score_thr=0.02) for f, rgb in images.items()}
             elapsed = time.perf_counter() - t0

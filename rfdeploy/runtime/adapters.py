@@ -3,8 +3,10 @@
 CRFace re-scores any detector's pre-NMS candidates, so the runtime accepts a foreign detector as an
 ONNX file plus an adapter that knows its input convention (a PreprocessContract) and how to turn its
 raw outputs into boxes and scores. Built in: RetinaFace (MobileNet0.25 family, priors decoded
-outside the graph) and CenterFace (heatmap/scale/offset at stride 4). Detectors that already output
-decoded boxes and scores are described by a small JSON file (see ``DecodedBoxesAdapter``).
+outside the graph), CenterFace (heatmap/scale/offset at stride 4) and SCRFD (distances from anchor
+points at strides 8/16/32; an evaluation reference only, see ``SCRFDAdapter``). Detectors that
+already output decoded boxes and scores are described by a small JSON file (see
+``DecodedBoxesAdapter``).
 """
 
 from __future__ import annotations
@@ -123,6 +125,9 @@ class DetectorAdapter(ABC):
     """
 
     name: str = "adapter"
+    # True when the weights' licence allows evaluation only: such a detector must not label
+    # training data or train anything that ships (callers that train check this).
+    evaluation_only: bool = False
 
     def __init__(
         self,
@@ -361,6 +366,183 @@ class CenterFaceAdapter(DetectorAdapter):
         return super().__repr__()[:-1] + f", channel_order={self.channel_order!r})"
 
 
+def _constant_value(model, name: str) -> np.ndarray | None:
+    """The value of an initializer or of a Constant node's output, else None."""
+    from onnx import numpy_helper
+
+    for init in model.graph.initializer:
+        if init.name == name:
+            return numpy_helper.to_array(init)
+    for node in model.graph.node:
+        if node.op_type == "Constant" and name in node.output:
+            for attr in node.attribute:
+                if attr.name == "value":
+                    return numpy_helper.to_array(attr.t)
+    return None
+
+
+def resize_sizes_to_scales(model) -> int:
+    """Turn Resize nodes that fix their output ``sizes`` into ones that give ``scales`` instead.
+
+    An export traced at one input size bakes that size into every upsampling; with the same
+    factors as scales the graph takes other input sizes. The factors come from the traced shapes,
+    so the model must still have its fixed input size when this runs. Returns how many nodes were
+    rewritten (0: nothing to do, e.g. a file rewritten before).
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    fixed = [n for n in model.graph.node if n.op_type == "Resize" and len(n.input) >= 4 and n.input[3]]
+    if not fixed:
+        return 0
+    inferred = onnx.shape_inference.infer_shapes(model)
+    shapes = {v.name: _tensor_info(v).shape
+              for v in (*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output)}
+    taken = {i.name for i in model.graph.initializer} | {o for n in model.graph.node for o in n.output}
+    sizes_names = {n.input[3] for n in fixed}
+    for k, node in enumerate(fixed):
+        label = node.name or f"#{k}"
+        sizes = _constant_value(model, node.input[3])
+        in_shape = shapes.get(node.input[0])
+        if sizes is None or in_shape is None or not all(isinstance(d, int) and d > 0 for d in in_shape):
+            raise ModelFileError(
+                f"Resize node {label}: its sizes or its input shape are not known constants "
+                f"(sizes {None if sizes is None else sizes.tolist()}, input {in_shape}), so they "
+                "cannot become scales; run this on the model as exported, with its fixed input size"
+            )
+        if sizes.shape != (len(in_shape),):
+            raise ModelFileError(f"Resize node {label}: sizes {sizes.tolist()} do not fit its input {in_shape}")
+        scales = np.asarray(sizes, np.float64) / np.asarray(in_shape, np.float64)
+        name = f"{node.name or 'resize'}_{k}_scales"
+        while name in taken:
+            name += "_"
+        taken.add(name)
+        model.graph.initializer.append(numpy_helper.from_array(scales.astype(np.float32), name))
+        x, roi = node.input[0], node.input[1]
+        if not roi:  # opset 11 needs the roi input even when it is unused
+            roi = name + "_roi"
+            model.graph.initializer.append(numpy_helper.from_array(np.zeros(0, np.float32), roi))
+        del node.input[:]
+        node.input.extend([x, roi, name])  # sizes omitted: Resize takes scales or sizes, not both
+    used = {i for n in model.graph.node for i in n.input}
+    orphans = [i for i in model.graph.initializer if i.name not in used and i.name in sizes_names]
+    for init in orphans:
+        model.graph.initializer.remove(init)
+    return len(fixed)
+
+
+def make_scrfd_dynamic(model, input_name: str):
+    """SCRFD's export fixes its input to 1x3x640x640 and its upsampling to the matching sizes:
+    rewrite the upsampling as scales and free the input's height and width (batch stays 1: the
+    head reshapes hard-code it). Height and width must then be multiples of the largest stride."""
+    resize_sizes_to_scales(model)
+    image_inputs = [v for v in model.graph.input if v.name == input_name]
+    if not image_inputs:
+        raise ModelFileError(f"the model has no input named {input_name!r}")
+    _rename_dims(image_inputs[0], {2: "height", 3: "width"})
+    for out in model.graph.output:
+        if len(out.type.tensor_type.shape.dim) == 3:
+            _rename_dims(out, {1: f"{out.name}_anchors"})
+    del model.graph.value_info[:]  # stale intermediate shapes would contradict other input sizes
+    return model
+
+
+class SCRFDAdapter(DetectorAdapter):
+    """SCRFD (InsightFace): per stride s, sigmoid scores ``score_s`` [N,1] and distances
+    ``bbox_s`` [N,4] (left, top, right, bottom in units of s) from anchor points, optionally
+    ``kps_s`` (landmarks, unused). Points sit at (column * s, row * s), row-major, each repeated
+    once per anchor. RGB input, (pixel - 127.5) / 128.
+
+    InsightFace's pretrained SCRFD weights are licensed for non-commercial research: use the model
+    as an evaluation reference only (``evaluation_only``), never as a teacher for shipped weights.
+    """
+
+    name = "scrfd"
+    evaluation_only = True
+    score_prefix, bbox_prefix = "score_", "bbox_"
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.strides: tuple[int, ...] = ()
+
+    @property
+    def base_contract(self) -> PreprocessContract:
+        # Padded to the largest stride so every level's upsampling meets its lateral map exactly.
+        return PreprocessContract(
+            mean=(127.5, 127.5, 127.5), std=(128.0, 128.0, 128.0), channel_order="RGB",
+            pad_multiple=max(self.strides or (32,)),
+        )
+
+    @classmethod
+    def _strides(cls, signature: ModelSignature) -> tuple[int, ...] | None:
+        """Strides s that have both ``score_s`` [..,N,1] and ``bbox_s`` [..,N,4] outputs."""
+        if len(signature.inputs) != 1:
+            return None
+        strides = []
+        for t in signature.outputs:
+            suffix = t.name[len(cls.score_prefix):]
+            if not (t.name.startswith(cls.score_prefix) and suffix.isdigit() and int(suffix) > 0):
+                continue
+            box = signature.output(cls.bbox_prefix + suffix)
+            if box is None or len(t.shape) not in (2, 3) or len(box.shape) != len(t.shape):
+                return None
+            if t.shape[-1] != 1 or box.shape[-1] != 4:
+                return None
+            strides.append(int(suffix))
+        return tuple(sorted(strides)) or None
+
+    @classmethod
+    def recognises(cls, signature: ModelSignature) -> bool:
+        return cls._strides(signature) is not None
+
+    def check(self, signature: ModelSignature) -> None:
+        strides = self._strides(signature)
+        if strides is None:
+            raise ModelFileError(
+                "not an SCRFD model: expected one image input and outputs score_S [N,1] and "
+                f"bbox_S [N,4] for each stride S ({signature.describe()})"
+            )
+        self.strides = strides
+
+    def prepare_model(self, model, input_name: str):
+        return make_scrfd_dynamic(model, input_name)
+
+    def decode(self, outputs, letterbox):
+        if not self.strides:
+            raise RuntimeError("SCRFDAdapter.check(signature) must run before decode")
+        width, height = letterbox.input_size
+        boxes, scores = [], []
+        for s in self.strides:
+            score = np.asarray(outputs[f"{self.score_prefix}{s}"], np.float32)
+            dist = np.asarray(outputs[f"{self.bbox_prefix}{s}"], np.float32)
+            score = _squeeze_batch(score, 2, f"SCRFD score_{s}")[:, 0] if score.ndim == 3 else score.reshape(-1)
+            dist = _squeeze_batch(dist, 2, f"SCRFD bbox_{s}") if dist.ndim == 3 else dist
+            rows, cols = height // s, width // s
+            anchors = len(score) // max(1, rows * cols)
+            if anchors < 1 or len(score) != rows * cols * anchors or dist.shape != (len(score), 4):
+                raise ModelFileError(
+                    f"SCRFD stride {s}: outputs {score.shape}/{dist.shape} do not fit a {width}x{height} "
+                    f"input ({rows}x{cols} points per anchor; pad to a multiple of {max(self.strides)})"
+                )
+            keep = np.flatnonzero(score >= self.score_threshold)
+            cell = keep // anchors
+            px, py = (cell % cols) * float(s), (cell // cols) * float(s)
+            d = dist[keep] * s
+            boxes.append(np.stack([px - d[:, 0], py - d[:, 1], px + d[:, 2], py + d[:, 3]], axis=1))
+            scores.append(score[keep])
+        return self.finish(np.concatenate(boxes), np.concatenate(scores), letterbox)
+
+
+def require_trainable(adapter: DetectorAdapter, use: str) -> None:
+    """Refuse a detector whose licence allows evaluation only for ``use`` (e.g. "label training
+    data"): its outputs must not end up in weights that ship."""
+    if adapter.evaluation_only:
+        raise InputError(
+            f"the {adapter.name} detector's weights are licensed for evaluation only: it cannot {use}",
+            hint="evaluate with it (rfdeploy eval, benchmarks/eval_dev.py); pick a detector whose licence allows training",
+        )
+
+
 BOX_FORMATS = ("xyxy", "xywh", "cxcywh")
 
 
@@ -444,6 +626,7 @@ class DecodedBoxesAdapter(DetectorAdapter):
 ADAPTERS: dict[str, type[DetectorAdapter]] = {
     RetinaFaceAdapter.name: RetinaFaceAdapter,
     CenterFaceAdapter.name: CenterFaceAdapter,
+    SCRFDAdapter.name: SCRFDAdapter,
 }
 
 _JSON_KEYS = {
@@ -515,7 +698,7 @@ def resolve_adapter(adapter: str | os.PathLike | DetectorAdapter | None, signatu
 class OnnxDetector:
     """A third-party ONNX face detector run with onnxruntime, decoded by an adapter.
 
-    ``adapter``: None (recognise the model), "retinaface", "centerface", a JSON adapter file, or a
+    ``adapter``: None (recognise the model), "retinaface", "centerface", "scrfd", a JSON adapter file, or a
     DetectorAdapter. ``adapter_options`` (score_threshold, max_candidates, long_side, ...) go to the
     adapter's constructor when it is named or recognised. ``threads``: onnxruntime intra-op threads
     (None: its default).

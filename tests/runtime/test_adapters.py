@@ -20,6 +20,7 @@ from rfdeploy.runtime.adapters import (
     ModelSignature,
     OnnxDetector,
     RetinaFaceAdapter,
+    SCRFDAdapter,
     TensorInfo,
     load_adapter_json,
     retinaface_priors,
@@ -156,7 +157,8 @@ def test_recognition_by_signature():
     center = ModelSignature(img, tuple(TensorInfo(str(i), (1, c, 8, 8), "float32") for i, c in enumerate([1, 2, 2, 10])))
     assert RetinaFaceAdapter.recognises(retina) and not CenterFaceAdapter.recognises(retina)
     assert CenterFaceAdapter.recognises(center) and not RetinaFaceAdapter.recognises(center)
-    assert set(ADAPTERS) == {"retinaface", "centerface"}
+    assert not SCRFDAdapter.recognises(retina) and not SCRFDAdapter.recognises(center)
+    assert set(ADAPTERS) == {"retinaface", "centerface", "scrfd"}
 
 
 # ------------------------------------------------------------------------------------------
