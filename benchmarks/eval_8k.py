@@ -92,7 +92,7 @@ def main():
     ap.add_argument("--detector", default=None)
     ap.add_argument("--ranker", default=None)
     ap.add_argument("--scrfd", default=os.environ.get("RFDEPLOY_SCRFD_ONNX"), help="SCRFD-2.5G ONNX (reference only)")
-    ap.add_argument("--only", default=None, help="comma-separated subset of configuration labels")
+    ap.add_argument("--only", default=None, help="|-separated subset of configuration labels")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -114,7 +114,7 @@ def main():
     if args.scrfd:
         configs["SCRFD-2.5G (reference), one full-res pass"] = dict(detector=args.scrfd, adapter="scrfd", use_ranker=False,
                                                                    tile="off")
-    only = set(args.only.split(",")) if args.only else None
+    only = set(args.only.split("|")) if args.only else None
     results = {}
     print(f"{args.scenes} composed 8K scenes, {gt}")
     print(f"{'configuration':<44} {'AP@0.5':>7} {'AP@0.7':>7} {'s/image':>8} {'RSS GB':>7}  median IoU by face size")
