@@ -32,7 +32,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from rfdeploy.errors import BackendUnavailableError, InputError
+from rfdeploy.errors import BackendUnavailableError, InputError, RfdeployError
 
 LOOPBACK = "127.0.0.1"
 # Each stub's shared-memory pool starts at this size and grows in these steps; a batch of eight
@@ -247,10 +247,18 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    server = TritonServer(args.repo, args.server_env, http_port=args.http_port, grpc_port=args.grpc_port,
-                          startup_timeout=args.startup_timeout)
     try:
-        server.start()
+        server = TritonServer(args.repo, args.server_env, http_port=args.http_port, grpc_port=args.grpc_port,
+                              startup_timeout=args.startup_timeout)
+    except RfdeployError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    try:
+        try:
+            server.start()
+        except RfdeployError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return e.exit_code
         print(f"tritonserver ready: HTTP {server.http_url}, gRPC {server.grpc_url} (Ctrl-C stops it)", flush=True)
         while not stop["now"] and server.alive():
             time.sleep(0.5)

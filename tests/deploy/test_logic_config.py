@@ -11,6 +11,7 @@ import pytest
 
 from rfdeploy.errors import InputError
 from rfdeploy.runtime.facelogic import FaceLogicConfig, plan_for
+from tests.deploy.triton_fixtures import fake_server_env  # noqa: F401  (fixture)
 
 UHD_8K = (7680, 4320)
 
@@ -77,7 +78,7 @@ def test_settings_come_from_the_model_config_and_the_engine(runtime_profile_engi
     assert all(p.overlap >= cfg.tile_max_face for p in plan.passes if len(p.tiles) > 1)
 
 
-def test_cpu_repository_plans_as_infer_on_onnxruntime(tiny_onnx, tmp_path, fake_server_env):
+def test_cpu_repository_plans_as_infer_on_onnxruntime(tiny_onnx, tmp_path, fake_server_env):  # noqa: F811
     from rfdeploy.deploy.triton import write_triton_repo
     from rfdeploy.runtime.pipeline import FacePipeline
 
@@ -103,15 +104,3 @@ def test_tile_policy_is_one_grammar(runtime_profile_engines, tmp_path):
             write_triton_repo(tmp_path / f"r{bad}", runtime_profile_engines["detector"], tile=bad)
         assert str(infer_err.value) == str(repo_err.value)
     assert not [p for p in tmp_path.iterdir() if p.name != "repo"]
-
-
-@pytest.fixture
-def fake_server_env(tmp_path) -> Path:
-    """The layout of an nvidia-pytriton environment (what write_triton_repo looks for: the server
-    binary's place and numpy's version), without the 370 MB of the real one."""
-    site = tmp_path / "server-env" / "lib" / "python3.11" / "site-packages"
-    (site / "pytriton" / "tritonserver" / "bin").mkdir(parents=True)
-    (site / "pytriton" / "tritonserver" / "bin" / "tritonserver").write_bytes(b"")
-    (site / "numpy-1.26.4.dist-info").mkdir()
-    (site / "numpy-1.26.4.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: numpy\nVersion: 1.26.4\n")
-    return tmp_path / "server-env"
