@@ -43,6 +43,9 @@ class DetectorConfig:
     use_rfe: bool = True
     # depthwise-separable 3x3 convs in the FPN and the heads (CPU-speed variants)
     separable: bool = False
+    # "paper": RFE branches 1x3, 3x1, 1x5, 5x1; "stacked": the earlier 1xk-then-kx1 branches, for
+    # checkpoints made with it (their configs predate this field)
+    rfe_layout: str = "paper"
     strides: tuple[int, ...] = (4, 8, 16, 32, 64, 128)
     # anchor sizes per level are stride * each scale; aspect ratio is height / width
     anchor_scales: tuple[float, ...] = (2.0, 2.0 * math.sqrt(2.0))
@@ -77,6 +80,8 @@ class DetectorConfig:
             raise ValueError("candidates and max_detections must be >= 1")
         if not 0.0 < self.stc_threshold <= 1.0:
             raise ValueError("stc_threshold must be in (0, 1]")
+        if self.rfe_layout not in ("paper", "stacked"):
+            raise ValueError(f"rfe_layout must be 'paper' or 'stacked', got {self.rfe_layout!r}")
         if self.head_convs < 2 or (self.use_rfe and self.head_convs < 3):
             raise ValueError("head_convs must be >= 2 (>= 3 with RFE, which replaces the middle convs)")
 
@@ -91,6 +96,10 @@ class DetectorConfig:
     def from_dict(cls, d: dict) -> "DetectorConfig":
         d = dict(d)
         _reject_unknown(cls, d)
+        if "rfe_layout" not in d:
+            # configs stored before the field existed used the stacked RFE, unless they already
+            # carry "separable" (added together with the paper RFE)
+            d["rfe_layout"] = "paper" if "separable" in d else "stacked"
         if "fsm" in d:
             d["fsm"] = FSMConfig(**d["fsm"])
         if "contract" in d:

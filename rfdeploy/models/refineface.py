@@ -35,19 +35,24 @@ def conv3(cin: int, cout: int, stride: int = 1, separable: bool = False) -> nn.M
 
 class RFE(nn.Module):
     """Receptive Field Enhancement (paper 3.5, Fig. 7): four branches, each a 1x1 to C/4 then one
-    rectangular conv (1x3, 3x1, 1x5, 5x1), concatenated, fused by a 1x1, plus a shortcut."""
+    rectangular conv (1x3, 3x1, 1x5, 5x1), concatenated, fused by a 1x1, plus a shortcut.
+
+    ``layout="stacked"`` is the earlier form (each branch 1xk then kx1, a square k x k field),
+    kept only so checkpoints made with it still load."""
 
     KERNELS = ((1, 3), (3, 1), (1, 5), (5, 1))
 
-    def __init__(self, channels: int):
+    def __init__(self, channels: int, layout: str = "paper"):
         super().__init__()
         c4 = max(1, channels // 4)
 
         def branch(k: tuple[int, int]) -> nn.Sequential:
-            return nn.Sequential(
-                nn.Conv2d(channels, c4, 1), nn.ReLU(inplace=True),
-                nn.Conv2d(c4, c4, k, padding=(k[0] // 2, k[1] // 2)), nn.ReLU(inplace=True),
-            )
+            layers = [nn.Conv2d(channels, c4, 1), nn.ReLU(inplace=True),
+                      nn.Conv2d(c4, c4, k, padding=(k[0] // 2, k[1] // 2)), nn.ReLU(inplace=True)]
+            if layout == "stacked":
+                t = (k[1], k[0])
+                layers += [nn.Conv2d(c4, c4, t, padding=(t[0] // 2, t[1] // 2)), nn.ReLU(inplace=True)]
+            return nn.Sequential(*layers)
 
         self.branches = nn.ModuleList([branch(k) for k in self.KERNELS])
         self.fuse = nn.Conv2d(4 * c4, channels, 1)
@@ -62,13 +67,13 @@ class Subnet(nn.Module):
     one in a 3-conv tower)."""
 
     def __init__(self, cin: int, width: int, convs: int, out_per_anchor: int, anchors: int, rfe: bool,
-                 separable: bool = False):
+                 separable: bool = False, rfe_layout: str = "paper"):
         super().__init__()
         layers: list[nn.Module] = []
         for i in range(convs):
             middle = rfe and 1 <= i <= min(2, convs - 2)
             if middle:
-                layers.append(RFE(width))
+                layers.append(RFE(width, rfe_layout))
             else:
                 layers += [conv3(cin if i == 0 else width, width, separable=separable), nn.ReLU(inplace=True)]
         self.tower = nn.Sequential(*layers)
@@ -125,9 +130,10 @@ class RefineFace(nn.Module):
         w, n, rfe = cfg.head_channels, cfg.head_convs, cfg.use_rfe
         # One classification module for both STC steps (paper 3.2); the first-step regressor
         # (STR) has its own subnet.
-        self.cls_head = Subnet(cfg.fpn_channels, w, n, 1, a, rfe, sep)
-        self.box_head = Subnet(cfg.fpn_channels, w, n, 4, a, rfe, sep)
-        self.box_head_first = Subnet(cfg.fpn_channels, w, n, 4, a, rfe, sep)
+        lay = cfg.rfe_layout
+        self.cls_head = Subnet(cfg.fpn_channels, w, n, 1, a, rfe, sep, lay)
+        self.box_head = Subnet(cfg.fpn_channels, w, n, 4, a, rfe, sep, lay)
+        self.box_head_first = Subnet(cfg.fpn_channels, w, n, 4, a, rfe, sep, lay)
         # Anchor sizes per level as buffers (they follow .to(device)); full anchor grids are cached
         # per feature size, so a repeated input shape makes no tensor from host data (CUDA-graph
         # capture forbids host-to-device copies)

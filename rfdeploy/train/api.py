@@ -53,7 +53,9 @@ def train_detector_cli(*, data, annotations, preset, out, steps, batch_size, siz
         imagenet = default_imagenet
     opts = TrainOptions(steps=steps, batch_size=batch_size, lr=lr, device=device, workers=workers,
                         time_budget_s=time_budget, warmup_steps=min(500, max(1, steps // 10)), freeze_stages=freeze_stages,
-                        freeze_bn=backbone is not None, save_every=100)
+                        # imported BN-folded backbones and continued phases keep their BN statistics:
+                        # small CPU batches would overwrite them
+                        freeze_bn=backbone is not None or init_checkpoint is not None, save_every=100)
     return train_detector(cfg, ds, opts, out, imagenet_weights=None if backbone is not None else imagenet, use_fsm=use_fsm,
                           init_checkpoint=init_checkpoint, init_backbone=backbone)
 

@@ -212,3 +212,18 @@ def test_mobilenet_imagenet_weights_load(shared_data):
     before = m.backbone.net.features[1].conv[0][0].weight.clone()
     m.backbone.load_imagenet(shared_data / "models" / "mobilenet_v2_imagenet.pth")
     assert not torch.equal(before, m.backbone.net.features[1].conv[0][0].weight)
+
+
+def test_configs_stored_before_the_paper_rfe_load_with_the_stacked_layout():
+    from rfdeploy.models.config import DetectorConfig
+
+    legacy = detector_config("refineface_mbv2", fpn_channels=16, head_channels=16).to_dict()
+    for k in ("rfe_layout", "separable"):
+        legacy.pop(k)
+    cfg = DetectorConfig.from_dict(legacy)
+    assert cfg.rfe_layout == "stacked"
+    rfe = next(m for m in RefineFace(cfg).cls_head.tower if isinstance(m, RFE))
+    assert len(rfe.branches[0]) == 6  # 1x1, 1xk, kx1 (+ ReLUs): the earlier layout
+    new = detector_config("refineface_mnet025").to_dict()
+    new.pop("rfe_layout")
+    assert DetectorConfig.from_dict(new).rfe_layout == "paper"
