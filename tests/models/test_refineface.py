@@ -103,8 +103,8 @@ def test_rfe_branches_have_rectangular_receptive_fields():
     x[..., 5, 5] = 1.0  # an impulse
     extents = []
     with torch.no_grad():
-        for b in rfe.branches:
-            nz = b(x)[0].abs().sum(0).nonzero()
+        for y in rfe.branch_outputs(x):
+            nz = y[0].abs().sum(0).nonzero()
             extents.append((int(nz[:, 0].max() - nz[:, 0].min() + 1), int(nz[:, 1].max() - nz[:, 1].min() + 1)))
     assert sorted(extents) == sorted([(1, 3), (3, 1), (1, 5), (5, 1)])
 
@@ -222,8 +222,22 @@ def test_configs_stored_before_the_paper_rfe_load_with_the_stacked_layout():
         legacy.pop(k)
     cfg = DetectorConfig.from_dict(legacy)
     assert cfg.rfe_layout == "stacked"
-    rfe = next(m for m in RefineFace(cfg).cls_head.tower if isinstance(m, RFE))
+    from rfdeploy.models.refineface import StackedRFE
+
+    rfe = next(m for m in RefineFace(cfg).cls_head.tower if isinstance(m, StackedRFE))
     assert len(rfe.branches[0]) == 6  # 1x1, 1xk, kx1 (+ ReLUs): the earlier layout
     new = detector_config("refineface_mnet025").to_dict()
     new.pop("rfe_layout")
     assert DetectorConfig.from_dict(new).rfe_layout == "paper"
+
+
+def test_forward_decodes_only_the_selected_anchors_with_the_same_result(tiny_det_cfg):
+    # forward selects first and decodes K rows; decode_levels + select_candidates decodes all
+    torch.manual_seed(0)
+    m = build(tiny_det_cfg).eval()
+    x = torch.rand(2, 3, 96, 160) * 255
+    with torch.no_grad():
+        b, s = m(x)
+        rb, rs = select_candidates(*m.decode_levels(m.forward_raw(x)), tiny_det_cfg.candidates)
+    assert torch.equal(s, rs)
+    assert torch.allclose(b, rb, atol=1e-4)
