@@ -8,9 +8,9 @@ two callables:
   contract) -> ``(boxes [B,K,4] x1,y1,x2,y2 in input-tensor pixels, scores [B,K])``; rows with
   score 0 are padding (rfdeploy's detector graph pads its fixed-size candidate set that way).
 * ``infer_ranker(image, boxes)``: ``image`` [1,3,h,w] float32 (ranker contract), ``boxes`` [1,N,5]
-  from :func:`rfdeploy.models.crface.pack_candidates` -> refined scores [1,N].
+  from :func:`rfdeploy.runtime.detections.pack_candidates` -> refined scores [1,N].
 
-On the host everything is numpy apart from NMS (torchvision). With ``FaceLogicConfig.device`` set
+On the host everything is numpy, NMS included (no torch needed). With ``FaceLogicConfig.device`` set
 (the torch backend on a GPU) the image is uploaded once and resizing, normalisation, tile cuts and
 batching run as torch ops on that device, batches reach the network without a host round trip, and
 NMS runs there too; only the small candidate arrays (K rows per tile) visit the host for merging.
@@ -28,14 +28,14 @@ import numpy as np
 
 from rfdeploy.contract import PreprocessContract
 from rfdeploy.errors import InputError, ModelFileError
-from rfdeploy.runtime.detections import Detections
+from rfdeploy.runtime.detections import Detections, pack_candidates
 from rfdeploy.runtime.preprocess import Letterbox, padded_size, preprocess, target_scale
 from rfdeploy.runtime.tiling import (
     DEFAULT_AUTO_TILE,
     Pass,
     Tile,
     TilePlan,
-    choose_tile_size,
+    TilePolicy,
     drop_cut_boxes,
     plan_pyramid,
     to_image_coords,
@@ -65,7 +65,8 @@ class FaceLogicConfig:
     ``min_input``: (width, height) the detector input is padded up to at least (the profile's min),
     so small images and the last, smallest pyramid passes still fit the engine.
     ``ranker_min_input``: the same for the ranker's input.
-    ``tile``: ``auto|off|SIZE`` as in ``rfdeploy infer --tile``.
+    ``tile``: a :class:`~rfdeploy.runtime.tiling.TilePolicy` (``auto|off|SIZE`` as in ``rfdeploy infer
+    --tile``; a string is parsed once, here, and ``to_dict`` writes it back as one).
     ``tile_max_face``: largest face (px at tile scale) a tile must hold whole; default tile // 4.
     ``ranker_boxes``: the ranker's N (rows of its boxes input); 0 = no ranker.
     ``device``: None = pre/post-processing in numpy on the host; a torch device (``cuda:0``,
@@ -80,7 +81,7 @@ class FaceLogicConfig:
     min_input: tuple[int, int] | None = None
     max_input_size: tuple[int, int] | None = None
     ranker_min_input: tuple[int, int] | None = None
-    tile: str = "auto"
+    tile: TilePolicy | str = "auto"
     tile_max_face: int | None = None
     tile_min_face: int = 16
     seam_margin: int = 2
@@ -108,11 +109,12 @@ class FaceLogicConfig:
             v = getattr(self, name)
             if v is not None:
                 object.__setattr__(self, name, (int(v[0]), int(v[1])))
-        # Validates the spec early (raises ValueError for a bad one, or a tile larger than the input).
-        choose_tile_size(1, 1, self.tile, tile_limit(self))
+        object.__setattr__(self, "tile", TilePolicy.parse(self.tile))  # ValueError for a bad spec
+        self.tile.tile_size(1, 1, tile_limit(self))  # ValueError for a tile larger than the input
 
     def to_dict(self) -> dict:
         d = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        d["tile"] = str(self.tile)
         d["detector_contract"] = self.detector_contract.to_dict()
         d["ranker_contract"] = self.ranker_contract.to_dict() if self.ranker_contract else None
         return d
@@ -155,14 +157,14 @@ def plan_for(width: int, height: int, cfg: FaceLogicConfig) -> TilePlan | None:
     """The tile pyramid for an image, or None when it runs whole."""
     if cfg.detector_contract.resize != "none":
         return None  # a detector that resizes its input sees the whole image anyway
-    limit, spec = tile_limit(cfg), cfg.tile
-    if cfg.max_input_size is not None and str(spec).strip().lower() == "auto":
+    limit, policy = tile_limit(cfg), cfg.tile
+    if cfg.max_input_size is not None and policy.mode == "auto":
         pw, ph = input_size(width, height, cfg)
         if pw <= cfg.max_input_size[0] and ph <= cfg.max_input_size[1] and (
                 cfg.max_input is None or max(width, height) <= cfg.max_input):
             return None
-        spec = str(min(DEFAULT_AUTO_TILE, limit))  # too large (or the wrong way round) to run whole
-    tile = choose_tile_size(width, height, spec, limit)
+        policy = TilePolicy("size", min(DEFAULT_AUTO_TILE, limit))  # too large (or the wrong way round) to run whole
+    tile = policy.tile_size(width, height, limit)
     if tile is None:
         return None
     max_face = cfg.tile_max_face or tile // 4
@@ -328,8 +330,6 @@ def detect_candidates(rgb, infer_detector: InferDetector, cfg: FaceLogicConfig, 
 def rank_candidates(rgb, boxes: np.ndarray, scores: np.ndarray, infer_ranker: InferRanker,
                     cfg: FaceLogicConfig):
     """Ranker over the top-N candidates: ``(boxes, refined scores, detector scores)`` of those N."""
-    from rfdeploy.models.crface import pack_candidates
-
     h, w = rgb.shape[:2]
     packed, order = pack_candidates(boxes, scores, w, h, cfg.ranker_boxes)
     if isinstance(rgb, np.ndarray):

@@ -100,7 +100,7 @@ def face_logic_config(
             max_input_size=detector_limits.max_size if detector_limits is not None else None,
             min_input=detector_limits.min_size if detector_limits is not None else None,
             ranker_min_input=ranker_limits.min_size if ranker_limits is not None else None,
-            tile=str(policy),
+            tile=policy,
             candidate_thr=float(candidate_thr),
             max_candidates=max(MERGED_CANDIDATES, ranker_boxes),
             nms_iou=nms_iou,

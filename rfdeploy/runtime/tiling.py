@@ -248,10 +248,11 @@ def _next_size(width: int, height: int, s_step: Fraction, s_stop: Fraction) -> t
     return size(s_step, math.ceil)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class TilePolicy:
     """``--tile``, parsed once: ``auto`` (tile only images too large to run whole), ``off``, or a
-    fixed tile ``size``. ``str()`` gives the canonical spelling back (``auto``, ``off``, ``1024``)."""
+    fixed tile ``size``. ``str()`` gives the canonical spelling back (``auto``, ``off``, ``1024``),
+    and a policy equals its spellings (``TilePolicy.parse("AUTO") == "auto"``)."""
 
     mode: str = "auto"  # auto | off | size
     size: int | None = None
@@ -279,6 +280,19 @@ class TilePolicy:
 
     def __str__(self) -> str:
         return str(self.size) if self.mode == "size" else self.mode
+
+    def __eq__(self, other) -> bool:
+        if isinstance(other, (str, int)) and not isinstance(other, bool):
+            try:
+                other = TilePolicy.parse(other)
+            except ValueError:
+                return False
+        if not isinstance(other, TilePolicy):
+            return NotImplemented
+        return (self.mode, self.size) == (other.mode, other.size)
+
+    def __hash__(self) -> int:
+        return hash((self.mode, self.size))
 
     def tile_size(self, width: int, height: int, max_input: int | None = None) -> int | None:
         """The tile size for one image, or ``None`` for no tiling.

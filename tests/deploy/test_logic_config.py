@@ -11,6 +11,7 @@ import pytest
 
 from rfdeploy.errors import InputError
 from rfdeploy.runtime.facelogic import FaceLogicConfig, plan_for
+from rfdeploy.runtime.tiling import TilePolicy
 from tests.deploy.triton_fixtures import fake_server_env  # noqa: F401  (fixture)
 
 UHD_8K = (7680, 4320)
@@ -96,7 +97,7 @@ def test_tile_policy_is_one_grammar(runtime_profile_engines, tmp_path):
     # the same spellings are accepted (and the same refused) by infer's options and triton-repo
     run = _engine_pipeline(runtime_profile_engines, tile=" AUTO ").logic_config()
     repo = write_triton_repo(tmp_path / "repo", runtime_profile_engines["detector"], tile="AUTO")
-    assert run.tile == _served_config(repo).tile == "auto"
+    assert run.tile == _served_config(repo).tile == TilePolicy("auto")
     for bad in ("12", "big", "1024px"):
         with pytest.raises(InputError) as infer_err:
             _engine_pipeline(runtime_profile_engines, tile=bad)
@@ -104,3 +105,19 @@ def test_tile_policy_is_one_grammar(runtime_profile_engines, tmp_path):
             write_triton_repo(tmp_path / f"r{bad}", runtime_profile_engines["detector"], tile=bad)
         assert str(infer_err.value) == str(repo_err.value)
     assert not [p for p in tmp_path.iterdir() if p.name != "repo"]
+
+
+def test_tile_policy_parses_once_and_writes_back():
+    assert [str(TilePolicy.parse(s)) for s in ("auto", " OFF ", "1024", 512)] == ["auto", "off", "1024", "512"]
+    p = TilePolicy.parse("768")
+    assert TilePolicy.parse(p) is p and p == "768" and p != "auto" and p != "nonsense"
+    assert (p.tile_size(4000, 3000), p.tile_size(100, 100)) == (768, 768)
+    assert TilePolicy.parse("auto").tile_size(2048, 1000) is None and TilePolicy.parse("auto").tile_size(2049, 10) == 1024
+    from rfdeploy.contract import PreprocessContract
+
+    cfg = FaceLogicConfig(detector_contract=PreprocessContract(), tile=" AUTO ")
+    assert cfg.tile == TilePolicy("auto") and cfg.to_dict()["tile"] == "auto"
+    assert FaceLogicConfig.from_dict(cfg.to_dict()) == cfg
+    for bad in ("12", "big", ""):
+        with pytest.raises(ValueError):
+            TilePolicy.parse(bad)
