@@ -244,10 +244,8 @@ def _ranker_io(net: ServedNetwork) -> tuple[dict, int]:
     boxes = _find(net.inputs, "boxes", 3, net.source, "input")
     scores = _find(net.outputs, "scores", 2, net.source, "output")
     n = boxes.shape[1]
-    if n <= 0 and net.profile is not None:
-        from rfdeploy.engines.manifest import load_manifest as _load
-
-        prof = _load(net.source).profiles[net.profile].shapes[boxes.name]
+    if n <= 0 and net.profile is not None:  # an engine: a dynamic N fixed by its profile
+        prof = load_manifest(net.source).profiles[net.profile].shapes[boxes.name]
         if prof.min[1] == prof.max[1]:
             n = prof.max[1]
     if n <= 0:
