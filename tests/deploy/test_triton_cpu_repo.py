@@ -194,3 +194,23 @@ def test_launcher_finds_the_server_pieces_and_says_what_is_missing(tmp_path, fak
     # loopback only, metrics off
     assert cmd[cmd.index("--http-address") + 1] == cmd[cmd.index("--grpc-address") + 1] == "127.0.0.1"
     assert "--allow-metrics=false" in cmd and server.http_url == "127.0.0.1:18123"
+
+
+def test_cli_writes_a_cpu_repository_and_refuses_a_gpu_one_without_engine(tiny_onnx, tmp_path, fake_server_env):  # noqa: F811
+    from click.testing import CliRunner
+
+    from rfdeploy.cli import main
+
+    runner = CliRunner()
+    res = runner.invoke(main, ["triton-repo", str(tmp_path / "repo"), str(tiny_onnx["detector"]), "--ranker",
+                               str(tiny_onnx["ranker"]), "--cpu", "--server-env", str(fake_server_env), "--tile", "AUTO"])
+    assert res.exit_code == 0, res.output
+    assert "rfdeploy_detector, rfdeploy_faces, rfdeploy_ranker" in res.output
+    faces = json.loads((tmp_path / "repo" / "rfdeploy_faces" / "1" / "faces.json").read_text())
+    assert faces["facelogic"]["tile"] == "auto" and faces["ranker"]["model"] == "rfdeploy_ranker"
+    res = runner.invoke(main, ["triton-repo", str(tmp_path / "gpu")])
+    assert res.exit_code == 2 and "needs the detector engine" in res.output
+    res = runner.invoke(main, ["triton-repo", str(tmp_path / "bad"), str(tiny_onnx["detector"]), "--cpu",
+                               "--server-env", str(fake_server_env), "--no-ranker", "--tile", "12"])
+    assert res.exit_code == 2 and ">= 64" in res.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["repo", "server-env"]
