@@ -1,0 +1,93 @@
+"""Make a trained detector checkpoint the bundled default: pick its output score threshold (F1-best
+at IoU 0.5 on held-out composed scenes, never on the dev photos), store it in the config, write
+the checkpoint with fp16 storage, and report what the threshold gives on the dev photos (false
+positives, misses) and on the example photo.
+
+    python benchmarks/bundle_detector.py RUN/last.safetensors [--out rfdeploy/models/weights/X.safetensors]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def matched_scores(pipe, gt_json: Path):
+    """(scores, labels) of every detection: 1 true positive, 0 false positive, -1 ignored (IoU 0.5)."""
+    from rfdeploy.eval.ap import load_annotations, match_image
+    from rfdeploy.runtime.image_io import load_image
+
+    scores, labels, faces = [], [], 0
+    for g in load_annotations(gt_json):
+        det = pipe.detect(load_image(gt_json.parent / g.file).rgb)
+        scores.append(det.scores)
+        labels.append(match_image(det.boxes, det.scores, g, 0.5))
+        faces += int((~g.ignore).sum())
+    return np.concatenate(scores), np.concatenate(labels), faces
+
+
+def f1_best_threshold(scores, labels, faces) -> tuple[float, float, float]:
+    keep = labels >= 0
+    s, l = scores[keep], labels[keep]
+    order = np.argsort(-s, kind="stable")
+    s, l = s[order], l[order]
+    tp = np.cumsum(l == 1)
+    fp = np.cumsum(l == 0)
+    precision, recall = tp / np.maximum(tp + fp, 1), tp / max(faces, 1)
+    f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-9)
+    i = int(np.argmax(f1))
+    return float(s[i]), float(precision[i]), float(recall[i])
+
+
+def at_threshold(scores, labels, faces, thr):
+    sel = scores >= thr
+    return int((labels[sel] == 1).sum()), int((labels[sel] == 0).sum()), faces
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("checkpoint")
+    ap.add_argument("--out", default=None, help="where to write the bundled checkpoint (default: only report)")
+    ap.add_argument("--data", type=Path, default=SHARED)
+    ap.add_argument("--holdout", type=int, default=12)
+    args = ap.parse_args()
+
+    from rfdeploy.models import load
+    from rfdeploy.models.checkpoint import save_checkpoint
+    from rfdeploy.runtime.examples import example_image
+    from rfdeploy.runtime.image_io import load_image
+    from rfdeploy.runtime.pipeline import FacePipeline
+    from rfdeploy.train.synth import SceneGenerator, write_wider
+
+    out = Path(tempfile.mkdtemp(prefix="rfdeploy-thr-"))
+    gen = SceneGenerator(args.data / "facecrops", args.data / "backgrounds", out_size=((800, 600), (1600, 1200)),
+                         faces_per_image=(2, 12), face_size=(12, 400), seed=123, split="holdout")
+    held = next(Path(write_wider(out / "holdout", args.holdout, gen)).rglob("annotations.json"))
+    pipe = FacePipeline.create(detector=args.checkpoint, use_ranker=False, score_thr=0.0)
+    thr, p, r = f1_best_threshold(*matched_scores(pipe, held))
+    thr = round(thr, 2)
+    print(f"held-out composed scenes: F1-best threshold {thr:.2f} (precision {p:.3f}, recall {r:.3f})")
+    dev = args.data / "realfaces" / "dev" / "annotations.json"
+    if dev.is_file():
+        s, l, n = matched_scores(pipe, dev)
+        for t in sorted({0.5, thr}):
+            tp, fp, faces = at_threshold(s, l, n, t)
+            print(f"dev photos at {t:.2f}: {tp} of {faces} faces found, {fp} false positives "
+                  f"({int(((l == 0) & (s >= max(t, 0.9))).sum())} of them >= 0.9)")
+    det = pipe.detect(load_image(example_image()).rgb)
+    print(f"example photo: {int((det.scores >= thr).sum())} faces at {thr:.2f}")
+    if args.out:
+        model = load(args.checkpoint)
+        model.cfg = dataclasses.replace(model.cfg, output_score_threshold=thr)
+        save_checkpoint(model, args.out, dtype=__import__("torch").float16)
+        print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
