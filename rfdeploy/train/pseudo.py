@@ -185,9 +185,10 @@ def pseudo_label(inputs: list[str], teachers: list[Teacher], out_dir, *, every: 
 
 def onnx_teacher(path, adapter=None, nms_iou: float = 0.4, score_thr: float = 0.5) -> Teacher:
     """A third-party ONNX detector (rfdeploy.runtime.adapters) as a teacher: final detections."""
-    from rfdeploy.runtime.adapters import OnnxDetector
+    from rfdeploy.runtime.adapters import OnnxDetector, require_trainable
 
     det = OnnxDetector(path, adapter=adapter)
+    require_trainable(det.adapter, "label training data")
 
     def run(rgb: np.ndarray):
         d = det.detect(rgb, nms_iou=nms_iou, score_thr=score_thr)

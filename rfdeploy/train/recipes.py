@@ -127,9 +127,11 @@ def train_default_ranker(data_dir, detector_ckpt, out_dir, *, device="cpu", scen
     gen = SceneGenerator(d / "facecrops", d / "backgrounds", out_size=((640, 480), (1920, 1440)), seed=7, exclude_crops=NOISY_CROPS)
     detectors = [candidate_source(detector_ckpt, device)]
     for onnx_path in extra_onnx_detectors:
-        from rfdeploy.runtime.adapters import OnnxDetector
+        from rfdeploy.runtime.adapters import OnnxDetector, require_trainable
 
-        detectors.append(OnnxDetector(onnx_path).detect_candidates)
+        det = OnnxDetector(onnx_path)
+        require_trainable(det.adapter, "train the ranker")
+        detectors.append(det.detect_candidates)
     t = time.time()
 
     def scenes_iter():

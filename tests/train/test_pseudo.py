@@ -170,3 +170,18 @@ def test_real_teachers_agree_on_a_real_video(shared_data, tmp_path):
     summary = pseudo_label([str(shared_data / "video" / "franck.mp4")], teachers, tmp_path / "pl", every=500, max_frames=3)
     assert summary["inputs_seen"] == 3
     assert summary["agreed_faces"] >= 2  # one person on screen: both teachers find him
+
+
+def test_an_evaluation_only_detector_cannot_be_a_teacher(monkeypatch):
+    # SCRFD's weights are licensed for evaluation only: its outputs must not label training data
+    import rfdeploy.runtime.adapters as adapters
+    from rfdeploy.errors import InputError
+    from rfdeploy.train.pseudo import onnx_teacher
+
+    class FakeDetector:
+        def __init__(self, path, adapter=None):
+            self.adapter = adapters.SCRFDAdapter.__new__(adapters.SCRFDAdapter)
+
+    monkeypatch.setattr(adapters, "OnnxDetector", FakeDetector)
+    with pytest.raises(InputError, match="evaluation only"):
+        onnx_teacher("scrfd.onnx")
