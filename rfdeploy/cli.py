@@ -10,10 +10,15 @@ import click
 
 from rfdeploy import __version__
 from rfdeploy.engines.profiles import preset_names
-from rfdeploy.errors import PARTIAL_FAILURE_EXIT_CODE, InputError, RfdeployError
+from rfdeploy.errors import PARTIAL_FAILURE_EXIT_CODE, BackendUnavailableError, InputError, RfdeployError
 
 
 _PRESETS = preset_names()
+
+# Modules of the optional extras -> the extra that brings them (the base install runs ONNX files
+# and engines on onnxruntime only).
+_EXTRA_OF = {"torch": "torch", "torchvision": "torch", "onnxslim": "torch", "scipy": "train", "av": "train",
+             "ray": "scale", "tritonclient": "test"}
 
 
 class _Group(click.Group):
@@ -25,6 +30,14 @@ class _Group(click.Group):
         except RfdeployError as e:
             click.secho(f"error: {e}", fg="red", err=True)
             sys.exit(e.exit_code)
+        except ModuleNotFoundError as e:
+            extra = _EXTRA_OF.get((e.name or "").split(".")[0])
+            if extra is None:
+                raise
+            err = BackendUnavailableError(f"this command needs {e.name}, which is not installed",
+                                          hint=f'pip install "rfdeploy[{extra}]"')
+            click.secho(f"error: {err}", fg="red", err=True)
+            sys.exit(err.exit_code)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
@@ -466,7 +479,7 @@ def eval_cmd(gt, images, predictions, allow_missing, detector, adapter, ranker, 
         res = evaluate_pipeline(pipe, gt, images, plot)
     click.echo(res["report"])
     if json_out:
-        from rfdeploy.models.checkpoint import atomic_write_bytes
+        from rfdeploy.fsutil import atomic_write_bytes
 
         atomic_write_bytes(json_out, json.dumps({k: v for k, v in res.items() if k != "curves"}, indent=1, default=float).encode())
 

@@ -9,12 +9,17 @@ import json
 
 import numpy as np
 
+from rfdeploy.contract import METADATA_KEY as KEY_CONTRACT
 from rfdeploy.contract import PreprocessContract
 from rfdeploy.errors import ModelFileError
-from rfdeploy.export.onnx_export import KEY_CONFIG, KEY_CONTRACT, KEY_KIND
 from rfdeploy.models.config import config_from_dict
 from rfdeploy.runtime.backends.base import Runner
 from rfdeploy.runtime.preprocess import Letterbox
+
+# The keys rfdeploy.export.onnx_export writes. Named here rather than imported from there because
+# the exporter needs torch and reading a model must not (tests keep the two in step).
+KEY_KIND = "rfdeploy.kind"
+KEY_CONFIG = "rfdeploy.config"
 
 
 def _feed(runner: Runner, x):

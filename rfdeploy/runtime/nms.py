@@ -1,8 +1,11 @@
-"""Non-maximum suppression and candidate merging over torchvision's ops.
+"""Non-maximum suppression, box IoU and candidate merging.
 
 NMS stays outside the exported engines (TensorRT cannot build ONNX NonMaxSuppression, CRFace needs
 the candidates before NMS, and tiles need one global merge), so every backend ends here.
-Functions accept numpy arrays or torch tensors and answer in the kind they were given.
+Functions accept numpy arrays or torch tensors and answer in the kind they were given: numpy in
+numpy (no torch needed, so the onnxruntime install stays torch-free), torch with torchvision's ops
+(on the tensors' device). The numpy NMS does torchvision's float32 arithmetic step for step, so
+both keep the same boxes (tests compare them).
 """
 
 from __future__ import annotations
@@ -12,17 +15,15 @@ from typing import Iterable, Sequence
 import numpy as np
 
 
-def _as_tensor(x):
-    import torch
-
-    if isinstance(x, torch.Tensor):
-        return x
-    # A copy: numpy inputs may be read-only views, which torch.from_numpy warns about.
-    return torch.tensor(np.asarray(x, dtype=np.float32))
-
-
 def _is_torch(x) -> bool:
     return type(x).__module__.startswith("torch")
+
+
+def _check(iou: float, max_det: int | None) -> None:
+    if not (0.0 <= iou <= 1.0):
+        raise ValueError(f"iou must be within [0, 1], got {iou}")
+    if max_det is not None and max_det < 0:
+        raise ValueError(f"max_det must be >= 0, got {max_det}")
 
 
 def nms(boxes, scores, iou: float = 0.4, max_det: int | None = None):
@@ -30,35 +31,70 @@ def nms(boxes, scores, iou: float = 0.4, max_det: int | None = None):
 
     ``boxes`` [N,4] x1,y1,x2,y2 and ``scores`` [N], numpy or torch (then any device);
     ``iou``: boxes overlapping a kept box by more than this are removed; ``max_det``: keep at
-    most this many. Returns int64 indices of the same kind as ``boxes``.
+    most this many. Returns int64 indices of the same kind as ``boxes``. Equal scores keep the
+    lower index first.
     """
+    _check(iou, max_det)
+    if _is_torch(boxes):
+        return _nms_torch(boxes, scores, iou, max_det)
+    b = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+    s = np.asarray(scores, dtype=np.float32).reshape(-1)
+    if len(b) != len(s):
+        raise ValueError(f"{len(b)} boxes but {len(s)} scores")
+    return _nms_numpy(b, s, float(iou), len(b) if max_det is None else max_det)
+
+
+def _nms_numpy(b: np.ndarray, s: np.ndarray, iou: float, max_det: int) -> np.ndarray:
+    x1, y1, x2, y2 = (np.ascontiguousarray(b[:, k]) for k in range(4))
+    areas = (x2 - x1) * (y2 - y1)
+    alive = np.argsort(-s, kind="stable")
+    keep: list[int] = []
+    zero = np.float32(0)
+    with np.errstate(invalid="ignore", divide="ignore"):  # 0/0 for empty boxes: NaN, never suppresses
+        while alive.size and len(keep) < max_det:
+            i, rest = alive[0], alive[1:]
+            keep.append(int(i))
+            w = np.maximum(zero, np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]))
+            h = np.maximum(zero, np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]))
+            inter = w * h
+            overlap = inter / ((areas[i] + areas[rest]) - inter)
+            # compared in float64 as torchvision compares its float IoU with a double threshold
+            alive = rest[~(overlap.astype(np.float64) > iou)]
+    return np.asarray(keep, dtype=np.int64)
+
+
+def _nms_torch(boxes, scores, iou: float, max_det: int | None):
     import torch
     from torchvision.ops import nms as tv_nms
 
-    if not (0.0 <= iou <= 1.0):
-        raise ValueError(f"iou must be within [0, 1], got {iou}")
-    if max_det is not None and max_det < 0:
-        raise ValueError(f"max_det must be >= 0, got {max_det}")
-    torch_in = _is_torch(boxes)
-    b = _as_tensor(boxes).reshape(-1, 4).float()
-    s = _as_tensor(scores).reshape(-1).to(device=b.device, dtype=b.dtype)
+    b = boxes.reshape(-1, 4).float()
+    s = (scores if _is_torch(scores) else torch.tensor(np.asarray(scores, np.float32)))
+    s = s.reshape(-1).to(device=b.device, dtype=b.dtype)
     if len(b) != len(s):
         raise ValueError(f"{len(b)} boxes but {len(s)} scores")
     keep = tv_nms(b, s, float(iou)) if len(b) else torch.zeros(0, dtype=torch.int64, device=b.device)
-    if max_det is not None:
-        keep = keep[:max_det]
-    return keep if torch_in else keep.cpu().numpy().astype(np.int64)
+    return keep if max_det is None else keep[:max_det]
 
 
 def box_iou(boxes1, boxes2):
-    """Pairwise IoU [N,M] of x1,y1,x2,y2 boxes; numpy in, numpy (float32) out; torch in, torch out."""
-    from torchvision.ops import box_iou as tv_box_iou
+    """Pairwise IoU [N,M] of x1,y1,x2,y2 boxes; numpy in, numpy (float32) out; torch in, torch out
+    (torchvision's box_iou; the numpy path is the same float32 arithmetic)."""
+    if _is_torch(boxes1):
+        import torch
+        from torchvision.ops import box_iou as tv_box_iou
 
-    torch_in = _is_torch(boxes1)
-    a = _as_tensor(boxes1).reshape(-1, 4).float()
-    b = _as_tensor(boxes2).reshape(-1, 4).to(device=a.device, dtype=a.dtype)
-    out = tv_box_iou(a, b)
-    return out if torch_in else out.cpu().numpy()
+        a = boxes1.reshape(-1, 4).float()
+        b = boxes2 if _is_torch(boxes2) else torch.tensor(np.asarray(boxes2, np.float32))
+        return tv_box_iou(a, b.reshape(-1, 4).to(device=a.device, dtype=a.dtype))
+    a = np.asarray(boxes1, dtype=np.float32).reshape(-1, 4)
+    b = np.asarray(boxes2, dtype=np.float32).reshape(-1, 4)
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    wh = np.maximum(np.minimum(a[:, None, 2:], b[None, :, 2:]) - np.maximum(a[:, None, :2], b[None, :, :2]),
+                    np.float32(0))
+    inter = wh[..., 0] * wh[..., 1]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return inter / ((area_a[:, None] + area_b[None, :]) - inter)
 
 
 def merge_candidates(parts: Iterable[Sequence]) -> tuple:

@@ -85,16 +85,16 @@ class FacePipeline:
         ``engine_cache`` (default ``$RFDEPLOY_ENGINE_CACHE``), at ``precision`` (fp32|fp16; None:
         fp16 when ``fp16``). ``cuda_graph``: the torch backend on CUDA replays captured graphs.
         ``torch_preprocess``: see PipelineOptions."""
-        from rfdeploy.models import DEFAULT_DETECTOR, DEFAULT_RANKER
         from rfdeploy.runtime.backends.base import open_runner
         from rfdeploy.runtime.models import Detector, Ranker, ThirdPartyDetector
 
         notes: list[str] = []
-        det_path = Path(detector) if detector else DEFAULT_DETECTOR
+        det_path = Path(detector) if detector else bundled_model("detector", backend)
         if not det_path.is_file():
             raise InputError(f"detector model not found: {det_path}")
         _check_model_suffix(det_path, "detector")
-        if det_path.suffix.lower() == ".onnx" and (adapter is not None or not _has_rfdeploy_metadata(det_path)):
+        if detector and det_path.suffix.lower() == ".onnx" and (
+                adapter is not None or not _has_rfdeploy_metadata(det_path)):
             from rfdeploy.runtime.adapters import OnnxDetector
 
             det = ThirdPartyDetector(OnnxDetector(det_path, adapter=adapter))
@@ -106,7 +106,7 @@ class FacePipeline:
             notes.append(f"detector {det.name}: {runner.describe()}")
         rank = None
         if use_ranker:
-            rank_path = Path(ranker) if ranker else DEFAULT_RANKER
+            rank_path = Path(ranker) if ranker else bundled_model("ranker", backend)
             if not rank_path.is_file():
                 raise InputError(f"ranker model not found: {rank_path}", hint="or run with --no-ranker")
             _check_model_suffix(rank_path, "ranker")
@@ -194,6 +194,16 @@ class FacePipeline:
         if img.notes:
             rec["notes"] = list(img.notes)
         return rec
+
+
+def bundled_model(role: str, backend: str = "auto") -> Path:
+    """The bundled detector or ranker for a backend: its checkpoint for torch, else the ONNX file
+    shipped beside it (nothing to export, and no torch needed to run it)."""
+    from rfdeploy.models import DEFAULT_DETECTOR, DEFAULT_DETECTOR_ONNX, DEFAULT_RANKER, DEFAULT_RANKER_ONNX
+
+    checkpoint, onnx_file = ((DEFAULT_DETECTOR, DEFAULT_DETECTOR_ONNX) if role == "detector"
+                             else (DEFAULT_RANKER, DEFAULT_RANKER_ONNX))
+    return checkpoint if backend == "torch" else onnx_file
 
 
 def error_record(path, exc: BaseException) -> dict:

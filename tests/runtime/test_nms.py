@@ -103,3 +103,67 @@ def test_merge_candidates_and_merge_and_nms():
         merge_candidates([p1, p2[:2]])
     with pytest.raises(ValueError, match="part 0: 1 boxes but 2 scores"):
         merge_candidates([(p1[0], np.zeros(2))])
+
+
+# -- the numpy NMS and IoU against torchvision's (the torch path and the host path must agree) ------
+
+@st.composite
+def torchvision_cases(draw):
+    """Clustered boxes, some of exact integer geometry (IoUs land exactly on thresholds such as
+    1/3), some empty (zero area: torchvision's 0/0 IoU never suppresses), distinct scores."""
+    seed = draw(st.integers(0, 2**32 - 1))
+    rng = np.random.default_rng(seed)
+    n = draw(st.integers(0, 200))
+    k = max(1, n // 5)
+    c = rng.uniform(0, 100, (k, 2))[rng.integers(0, k, n)] + rng.normal(0, 3, (n, 2))
+    wh = rng.uniform(0, 30, (n, 2))
+    boxes = np.concatenate([c - wh / 2, c + wh / 2], axis=1)
+    if draw(st.booleans()):
+        boxes = np.round(boxes)
+    scores = rng.permutation(n).astype(np.float32) / max(n, 1) + rng.uniform(0, 1e-3, n).astype(np.float32)
+    iou = draw(st.sampled_from([0.3, 1 / 3, 0.4, 0.5, 0.7, 1.0]))
+    max_det = draw(st.sampled_from([None, 1, 5, 750]))
+    return boxes.astype(np.float32), scores, iou, max_det
+
+
+@given(torchvision_cases())
+@settings(max_examples=200, deadline=None)
+def test_numpy_nms_keeps_what_torchvision_keeps(case):
+    from torchvision.ops import nms as tv_nms
+
+    boxes, scores, iou, max_det = case
+    got = nms(boxes, scores, iou, max_det=max_det)
+    want = tv_nms(torch.from_numpy(boxes), torch.from_numpy(scores), iou).numpy()
+    assert got.dtype == np.int64
+    assert got.tolist() == want[:max_det].tolist()
+
+
+def test_numpy_nms_on_an_iou_exactly_at_the_threshold_follows_torchvision():
+    """IoU 1/3 in float32 is 0.33333334 > the double 1/3, so torchvision suppresses; a float32
+    comparison would not."""
+    from torchvision.ops import nms as tv_nms
+
+    boxes = np.array([[0, 0, 2, 1], [1, 0, 3, 1]], np.float32)
+    scores = np.array([0.9, 0.8], np.float32)
+    want = tv_nms(torch.from_numpy(boxes), torch.from_numpy(scores), 1 / 3).tolist()
+    assert want == [0]
+    assert nms(boxes, scores, 1 / 3).tolist() == want
+
+
+def test_numpy_nms_breaks_score_ties_by_index():
+    boxes = np.array([[50, 50, 60, 60], [0, 0, 10, 10], [1, 0, 10, 10]], np.float32)
+    assert nms(boxes, np.array([0.5, 0.5, 0.5], np.float32), 0.5).tolist() == [0, 1]
+    assert nms(boxes, np.array([0.4, 0.5, 0.5], np.float32), 0.5).tolist() == [1, 0]
+
+
+@given(torchvision_cases())
+@settings(max_examples=100, deadline=None)
+def test_numpy_box_iou_equals_torchvision(case):
+    from torchvision.ops import box_iou as tv_box_iou
+
+    boxes, _, _, _ = case
+    other = boxes[::-1].copy()
+    got = box_iou(boxes, other)
+    want = tv_box_iou(torch.from_numpy(boxes), torch.from_numpy(other)).numpy()
+    assert got.dtype == np.float32 and got.shape == want.shape
+    np.testing.assert_array_equal(got, want)  # NaN (empty boxes) in the same places, all else equal

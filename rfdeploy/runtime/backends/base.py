@@ -63,13 +63,42 @@ def model_kind(path: Path) -> str:
     raise InputError(f"{path}: unknown model file type {suffix!r}", hint="use .safetensors/.pt, .onnx or .engine")
 
 
+TORCH_HINT = 'pip install "rfdeploy[torch]" (or give an .onnx file or an engine, which need no torch)'
+
+
+def require_torch(purpose: str) -> None:
+    """A clear error (exit 5) instead of an ImportError where a checkpoint needs PyTorch, which the
+    base install (onnxruntime only) does not bring. Called only where torch is about to be used."""
+    try:
+        import torch  # noqa: F401
+        import torchvision  # noqa: F401
+    except ImportError as e:
+        raise BackendUnavailableError(f"{purpose} needs PyTorch ({e})", hint=TORCH_HINT) from None
+
+
 def cuda_available() -> bool:
+    """Whether torch sees a CUDA GPU. Where no CUDA driver library loads there can be none, and
+    torch is not imported at all (seconds of start-up that an onnxruntime run does not need)."""
+    if not _cuda_driver_loads():
+        return False
     try:
         import torch
 
         return torch.cuda.is_available()
     except Exception:
         return False
+
+
+def _cuda_driver_loads() -> bool:
+    import ctypes
+
+    for name in ("libcuda.so.1", "libcuda.so", "nvcuda.dll"):
+        try:
+            ctypes.CDLL(name)
+            return True
+        except OSError:
+            continue
+    return False
 
 
 def open_runner(path: str | os.PathLike, *, backend: str = "auto", device: str = "cpu", fp16: bool = False,
@@ -138,6 +167,7 @@ def open_runner(path: str | os.PathLike, *, backend: str = "auto", device: str =
 
     # a checkpoint
     if backend == "torch":
+        require_torch(f"the torch backend ({path.name})")
         from rfdeploy.runtime.backends.torch_runner import TorchRunner
 
         return TorchRunner(path, device=device, fp16=fp16, cuda_graph=cuda_graph, notes=notes)
@@ -147,6 +177,7 @@ def open_runner(path: str | os.PathLike, *, backend: str = "auto", device: str =
         if backend == "onnxruntime":
             raise BackendUnavailableError("onnxruntime is not installed", hint="pip install onnxruntime")
         notes.append("onnxruntime not installed: using the torch backend")
+        require_torch(f"running the checkpoint {path.name}")
         from rfdeploy.runtime.backends.torch_runner import TorchRunner
 
         return TorchRunner(path, device=device, fp16=fp16)
@@ -190,13 +221,14 @@ def cached_export(checkpoint: Path, cache_dir=None, notes: list[str] | None = No
     """Export a checkpoint to ONNX once; the cache key is the checkpoint's sha256 and our version,
     so a changed file is never served from a stale cache."""
     from rfdeploy import __version__
-    from rfdeploy.models.checkpoint import sha256_file
+    from rfdeploy.fsutil import sha256_file
 
     sha = sha256_file(checkpoint)
     cache = Path(cache_dir) if cache_dir else default_cache_dir() / "onnx"
     out = cache / f"{checkpoint.stem}-{sha[:16]}-v{__version__}.onnx"
     if out.is_file():
         return out
+    require_torch(f"exporting the checkpoint {checkpoint.name} to ONNX")
     from rfdeploy.export.onnx_export import export_model
     from rfdeploy.models import load
 
