@@ -1,6 +1,6 @@
 """onnxruntime CPU latency and output agreement of fp32 / fp16 / int8 versions of one model.
 
-    python benchmarks/precision_cpu.py --onnx det.onnx --images DIR [--size 640] [--num-calib 32]
+    python benchmarks/precision_cpu.py --onnx det.onnx --images DIR [--size 640] [--num-calib 32] [--target cpu]
     python benchmarks/precision_cpu.py --build toy|resnet18 --images DIR      # synthetic models
 
 The fp16 and int8 files are made with rfdeploy.export.fp16.convert_fp16 and rfdeploy.calib.calibrate
@@ -118,7 +118,8 @@ def _agreement(ref: list[np.ndarray], got: list[np.ndarray], names: list[str]) -
     return out
 
 
-def run(onnx_path: Path, images: Path, out_dir: Path, size: int, num_calib: int, runs: int, threads: int) -> dict:
+def run(onnx_path: Path, images: Path, out_dir: Path, size: int, num_calib: int, runs: int, threads: int,
+        target: str = "tensorrt") -> dict:
     import onnxruntime as ort
 
     fp16, int8 = out_dir / "model_fp16.onnx", out_dir / "model_int8.onnx"
@@ -126,7 +127,7 @@ def run(onnx_path: Path, images: Path, out_dir: Path, size: int, num_calib: int,
     convert_fp16(onnx_path, fp16)
     t_fp16 = time.perf_counter() - t
     t = time.perf_counter()
-    rep = calibrate(onnx_path, images, int8, num=num_calib, calib_size=size, allow_fewer=True)
+    rep = calibrate(onnx_path, images, int8, num=num_calib, calib_size=size, allow_fewer=True, target=target)
     t_int8 = time.perf_counter() - t
 
     model = load_onnx(onnx_path)
@@ -148,6 +149,7 @@ def run(onnx_path: Path, images: Path, out_dir: Path, size: int, num_calib: int,
     ref = sessions["fp32"].run(None, feeds[0])
     result = {
         "model": str(onnx_path),
+        "int8_target": target,
         "input_shape": list(feeds[0][inputs.image].shape),
         "threads": threads,
         "median_ms": {k: round(v, 2) for k, v in lat.items()},
@@ -171,6 +173,7 @@ def main() -> None:
     ap.add_argument("--num-calib", type=int, default=32)
     ap.add_argument("--runs", type=int, default=10)
     ap.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0: default)")
+    ap.add_argument("--target", choices=("tensorrt", "cpu"), default="tensorrt", help="INT8 file layout")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -182,7 +185,8 @@ def main() -> None:
             path = build_resnet18_detector(tmp / "resnet18_det.onnx")
         else:
             path = args.onnx
-        print(json.dumps(run(path, args.images, tmp, args.size, args.num_calib, args.runs, args.threads), indent=2))
+        print(json.dumps(run(path, args.images, tmp, args.size, args.num_calib, args.runs, args.threads,
+                                    args.target), indent=2))
 
 
 if __name__ == "__main__":

@@ -9,8 +9,9 @@ rfdeploy.export.verify.compare_candidates (robust to TopK order among near-ties)
 the fp32 detector's candidates packed by rfdeploy.models.crface.pack_candidates; its refined scores
 are compared on the real (non-padded) rows. Latency: median of --runs single-image runs of each
 precision in this one process, after two warm-up runs (onnxruntime CPU, default threads).
-INT8 calibration images: the astronaut, tests/fixtures/grace_hopper.jpg and, when present, the
-backgrounds of the shared data folder.
+INT8 files for both targets (``tensorrt``: Q/DQ; ``cpu``: onnxruntime's operator format), max
+calibration on: the astronaut, tests/fixtures/grace_hopper.jpg and, when present, the
+backgrounds of the shared data folder. benchmarks/int8.py measures the INT8 goals in full.
 """
 
 from __future__ import annotations
@@ -89,23 +90,31 @@ def _errors(errs) -> dict:
     return {e.name: {"max_abs": e.max_abs, "max_rel": e.max_rel, "n": e.compared} for e in errs}
 
 
+LOW = ("fp16", "int8_tensorrt", "int8_cpu")
+
+
 def detector_report(det: Path, out: Path, calib: list[Path], runs: int, min_score: float) -> tuple[dict, tuple]:
-    fp16, int8 = out / "det.fp16.onnx", out / "det.int8.onnx"
+    fp16 = out / "det.fp16.onnx"
     t = time.perf_counter()
     convert_fp16(det, fp16)
     t16 = time.perf_counter() - t
-    t = time.perf_counter()
-    rep = calibrate(det, calib, int8, num=len(calib), calib_size=640, allow_fewer=True)
-    t8 = time.perf_counter() - t
+    paths, conv_s, nodes = {"fp32": det, "fp16": fp16}, {"fp16": round(t16, 2)}, {}
+    for target in ("tensorrt", "cpu"):
+        key = f"int8_{target}"
+        paths[key] = out / f"det.int8.{target}.onnx"
+        t = time.perf_counter()
+        rep = calibrate(det, calib, paths[key], num=len(calib), calib_size=640, allow_fewer=True, target=target)
+        conv_s[key] = round(time.perf_counter() - t, 2)
+        nodes[key] = rep.quantized_nodes
     rgb = vga_image()
     x, _ = preprocess(rgb, _contract(det))
     feed = {"image": x}
-    sessions = {k: _session(p) for k, p in (("fp32", det), ("fp16", fp16), ("int8", int8))}
+    sessions = {k: _session(p) for k, p in paths.items()}
     ref_b, ref_s = sessions["fp32"].run(None, feed)
-    result = {"input_shape": list(x.shape), "conversion_s": {"fp16": round(t16, 2), "int8": round(t8, 2)},
-              "int8_quantized_nodes": rep.quantized_nodes, "calibration_images": rep.num_used,
+    result = {"input_shape": list(x.shape), "conversion_s": conv_s,
+              "int8_quantized_nodes": nodes, "calibration_images": rep.num_used,
               "fp32_candidates_over_threshold": int((ref_s[0] > min_score).sum())}
-    for k in ("fp16", "int8"):
+    for k in LOW:
         b, s = sessions[k].run(None, feed)
         result[f"{k}_vs_fp32"] = _errors(compare_candidates(b[0], s[0], ref_b[0], ref_s[0], min_score))
     result["median_ms"] = {k: round(_median_ms(s, feed, runs), 2) for k, s in sessions.items()}
@@ -113,18 +122,21 @@ def detector_report(det: Path, out: Path, calib: list[Path], runs: int, min_scor
 
 
 def ranker_report(rank: Path, out: Path, calib: list[Path], runs: int, candidates: tuple) -> dict:
-    fp16, int8 = out / "rank.fp16.onnx", out / "rank.int8.onnx"
-    convert_fp16(rank, fp16)
-    calibrate(rank, calib, int8, num=len(calib), calib_size=640, allow_fewer=True)
+    paths = {"fp32": rank, "fp16": out / "rank.fp16.onnx"}
+    convert_fp16(rank, paths["fp16"])
+    for target in ("tensorrt", "cpu"):
+        paths[f"int8_{target}"] = out / f"rank.int8.{target}.onnx"
+        calibrate(rank, calib, paths[f"int8_{target}"], num=len(calib), calib_size=640, allow_fewer=True,
+                  target=target)
     rgb, boxes, scores = candidates
-    sess = {k: _session(p) for k, p in (("fp32", rank), ("fp16", fp16), ("int8", int8))}
+    sess = {k: _session(p) for k, p in paths.items()}
     n = sess["fp32"].get_inputs()[1].shape[1]
     packed, order = pack_candidates(boxes, scores, rgb.shape[1], rgb.shape[0], n)
     image, _ = preprocess(rgb, _contract(rank))
     feed = {"image": image, "boxes": packed[None]}
     ref = sess["fp32"].run(None, feed)[0][0, : len(order)]
     result = {"input_shape": list(image.shape), "real_rows": len(order)}
-    for k in ("fp16", "int8"):
+    for k in LOW:
         got = sess[k].run(None, feed)[0][0, : len(order)]
         err = float(np.abs(got - ref).max()) if len(order) else 0.0
         result[f"{k}_vs_fp32"] = {"scores": {"max_abs": err, "max_rel": err / max(float(np.abs(ref).max()), 1e-12)}}

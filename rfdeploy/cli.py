@@ -130,24 +130,64 @@ def export(checkpoints, output, config, fp16, verify, opset):
 
 @main.command()
 @click.argument("onnx_file", type=click.Path(dir_okay=False))
-@click.option("--images", required=True, type=click.Path(), help="Folder of calibration images.")
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="The Q/DQ ONNX file to write.")
-@click.option("--num", default=256, show_default=True, help="Images to use.")
+@click.option("--images", "images", required=True, multiple=True, type=click.Path(),
+              help="Folder or file of calibration images or videos (repeatable; videos give evenly spaced frames).")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="The INT8 ONNX file to write.")
+@click.option("--target", type=click.Choice(["tensorrt", "cpu"]), default="tensorrt", show_default=True,
+              help="tensorrt: explicit signed Q/DQ (TensorRT, TensorRT-RTX); cpu: onnxruntime's fast x86 kernels "
+                   "(uint8 activations, int8 weights, operator format).")
+@click.option("--num", default=256, show_default=True, help="Images (or video frames) to use.")
 @click.option("--method", type=click.Choice(["max", "entropy", "percentile"]), default="max", show_default=True,
-              help="Activation range: max (min/max), or a histogram (entropy, percentile), whose memory "
-                   "grows with --num (see docs/benchmarks.md).")
+              help="Activation range: min/max, or from a histogram (entropy, percentile); all stream one batch "
+                   "at a time.")
+@click.option("--percentile", default=99.999, show_default=True, help="Share of values kept by --method percentile.")
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
               help="Calibration cache folder (default: none, ranges are recomputed).")
 @click.option("--calib-size", default=640, show_default=True, help="Long side of the calibration images.")
+@click.option("--batch-size", default=1, show_default=True, help="Images per calibration run (memory grows with it).")
+@click.option("--max-memory", default=None,
+              help="Peak memory allowed, e.g. 8G (default: what the system has available); refused up front if "
+                   "the estimate is larger.")
+@click.option("--video-frames", default=64, show_default=True, help="Frames taken from each video file.")
 @click.option("--allow-fewer", is_flag=True, help="Accept fewer images than --num (with a warning).")
-def calibrate(onnx_file, images, output, num, method, cache_dir, calib_size, allow_fewer):
-    """INT8: write an explicit Q/DQ ONNX calibrated on real images (TensorRT-ready)."""
+@click.option("--analyse", is_flag=True,
+              help="Rank layers by how much their INT8 changes the heads' outputs; the ranking is printed and "
+                   "written beside the output (<name>.sensitivity.json).")
+@click.option("--analyse-num", default=8, show_default=True, help="Calibration images used by --analyse.")
+@click.option("--analyse-size", default=320, show_default=True, help="Long side of the --analyse images.")
+@click.option("--analyse-mode", type=click.Choice(["one_at_a_time", "leave_one_out"]), default="one_at_a_time",
+              show_default=True)
+@click.option("--keep-float", type=int, default=None,
+              help="With --analyse: leave the N most sensitive layers (units of shared weights) in float.")
+@click.option("--max-nmse", type=float, default=None,
+              help="With --analyse: leave the fewest most sensitive layers in float that bring the heads' output "
+                   "error (normalised MSE on the analysis images) to this value.")
+@click.option("--reduce-range", is_flag=True, help="cpu target: 7-bit weights, for x86 CPUs without VNNI.")
+def calibrate(onnx_file, images, output, target, num, method, percentile, cache_dir, calib_size, batch_size,
+              max_memory, video_frames, allow_fewer, analyse, analyse_num, analyse_size, analyse_mode, keep_float,
+              max_nmse, reduce_range):
+    """INT8: write a quantized ONNX calibrated on real images, for TensorRT or onnxruntime's CPU EP."""
     from rfdeploy.calib import calibrate as run
 
-    rep = run(onnx_file, images, output, num=num, method=method, cache_dir=cache_dir, calib_size=calib_size,
-              allow_fewer=allow_fewer)
-    click.echo(f"wrote {rep.dst}: {rep.quantized_nodes} nodes quantized, {rep.excluded_nodes} kept in float "
-               f"({rep.num_used} images, {rep.method}, cache {'hit' if rep.cache_hit else 'miss'})")
+    if (keep_float is not None or max_nmse is not None) and not analyse:
+        raise InputError("--keep-float and --max-nmse choose layers from a sensitivity analysis: add --analyse")
+    if keep_float is not None and max_nmse is not None:
+        raise InputError("choose one of --keep-float and --max-nmse")
+    rep = run(onnx_file, list(images), output, num=num, method=method, target=target, cache_dir=cache_dir,
+              calib_size=calib_size, batch_size=batch_size, allow_fewer=allow_fewer, percentile=percentile,
+              max_memory=max_memory, video_frames=video_frames, reduce_range=reduce_range, analyse=analyse,
+              analyse_num=analyse_num, analyse_size=analyse_size, analyse_mode=analyse_mode,
+              keep_float_top=keep_float, max_nmse=max_nmse,
+              progress=(lambda k, n: click.echo(f"  analysed {k}/{n} layers", err=True) if k % 25 == 0 or k == n
+                        else None) if analyse else None)
+    if rep.sensitivity is not None:
+        for line in rep.sensitivity.lines():
+            click.echo(line)
+        click.echo(f"wrote {rep.sensitivity_file}")
+    click.echo(f"wrote {rep.dst} ({rep.target}): {rep.quantized_nodes} nodes quantized, {rep.excluded_nodes} kept "
+               f"in float{f' + {len(rep.kept_float)} sensitive' if rep.kept_float else ''} "
+               f"({rep.num_used} images, {rep.method}, cache {'hit' if rep.cache_hit else 'miss'}"
+               f"{f', peak memory {rep.peak_rss_bytes / 2**30:.1f} GB' if rep.peak_rss_bytes else ''})")
     for w in rep.warnings:
         click.secho(f"warning: {w}", fg="yellow", err=True)
 

@@ -1,18 +1,32 @@
-"""FP32 ONNX + calibration images -> explicit Q/DQ INT8 ONNX that TensorRT accepts.
+"""FP32 ONNX + calibration images -> INT8 ONNX for TensorRT (explicit Q/DQ) or onnxruntime's CPU EP.
 
-TensorRT 11 and TensorRT-RTX have no INT8 calibrator: INT8 is decided in the ONNX file with
-QuantizeLinear/DequantizeLinear nodes. They are made with onnxruntime's ``quantize_static`` in QDQ
-format: signed int8 activations and weights, symmetric (zero-point 0), per-channel weights, and
-biases left in float (``QuantizeBias=False``: TensorRT's parser rejects int32 bias DQ, FACTS.md).
-Only Conv/Gemm/MatMul are quantized; the post-network region (rfdeploy.export.graph_regions:
-Sigmoid, STC filter, Exp decode, anchors, TopK, box-coordinate inputs) stays float, and the Q/DQ
-onnxruntime places on the heads' last Conv outputs is removed so logits reach the Sigmoid unrounded.
+TensorRT 11 and TensorRT-RTX have no INT8 calibrator: INT8 is decided in the ONNX file. The file is
+made in three steps:
+
+1. **Ranges** (rfdeploy.calib.collect): the model runs on the calibration images one batch at a
+   time, every activation the quantizer needs updates a running min/max or histogram, and the
+   batch is dropped; memory is estimated first and the run is refused when it cannot fit.
+2. **Quantization** with onnxruntime's ``quantize_static`` fed those ranges (through its
+   calibration cache file), in the layout of the target (rfdeploy.calib.targets): ``tensorrt``
+   writes signed symmetric Q/DQ with per-channel weights and float biases (TensorRT's parser
+   rejects int32 bias DQ, FACTS.md); ``cpu`` writes onnxruntime's operator format with uint8
+   activations and int8 per-channel weights (its fast x86 kernels).
+3. **Checks and clean-up**: the post-network region (rfdeploy.export.graph_regions: Sigmoid, STC
+   filter, Exp decode, anchors, TopK, box-coordinate inputs) stays float, the Q/DQ placed on the
+   heads' last outputs is removed so logits reach the Sigmoid unrounded, and ``keep_float`` nodes
+   (from a sensitivity analysis, rfdeploy.calib.sensitivity) are left in float.
+
+With biases left in float, onnxruntime must not enlarge weight scales "for the int32 bias" (its
+QDQ quantizer does by default, even when biases are not quantized): a weight shared by several
+Convs (RefineFace's heads run one set of weights on every pyramid level) would otherwise get the
+scale demanded by the level with the smallest input range, and on the others round to zero.
 
 Calibration inputs go through the runtime's own preprocessing (rfdeploy.runtime.preprocess) with
 the contract stored in the model. To stack into fixed-shape batches, every image is first resized
 so its long side is ``calib_size`` (models with a ``long_side`` contract are resized by the contract
 itself, to ``resize_to``), then letterboxed by ``preprocess`` onto a square canvas of the padded
-size (bottom/right padding with the mean colour, exactly as at run time).
+size (bottom/right padding with the mean colour, exactly as at run time). Video files contribute
+evenly spaced frames (rfdeploy.calib.images).
 
 Ranker models (a second input ``boxes`` [B, N, 5] in the ranker's own format: rows x, y, w, h
 normalised by the source image width/height, score; sorted by score descending, zero-padded, as
@@ -23,9 +37,10 @@ them so the zero padding is seen too; seeded per image so runs repeat) and packe
 ``pack_candidates``, the function every runtime backend uses.
 
 The tensor ranges are cached in ``cache_dir`` as JSON, keyed by the sha256 of: the model bytes, the
-sorted hashes of the image files used, the contract JSON, the method, ``num``, ``calib_size``, the
-quantized op types, the box source and the onnxruntime version. The key is in the file name and
-is checked against the key stored inside; a file that does not match is recomputed, never reused.
+hashes of the calibration pictures (file hash and frame index), the contract JSON, the method and
+its parameters, ``num``, ``calib_size``, the target and its quantized op types, the box source and
+the collector version. The key is in the file name and is checked against the key stored inside;
+a file that does not match is recomputed, never reused.
 """
 
 from __future__ import annotations
@@ -35,19 +50,35 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import onnx
 
-from rfdeploy.calib.images import list_image_files, load_rgb, spread_order
-from rfdeploy.calib.qdq import qdq_problems, unquantize_region_inputs
+from rfdeploy.calib import collect
+from rfdeploy.calib.images import (
+    DEFAULT_VIDEO_FRAMES,
+    CalibSource,
+    FrameReader,
+    list_sources,
+    load_rgb,
+    load_source,
+    spread_order,
+)
+from rfdeploy.calib.qdq import (
+    initializers_for_constants,
+    qdq_problems,
+    unquantize_region_inputs,
+    unshare_initializers,
+)
+from rfdeploy.calib.targets import TARGET_KEY, Int8Target, get_target
 from rfdeploy.contract import METADATA_KEY, PreprocessContract
 from rfdeploy.errors import BuildError, InputError, ModelFileError
 from rfdeploy.export.graph_regions import (
     SENSITIVE_OPS,
+    Fp32Region,
     ensure_node_names,
     find_fp32_region,
 )
@@ -64,13 +95,14 @@ from rfdeploy.export.precision_io import (
 from rfdeploy.fsutil import atomic_write_bytes
 from rfdeploy.runtime.preprocess import Letterbox, padded_size, preprocess
 
-METHODS = ("max", "entropy", "percentile")
-DEFAULT_OP_TYPES = ("Conv", "Gemm", "MatMul")
+METHODS = collect.METHODS
 DEFAULT_EXCLUDE_OPS = SENSITIVE_OPS
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
+COLLECTOR_VERSION = f"stream-v1-bins{collect.DEFAULT_BINS}-sample{collect.DEFAULT_SAMPLE}"
 SYNTHETIC_BOXES = "synthetic-packed-v2"
 METHOD_KEY = "rfdeploy.calibration.method"
 CACHE_KEY_KEY = "rfdeploy.calibration.key"
+FLOAT_NODES_KEY = "rfdeploy.int8.float_nodes"
 
 BoxesFn = Callable[[np.ndarray, Letterbox], np.ndarray]
 
@@ -80,6 +112,7 @@ class CalibrationReport:
     src: str
     dst: str
     method: str
+    target: str
     num_requested: int
     num_used: int
     images: list[str]
@@ -90,7 +123,12 @@ class CalibrationReport:
     quantized_nodes: int
     excluded_nodes: int
     float_region_inputs_restored: int
+    kept_float: list[str] = field(default_factory=list)
+    memory_estimate_bytes: int | None = None
+    peak_rss_bytes: int | None = None
     warnings: list[str] = field(default_factory=list)
+    sensitivity_file: str | None = None
+    sensitivity: object | None = None  # rfdeploy.calib.sensitivity.SensitivityReport
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -168,11 +206,10 @@ def calibration_canvas(contract: PreprocessContract, calib_size: int) -> int:
     return padded_size(side, side, contract.pad_multiple)[0]
 
 
-def prepare_image(path: Path, contract: PreprocessContract, calib_size: int) -> tuple[np.ndarray, Letterbox]:
-    """One calibration tensor (1x3xSxS) through the runtime preprocessing."""
+def prepare_rgb(rgb: np.ndarray, contract: PreprocessContract, calib_size: int) -> tuple[np.ndarray, Letterbox]:
+    """One calibration tensor (1x3xSxS) from an RGB picture, through the runtime preprocessing."""
     from PIL import Image
 
-    rgb = load_rgb(path)
     if contract.resize == "none":
         h, w = rgb.shape[:2]
         s = calib_size / max(h, w)
@@ -183,55 +220,31 @@ def prepare_image(path: Path, contract: PreprocessContract, calib_size: int) -> 
     return preprocess(rgb, contract, min_size=(side, side))
 
 
-class _Reader:
-    """onnxruntime CalibrationDataReader: feeds preprocessed batches, decoding lazily."""
-
-    def __init__(self, files, contract, calib_size, inputs: _ModelInputs, batch_size, boxes_fn, num_boxes):
-        self._files, self._contract, self._size = files, contract, calib_size
-        self._inputs, self._batch, self._boxes_fn, self._num_boxes = inputs, batch_size, boxes_fn, num_boxes
-        self._pos = 0
-
-    def get_next(self):
-        if self._pos >= len(self._files):
-            return None
-        chunk = self._files[self._pos : self._pos + self._batch]
-        start = self._pos
-        self._pos += len(chunk)
-        tensors, boxes = [], []
-        for k, path in enumerate(chunk):
-            x, lb = prepare_image(path, self._contract, self._size)
-            tensors.append(x)
-            if self._inputs.boxes is not None:
-                b = self._boxes_fn(x, lb) if self._boxes_fn else synthetic_boxes(lb, self._num_boxes, start + k)
-                boxes.append(np.asarray(b, np.float32)[None])
-        feed = {self._inputs.image: np.concatenate(tensors, 0)}
-        if self._inputs.boxes is not None:
-            if len({b.shape for b in boxes}) != 1:
-                raise InputError("boxes_fn must return the same number of boxes for every image")
-            feed[self._inputs.boxes] = np.concatenate(boxes, 0)
-        return feed
-
-    def __len__(self):
-        return len(self._files)
+def prepare_image(path: Path, contract: PreprocessContract, calib_size: int) -> tuple[np.ndarray, Letterbox]:
+    """One calibration tensor (1x3xSxS) from an image file."""
+    return prepare_rgb(load_rgb(path), contract, calib_size)
 
 
-def select_images(images, num: int, allow_fewer: bool) -> tuple[list[Path], list[str]]:
-    """Up to ``num`` decodable images spread over the sorted list, and warnings for skipped files."""
+def select_images(images, num: int, allow_fewer: bool,
+                  video_frames: int = DEFAULT_VIDEO_FRAMES) -> tuple[list[CalibSource], list[str]]:
+    """Up to ``num`` readable pictures spread over the sorted list, and warnings for skipped files."""
     if num < 1:
         raise ValueError("num must be >= 1")
-    files = list_image_files(images)
+    sources = list_sources(images, video_frames)
     chosen, warnings = [], []
-    for i in spread_order(len(files), num):
+    for i in spread_order(len(sources), num):
         if len(chosen) == num:
             break
-        try:
-            load_rgb(files[i])
-        except InputError as e:
-            warnings.append(f"skipped: {e}")
-            continue
-        chosen.append(files[i])
+        src = sources[i]
+        if not src.is_video:  # video frames are checked when decoded (decoding them twice is slow)
+            try:
+                load_rgb(src.path)
+            except InputError as e:
+                warnings.append(f"skipped: {e}")
+                continue
+        chosen.append(src)
     if not chosen:
-        raise InputError(f"no readable calibration image among {len(files)} file(s)", hint="; ".join(warnings[:3]))
+        raise InputError(f"no readable calibration image among {len(sources)} file(s)", hint="; ".join(warnings[:3]))
     if len(chosen) < num:
         msg = f"only {len(chosen)} readable calibration image(s), {num} requested"
         if not allow_fewer:
@@ -240,26 +253,131 @@ def select_images(images, num: int, allow_fewer: bool) -> tuple[list[Path], list
     return sorted(chosen), warnings
 
 
+@dataclass
+class CalibContext:
+    """A model prepared for calibration: what every step (ranges, quantization, analysis) shares."""
+
+    src: Path
+    model: onnx.ModelProto  # node names made unique
+    contract: PreprocessContract
+    inputs: _ModelInputs
+    metadata: dict[str, str]
+    target: Int8Target
+    op_types: tuple[str, ...]
+    region: Fp32Region
+    head_nodes: frozenset[str]  # produce the region's float inputs (kept float for the cpu target)
+    calib_size: int
+    boxes_fn: BoxesFn | None
+    num_boxes: int
+
+    @property
+    def canvas(self) -> int:
+        return calibration_canvas(self.contract, self.calib_size)
+
+    @property
+    def excluded(self) -> frozenset[str]:
+        return self.region.nodes | (self.head_nodes if self.target.float_head_outputs else frozenset())
+
+    def tensors(self) -> list[str]:
+        return collect.tensors_to_calibrate(self.model, self.op_types, self.region.nodes)
+
+    def batches(self, sources: list[CalibSource], batch_size: int, size: int | None = None,
+                ) -> Iterator[dict[str, np.ndarray]]:
+        """Preprocessed feeds of ``batch_size`` pictures, decoded lazily (one batch in memory)."""
+        size = size or self.calib_size
+        frames = FrameReader()
+        try:
+            for start in range(0, len(sources), batch_size):
+                tensors, boxes = [], []
+                for k, src in enumerate(sources[start : start + batch_size]):
+                    x, lb = prepare_rgb(load_source(src, frames), self.contract, size)
+                    tensors.append(x)
+                    if self.inputs.boxes is not None:
+                        b = self.boxes_fn(x, lb) if self.boxes_fn else synthetic_boxes(lb, self.num_boxes, start + k)
+                        boxes.append(np.asarray(b, np.float32)[None])
+                feed = {self.inputs.image: np.concatenate(tensors, 0)}
+                if self.inputs.boxes is not None:
+                    if len({b.shape for b in boxes}) != 1:
+                        raise InputError("boxes_fn must return the same number of boxes for every image")
+                    feed[self.inputs.boxes] = np.concatenate(boxes, 0)
+                yield feed
+        finally:
+            frames.close()
+
+    def probe_feed(self, side: int) -> dict[str, np.ndarray]:
+        """A synthetic input at ``side`` x ``side`` (memory probes)."""
+        rng = np.random.default_rng(0)
+        feed = {self.inputs.image: rng.standard_normal((1, 3, side, side)).astype(np.float32)}
+        if self.inputs.boxes is not None:
+            lb = Letterbox(scale=1.0, image_size=(side, side), input_size=(side, side))
+            feed[self.inputs.boxes] = synthetic_boxes(lb, self.num_boxes, 0)[None]
+        return feed
+
+
+def head_output_nodes(model: onnx.ModelProto, region: Fp32Region) -> frozenset[str]:
+    producer = {t: n.name for n in model.graph.node for t in n.output}
+    return frozenset(producer[t] for t in region.entry_tensors if t in producer and producer[t] not in region.nodes)
+
+
+def prepare(
+    src_onnx: str | os.PathLike,
+    *,
+    target: str = "tensorrt",
+    exclude_ops=DEFAULT_EXCLUDE_OPS,
+    exclude_nodes=None,
+    op_types: tuple[str, ...] | None = None,
+    calib_size: int = 640,
+    boxes_fn: BoxesFn | None = None,
+    num_boxes: int = 256,
+) -> CalibContext:
+    """Load and check ``src_onnx`` and find what stays float. Raises InputError/ModelFileError/BuildError."""
+    tgt = get_target(target)
+    if calib_size < 1 or num_boxes < 1:
+        raise ValueError("calib_size and num_boxes must be >= 1")
+    model = load_onnx(src_onnx)
+    check_not_reduced(model, src_onnx)
+    contract = read_contract(model, src_onnx)
+    inputs = _model_inputs(model, src_onnx)
+    metadata = read_metadata(model)
+    if inputs.boxes is not None:
+        num_boxes = inputs.num_boxes or num_boxes
+    check_node_names(model, exclude_nodes, "exclude_nodes")
+    initializers_for_constants(model)
+    ensure_node_names(model)
+    try:
+        region = find_fp32_region(
+            onnx.shape_inference.infer_shapes(model), image_input=inputs.image,
+            sensitive_ops=frozenset(exclude_ops), extra_nodes=frozenset(exclude_nodes or ()),
+        )
+    except ValueError as e:
+        raise BuildError(f"cannot analyse {src_onnx}: {e}") from e
+    return CalibContext(
+        src=Path(src_onnx), model=model, contract=contract, inputs=inputs, metadata=metadata, target=tgt,
+        op_types=tuple(op_types or tgt.resolved_op_types()), region=region,
+        head_nodes=head_output_nodes(model, region), calib_size=calib_size, boxes_fn=boxes_fn, num_boxes=num_boxes,
+    )
+
+
 # ---------------------------------------------------------------- cache
 
 
 def cache_key_parts(
-    model_sha256: str, image_sha256: list[str], contract: PreprocessContract, method: str, num: int,
-    calib_size: int, op_types, boxes_source: str | None,
+    model_sha256: str, source_ids: list[str], contract: PreprocessContract, method: str, num: int,
+    calib_size: int, op_types, boxes_source: str | None, target: str = "tensorrt", percentile: float = 99.999,
 ) -> dict:
-    import onnxruntime
-
     return {
         "format": CACHE_FORMAT,
         "model_sha256": model_sha256,
-        "images_sha256": sorted(image_sha256),
+        "images_sha256": sorted(source_ids),
         "contract": contract.to_json(),
         "method": method,
+        "percentile": percentile if method == "percentile" else None,
         "num": num,
         "calib_size": calib_size,
+        "target": target,
         "op_types": sorted(op_types),
         "boxes": boxes_source,
-        "onnxruntime": onnxruntime.__version__,
+        "collector": COLLECTOR_VERSION,
     }
 
 
@@ -281,23 +399,222 @@ def _load_cache(path: Path, key: str, parts: dict) -> tuple[dict | None, str | N
         return None, f"unreadable calibration cache {path.name} ignored ({e})"
     if not isinstance(data, dict) or data.get("key") != key or data.get("key_parts") != parts:
         return None, f"calibration cache {path.name} does not match its key and was recomputed"
-    if not isinstance(data.get("ranges"), dict):
-        return None, f"calibration cache {path.name} holds no ranges and was recomputed"
-    return data["ranges"], None
+    ranges = data.get("ranges")
+    if not isinstance(ranges, dict) or not all(
+        isinstance(v, list) and len(v) == 2 and all(isinstance(x, (int, float)) for x in v) for v in ranges.values()
+    ):
+        return None, f"calibration cache {path.name} holds no valid ranges and was recomputed"
+    return {k: (float(v[0]), float(v[1])) for k, v in ranges.items()}, None
 
 
 def _write_cache(path: Path, key: str, parts: dict, ranges: dict) -> None:
-    atomic_write_bytes(path, json.dumps({"key": key, "key_parts": parts, "ranges": ranges}).encode())
+    data = {"key": key, "key_parts": parts, "ranges": {k: [float(a), float(b)] for k, (a, b) in ranges.items()}}
+    atomic_write_bytes(path, json.dumps(data).encode())
+
+
+def _source_id(src: CalibSource) -> str:
+    h = sha256_file(src.path)
+    return h if src.frame is None else f"{h}#{src.frame}"
+
+
+# ---------------------------------------------------------------- ranges
+
+
+def parse_memory(text: str | int | float | None) -> int | None:
+    """'8G', '512M', '8e9' or a byte count -> bytes; None stays None."""
+    if text is None or isinstance(text, (int, float)):
+        return None if text is None else int(text)
+    s = str(text).strip().upper().removesuffix("B")
+    mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}.get(s[-1:], 1)
+    try:
+        value = float(s[:-1] if mult > 1 else s)
+    except ValueError:
+        raise InputError(f"not a memory size: {text!r}", hint="e.g. 8G, 512M or a number of bytes") from None
+    if value <= 0:
+        raise InputError(f"memory size must be positive, got {text!r}")
+    return int(value * mult)
+
+
+def estimate_memory(ctx: CalibContext, session, batch_size: int, n_tensors: int, method: str,
+                    max_memory: int | None) -> collect.MemoryEstimate:
+    pm = max(1, ctx.contract.pad_multiple)
+    probes = (padded_size(4 * pm, 4 * pm, pm)[0], padded_size(6 * pm, 6 * pm, pm)[0])
+    per_image = collect.probe_batch_bytes(session, ctx.probe_feed, ctx.canvas, probes)
+    state = 0 if method == "max" else n_tensors * 2 * collect.DEFAULT_BINS * 8
+    base = collect.current_rss()
+    budget = max_memory if max_memory is not None else base + int(0.9 * collect.available_memory())
+    return collect.MemoryEstimate(batch_bytes=per_image * batch_size, state_bytes=state, base_bytes=base,
+                                  budget_bytes=budget)
+
+
+@dataclass
+class RangeResult:
+    ranges: dict[str, tuple[float, float]]
+    key: str
+    cache_file: Path | None
+    cache_hit: bool
+    estimate: collect.MemoryEstimate | None
+    warnings: list[str]
+
+
+def compute_ranges(ctx: CalibContext, sources: list[CalibSource], *, method: str = "max", num: int | None = None,
+                   batch_size: int = 1, cache_dir=None, percentile: float = 99.999,
+                   max_memory: int | str | None = None) -> RangeResult:
+    """The activation range of every tensor the quantizer needs (from the cache when valid)."""
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if batch_size < 1:
+        raise ValueError("batch_size must be >= 1")
+    max_memory = parse_memory(max_memory)
+    warnings: list[str] = []
+    boxes_source = None if ctx.inputs.boxes is None else (SYNTHETIC_BOXES if ctx.boxes_fn is None else "callable")
+    parts = cache_key_parts(
+        sha256_file(ctx.src), [_source_id(s) for s in sources], ctx.contract, method, num or len(sources),
+        ctx.calib_size, ctx.op_types, boxes_source if boxes_source != "callable" else None,
+        target=ctx.target.name, percentile=percentile,
+    )
+    key = cache_key(parts)
+    # A user callable cannot be fingerprinted, so its ranges are never cached.
+    use_cache = cache_dir is not None and boxes_source != "callable"
+    cfile = cache_path(cache_dir, key) if use_cache else None
+    if cache_dir is not None and not use_cache:
+        warnings.append("calibration cache not used: boxes_fn cannot be part of the cache key")
+    if cfile is not None:
+        cached, why = _load_cache(cfile, key, parts)
+        if why:
+            warnings.append(why)
+        if cached is not None:
+            return RangeResult(cached, key, cfile, True, None, warnings)
+
+    tensors = ctx.tensors()
+    session = collect._session(collect.augmented_model(ctx.model, tensors))
+    est = estimate_memory(ctx, session, batch_size, len(tensors), method, max_memory)
+    ranges = collect.collect_ranges(
+        ctx.model, tensors, ctx.batches(sources, batch_size), method,
+        symmetric=ctx.target.symmetric_activations, percentile=percentile, estimate=est, session=session,
+    )
+    if cfile is not None:
+        _write_cache(cfile, key, parts, ranges)
+    return RangeResult(ranges, key, cfile, False, est, warnings)
+
+
+# ---------------------------------------------------------------- quantization
+
+
+def quantize_model(ctx: CalibContext, ranges: dict[str, tuple[float, float]], *, keep_float=frozenset(),
+                   quant_format: str | None = None, reduce_range: bool = False) -> tuple[onnx.ModelProto, int]:
+    """The quantized model (not saved) and how many float-region inputs were rewired to float.
+
+    ``quant_format`` overrides the target's (the sensitivity analysis simulates either target with
+    Q/DQ). Nodes in ``keep_float`` stay in float."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.calibrate import TensorsData, save_tensors_data
+
+    tgt = ctx.target
+    fmt = quant_format or tgt.quant_format
+    excluded = set(ctx.excluded) | set(keep_float)
+    act = QuantType.QInt8 if tgt.signed_activations else QuantType.QUInt8
+    data = TensorsData(CalibrationMethod.MinMax,
+                       {k: (np.array(lo, np.float32), np.array(hi, np.float32)) for k, (lo, hi) in ranges.items()})
+    extra = {
+        "ActivationSymmetric": tgt.symmetric_activations,
+        "WeightSymmetric": True,
+        "QuantizeBias": tgt.quantize_bias if fmt == tgt.quant_format else False,
+        # biases stay float: no int32 bias range to protect, and a weight read by several Convs
+        # must keep its own scale (see the module docstring)
+        "QDQDisableWeightAdjustForInt32Bias": True,
+        **tgt.extra_options,
+    }
+    model = ctx.model
+    if fmt == "QOperator":  # int32 biases are quantized per consumer: no initializer may be shared
+        model = onnx.ModelProto()
+        model.CopyFrom(ctx.model)
+        unshare_initializers(model, ctx.op_types)
+    with tempfile.TemporaryDirectory(prefix=".rfdeploy-quant-") as tmp:
+        ranges_file = Path(tmp) / "ranges.json"
+        save_tensors_data(data, ranges_file)
+        out_tmp = Path(tmp) / "model.onnx"
+        quant_logger = logging.getLogger()
+        level = quant_logger.level
+        quant_logger.setLevel(max(level, logging.ERROR))  # onnxruntime warns about optional pre-processing
+        try:
+            quantize_static(
+                model, out_tmp, None,
+                quant_format=QuantFormat.QOperator if fmt == "QOperator" else QuantFormat.QDQ,
+                op_types_to_quantize=list(ctx.op_types),
+                per_channel=True,
+                reduce_range=reduce_range,
+                activation_type=act,
+                weight_type=QuantType.QInt8,
+                nodes_to_exclude=sorted(excluded),
+                calibrate_method=CalibrationMethod.MinMax,
+                calibration_cache_path=ranges_file,
+                extra_options=extra,
+            )
+        except (InputError, ModelFileError):
+            raise
+        except Exception as e:
+            raise BuildError(f"INT8 quantization of {ctx.src} failed: {type(e).__name__}: {e}") from e
+        finally:
+            quant_logger.setLevel(level)
+        qmodel = onnx.load(str(out_tmp))
+    restored = unquantize_region_inputs(qmodel, excluded) if fmt == "QDQ" else 0
+    return qmodel, restored
+
+
+def quantized_node_count(qmodel: onnx.ModelProto, op_types) -> int:
+    producer = {t: n.op_type for n in qmodel.graph.node for t in n.output}
+    count = 0
+    for n in qmodel.graph.node:
+        if n.op_type.startswith("QLinear") or n.op_type in ("ConvInteger", "MatMulInteger"):
+            count += 1
+        elif n.op_type in op_types and n.input and producer.get(n.input[0]) == "DequantizeLinear":
+            count += 1
+    return count
+
+
+def cpu_problems(model: onnx.ModelProto, region: frozenset[str]) -> list[str]:
+    """Region nodes must read float tensors in an operator-format model too."""
+    inferred = onnx.shape_inference.infer_shapes(model)
+    types = {v.name: v.type.tensor_type.elem_type for v in list(inferred.graph.value_info) + list(inferred.graph.input)}
+    int_types = {onnx.TensorProto.UINT8, onnx.TensorProto.INT8}
+    problems = []
+    for n in model.graph.node:
+        if n.name in region and n.op_type not in ("Shape", "Size"):
+            bad = [t for t in n.input if types.get(t) in int_types]
+            if bad:
+                problems.append(f"{n.name} ({n.op_type}) must stay float but reads 8-bit {bad[0]}")
+    return problems
+
+
+def write_int8(ctx: CalibContext, qmodel: onnx.ModelProto, dst: Path, *, method: str, key: str,
+               keep_float=()) -> None:
+    """Check ``qmodel`` for its target, stamp the metadata and write it atomically."""
+    if ctx.target.quant_format == "QDQ":
+        problems = qdq_problems(qmodel, set(ctx.excluded) | set(keep_float))
+    else:
+        problems = cpu_problems(qmodel, ctx.region.nodes)
+    if problems:
+        raise BuildError(f"the INT8 model would not be accepted as is: {problems[:5]}")
+    meta = {**ctx.metadata, PRECISION_KEY: "int8", METHOD_KEY: method, CACHE_KEY_KEY: key,
+            TARGET_KEY: ctx.target.name}
+    if keep_float:
+        meta[FLOAT_NODES_KEY] = json.dumps(sorted(keep_float))
+    write_metadata(qmodel, meta)
+    try:
+        onnx.checker.check_model(qmodel)
+    except Exception as e:
+        raise BuildError(f"the INT8 model is not valid ONNX: {e}") from e
+    save_onnx_atomic(qmodel, dst)
+
+
+def peak_rss() -> int:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
 # ---------------------------------------------------------------- main
-
-
-def _ort_method(method: str):
-    from onnxruntime.quantization import CalibrationMethod
-
-    return {"max": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-            "percentile": CalibrationMethod.Percentile}[method]
 
 
 def calibrate(
@@ -307,134 +624,84 @@ def calibrate(
     *,
     num: int = 256,
     method: str = "max",
+    target: str = "tensorrt",
     cache_dir: str | os.PathLike | None = None,
     exclude_ops: set[str] | frozenset[str] = DEFAULT_EXCLUDE_OPS,
     exclude_nodes: set[str] | None = None,
-    op_types: tuple[str, ...] = DEFAULT_OP_TYPES,
+    keep_float: set[str] | list[str] | None = None,
+    op_types: tuple[str, ...] | None = None,
     calib_size: int = 640,
     batch_size: int = 1,
     allow_fewer: bool = False,
     boxes_fn: BoxesFn | None = None,
     num_boxes: int = 256,
     percentile: float = 99.999,
+    max_memory: int | str | None = None,
+    video_frames: int = DEFAULT_VIDEO_FRAMES,
+    reduce_range: bool = False,
+    analyse: bool = False,
+    analyse_num: int = 8,
+    analyse_size: int | None = 320,
+    analyse_mode: str = "one_at_a_time",
+    keep_float_top: int | None = None,
+    max_nmse: float | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> CalibrationReport:
-    """Write an explicit Q/DQ INT8 version of ``src_onnx`` calibrated on ``images`` (see module doc).
+    """Write an INT8 version of ``src_onnx`` calibrated on ``images`` for ``target`` (see module doc).
 
-    ``images``: a folder (its image files, sorted) or a list of files; ``num`` of them are used,
-    spread over the sorted list. ``method``: "max" (min/max), "entropy" or "percentile".
-    ``num_boxes``: candidates per image for a ranker when its boxes input has no fixed size.
+    ``images``: a folder (its image and video files, sorted), or a list of files/folders; ``num``
+    pictures are used, spread over the sorted list. ``method``: "max" (min/max), "entropy" or
+    "percentile". ``target``: "tensorrt" (explicit Q/DQ) or "cpu" (onnxruntime's CPU kernels).
+    ``keep_float``: node names left in float (e.g. the most sensitive ones of an analysis).
+    ``max_memory``: peak memory allowed for the range collection (bytes or "8G"; default: what
+    the system has available). ``num_boxes``: candidates per image for a ranker whose boxes input
+    has no fixed size. ``reduce_range``: 7-bit weights (cpu target on x86 CPUs without VNNI).
+
+    ``analyse``: rank the layers by sensitivity (rfdeploy.calib.sensitivity) on ``analyse_num`` of
+    the calibration pictures at ``analyse_size`` (None: ``calib_size``), write the ranking beside
+    ``dst_onnx`` (``<stem>.sensitivity.json``) and leave in float the ``keep_float_top`` most
+    sensitive units, or the fewest that bring the measured nmse to ``max_nmse``.
 
     Raises InputError (missing/unreadable images, fewer than ``num`` without ``allow_fewer``,
-    missing model file, unknown node in ``exclude_nodes``), ModelFileError (not ONNX, no contract, already reduced precision),
-    BuildError (quantization failed or produced a model TensorRT would refuse). ``dst_onnx`` is
-    written atomically: on any error it is left as it was.
+    missing model file, unknown node in ``exclude_nodes``/``keep_float``, a run that would not fit
+    in memory), ModelFileError (not ONNX, no contract, already reduced precision), BuildError
+    (quantization failed or produced a model the target would refuse). ``dst_onnx`` is written
+    atomically: on any error it is left as it was.
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    if calib_size < 1 or batch_size < 1 or num_boxes < 1:
-        raise ValueError("calib_size, batch_size and num_boxes must be >= 1")
-    model = load_onnx(src_onnx)
-    check_not_reduced(model, src_onnx)
-    contract = read_contract(model, src_onnx)
-    inputs = _model_inputs(model, src_onnx)
-    metadata = read_metadata(model)
-    files, warnings = select_images(images, num, allow_fewer)
-    if inputs.boxes is not None:
-        num_boxes = inputs.num_boxes or num_boxes
-
-    check_node_names(model, exclude_nodes, "exclude_nodes")
-    ensure_node_names(model)
-    try:
-        region = find_fp32_region(
-            onnx.shape_inference.infer_shapes(model), image_input=inputs.image,
-            sensitive_ops=frozenset(exclude_ops), extra_nodes=frozenset(exclude_nodes or ()),
-        )
-    except ValueError as e:
-        raise BuildError(f"cannot analyse {src_onnx}: {e}") from e
-    excluded = set(region.nodes)
-
-    boxes_source = None if inputs.boxes is None else (SYNTHETIC_BOXES if boxes_fn is None else "callable")
-    parts = cache_key_parts(
-        sha256_file(src_onnx), [sha256_file(p) for p in files], contract, method, num, calib_size,
-        op_types, boxes_source if boxes_source != "callable" else None,
-    )
-    key = cache_key(parts)
-    # A user callable cannot be fingerprinted, so its ranges are never cached.
-    use_cache = cache_dir is not None and boxes_source != "callable"
-    cfile = cache_path(cache_dir, key) if use_cache else None
-    if cache_dir is not None and not use_cache:
-        warnings.append("calibration cache not used: boxes_fn cannot be part of the cache key")
-    cached = None
-    if cfile is not None:
-        cached, why = _load_cache(cfile, key, parts)
-        if why:
-            warnings.append(why)
-
-    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
-
+    if batch_size < 1:
+        raise ValueError("batch_size must be >= 1")
+    ctx = prepare(src_onnx, target=target, exclude_ops=exclude_ops, exclude_nodes=exclude_nodes, op_types=op_types,
+                  calib_size=calib_size, boxes_fn=boxes_fn, num_boxes=num_boxes)
+    check_node_names(ctx.model, keep_float, "keep_float")
+    sources, warnings = select_images(images, num, allow_fewer, video_frames)
+    rr = compute_ranges(ctx, sources, method=method, num=num, batch_size=batch_size, cache_dir=cache_dir,
+                        percentile=percentile, max_memory=max_memory)
+    warnings += rr.warnings
     dst = Path(dst_onnx)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    reader = None if cached else _Reader(files, contract, calib_size, inputs, batch_size, boxes_fn, num_boxes)
-    with tempfile.TemporaryDirectory(prefix=".rfdeploy-calib-", dir=dst.parent) as tmp:
-        ort_cache = Path(tmp) / "ranges.json"
-        if cached is not None:
-            ort_cache.write_text(json.dumps(cached))
-        out_tmp = Path(tmp) / "model.onnx"
-        quant_logger = logging.getLogger()
-        level = quant_logger.level
-        quant_logger.setLevel(max(level, logging.ERROR))  # onnxruntime warns about optional pre-processing
-        try:
-            quantize_static(
-                model, out_tmp, reader,
-                quant_format=QuantFormat.QDQ,
-                op_types_to_quantize=list(op_types),
-                per_channel=True,
-                reduce_range=False,
-                activation_type=QuantType.QInt8,
-                weight_type=QuantType.QInt8,
-                nodes_to_exclude=sorted(excluded),
-                calibrate_method=_ort_method(method),
-                calibration_cache_path=ort_cache,
-                extra_options={
-                    "ActivationSymmetric": True,
-                    "WeightSymmetric": True,
-                    "QuantizeBias": False,
-                    "CalibTensorRangeSymmetric": True,
-                    "CalibPercentile": percentile,
-                },
-            )
-        except (InputError, ModelFileError):
-            raise
-        except Exception as e:
-            raise BuildError(f"INT8 quantization of {src_onnx} failed: {type(e).__name__}: {e}") from e
-        finally:
-            quant_logger.setLevel(level)
-        ranges = json.loads(ort_cache.read_text())
-        qmodel = onnx.load(str(out_tmp))
+    sens, sens_file = None, None
+    if analyse:
+        from rfdeploy.calib import sensitivity
 
-    restored = unquantize_region_inputs(qmodel, excluded)
-    problems = qdq_problems(qmodel, excluded)
-    if problems:
-        raise BuildError(f"the INT8 model would not be accepted as is: {problems[:5]}")
-    write_metadata(qmodel, {**metadata, PRECISION_KEY: "int8", METHOD_KEY: method, CACHE_KEY_KEY: key})
-    try:
-        onnx.checker.check_model(qmodel)
-    except Exception as e:
-        raise BuildError(f"the INT8 model is not valid ONNX: {e}") from e
-    save_onnx_atomic(qmodel, dst)
-    if cfile is not None and cached is None:
-        _write_cache(cfile, key, parts, ranges)
-
-    side = calibration_canvas(contract, calib_size)
-    producer = {t: n.op_type for n in qmodel.graph.node for t in n.output}
-    quantized = {
-        n.name for n in qmodel.graph.node
-        if n.op_type in op_types and producer.get(n.input[0]) == "DequantizeLinear"
-    }
+        if analyse_num < 1:
+            raise ValueError("analyse_num must be >= 1")
+        picked = sorted(sources[i] for i in spread_order(len(sources), analyse_num)[:analyse_num])
+        sens, sim = sensitivity.analyse(ctx, rr.ranges, picked, method=method, mode=analyse_mode,
+                                        size=analyse_size, progress=progress)
+        chosen = sensitivity.choose_float_units(sens, sim, max_nmse=max_nmse, count=keep_float_top)
+        keep_float = set(keep_float or ()) | set(chosen)
+        sens_file = sens.write(sensitivity.sensitivity_path(dst))
+    kept = sorted(set(keep_float or ()) - ctx.excluded)
+    qmodel, restored = quantize_model(ctx, rr.ranges, keep_float=kept, reduce_range=reduce_range)
+    write_int8(ctx, qmodel, dst, method=method, key=rr.key, keep_float=kept)
+    side = ctx.canvas
     return CalibrationReport(
-        src=str(src_onnx), dst=str(dst), method=method, num_requested=num, num_used=len(files),
-        images=[p.name for p in files], calib_shape=(side, side), cache_key=key,
-        cache_file=str(cfile) if cfile else None, cache_hit=cached is not None,
-        quantized_nodes=len(quantized), excluded_nodes=len(excluded),
-        float_region_inputs_restored=restored, warnings=warnings,
+        src=str(src_onnx), dst=str(dst), method=method, target=ctx.target.name, num_requested=num,
+        num_used=len(sources), images=[s.name for s in sources], calib_shape=(side, side), cache_key=rr.key,
+        cache_file=str(rr.cache_file) if rr.cache_file else None, cache_hit=rr.cache_hit,
+        quantized_nodes=quantized_node_count(qmodel, ctx.op_types), excluded_nodes=len(ctx.excluded),
+        float_region_inputs_restored=restored, kept_float=kept,
+        memory_estimate_bytes=rr.estimate.peak_bytes if rr.estimate else None, peak_rss_bytes=peak_rss(),
+        warnings=warnings, sensitivity_file=str(sens_file) if sens_file else None, sensitivity=sens,
     )

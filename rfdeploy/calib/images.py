@@ -1,57 +1,163 @@
-"""Calibration image discovery and loading.
+"""Calibration inputs: image files and frames of video files.
 
-``load_rgb`` is a stand-in until rfdeploy.runtime.image_io lands; it must decode exactly like the
-runtime (EXIF orientation applied, converted to 8-bit RGB) so calibration sees what inference sees.
+Images are decoded by the runtime's own reader (rfdeploy.runtime.image_io: EXIF orientation,
+transparency, bit depth), so calibration sees what inference sees. A video file (in a folder or
+in a list) contributes ``video_frames`` frames evenly spaced over its length, decoded with PyAV
+(the ``train`` extra) in increasing order, one at a time.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from rfdeploy.errors import InputError
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
+VIDEO_SUFFIXES = frozenset({".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v"})
+DEFAULT_VIDEO_FRAMES = 64
+
+
+def _image_suffixes() -> frozenset[str]:
+    from rfdeploy.runtime.image_io import IMAGE_EXTENSIONS
+
+    return IMAGE_EXTENSIONS
+
+
+@dataclass(frozen=True, order=True)
+class CalibSource:
+    """One calibration picture: an image file, or frame ``frame`` of a video file."""
+
+    path: Path
+    frame: int | None = None
+
+    @property
+    def name(self) -> str:
+        return self.path.name if self.frame is None else f"{self.path.name}#{self.frame}"
+
+    @property
+    def is_video(self) -> bool:
+        return self.frame is not None
 
 
 def load_rgb(path: str | os.PathLike) -> np.ndarray:
-    """Decode an image file to an HxWx3 uint8 RGB array (EXIF orientation applied)."""
-    from PIL import Image, ImageOps
+    """Decode an image file to an HxWx3 uint8 RGB array, exactly as the runtime does."""
+    from rfdeploy.runtime.image_io import load_image
 
+    return load_image(path).rgb
+
+
+def _open_video(path: Path):
     try:
-        with Image.open(path) as im:
-            im = ImageOps.exif_transpose(im)
-            return np.asarray(im.convert("RGB"), dtype=np.uint8)
-    except FileNotFoundError as e:
-        raise InputError(f"image not found: {path}") from e
-    except Exception as e:  # PIL raises UnidentifiedImageError, OSError, DecompressionBombError, ...
-        raise InputError(f"cannot decode image {path}: {type(e).__name__}: {e}") from e
+        import av
+    except ImportError as e:
+        raise InputError(f"{path}: reading video frames needs PyAV", hint='pip install "rfdeploy[train]"') from e
+    try:
+        container = av.open(str(path))
+    except Exception as e:  # PyAV raises its own error types per container problem
+        raise InputError(f"{path}: not a readable video ({type(e).__name__}: {e})") from e
+    if not container.streams.video:
+        container.close()
+        raise InputError(f"{path}: has no video stream")
+    return container
+
+
+def video_frame_count(path: Path) -> int:
+    container = _open_video(path)
+    with container:
+        n = container.streams.video[0].frames
+        if n <= 0:  # not in the header: count the packets that carry a frame
+            n = sum(1 for p in container.demux(video=0) if p.size)
+    if n <= 0:
+        raise InputError(f"{path}: the video has no frames")
+    return n
+
+
+class FrameReader:
+    """Frames of one video by index, decoding forward (reopened only if an earlier frame is asked for)."""
+
+    def __init__(self):
+        self._path: Path | None = None
+        self._container = None
+        self._frames = None
+        self._pos = -1
+
+    def close(self) -> None:
+        if self._container is not None:
+            self._container.close()
+        self._path, self._container, self._frames, self._pos = None, None, None, -1
+
+    def get(self, path: Path, index: int) -> np.ndarray:
+        if self._path != path or index <= self._pos:
+            self.close()
+            self._container = _open_video(path)
+            self._frames = self._container.decode(video=0)
+            self._path = path
+        try:
+            for frame in self._frames:
+                self._pos += 1
+                if self._pos == index:
+                    return frame.to_ndarray(format="rgb24")
+        except Exception as e:  # PyAV decode errors
+            raise InputError(f"{path}: cannot decode frame {index} ({type(e).__name__}: {e})") from e
+        raise InputError(f"{path}: has no frame {index} (it ended after {self._pos + 1})")
+
+
+def load_source(src: CalibSource, frames: FrameReader | None = None) -> np.ndarray:
+    if not src.is_video:
+        return load_rgb(src.path)
+    reader = frames or FrameReader()
+    try:
+        return reader.get(src.path, src.frame)
+    finally:
+        if frames is None:
+            reader.close()
+
+
+def _expand(files: list[Path], video_frames: int) -> list[CalibSource]:
+    out = []
+    for p in files:
+        if p.suffix.lower() in VIDEO_SUFFIXES:
+            n = video_frame_count(p)
+            k = min(video_frames, n)
+            out += [CalibSource(p, int(i)) for i in dict.fromkeys(np.linspace(0, n - 1, k).round().astype(int))]
+        else:
+            out.append(CalibSource(p))
+    return out
+
+
+def list_sources(images: str | os.PathLike | list, video_frames: int = DEFAULT_VIDEO_FRAMES) -> list[CalibSource]:
+    """A directory (its image and video files, sorted, not recursive), or a list of files and directories.
+
+    Missing paths raise InputError; a directory without image or video files too.
+    """
+    items = [images] if isinstance(images, (str, os.PathLike)) else list(images)
+    if not items:
+        raise InputError("the list of calibration images is empty")
+    suffixes = _image_suffixes() | VIDEO_SUFFIXES
+    files: list[Path] = []
+    missing = []
+    for item in items:
+        root = Path(item)
+        if not root.exists():
+            missing.append(str(root))
+        elif root.is_dir():
+            found = sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() in suffixes)
+            if not found:
+                raise InputError(f"no image or video files in {root}")
+            files += found
+        else:
+            files.append(root)
+    if missing:
+        raise InputError(f"calibration image path(s) not found: {missing[:5]}")
+    return _expand(files, video_frames)
 
 
 def list_image_files(images: str | os.PathLike | list) -> list[Path]:
-    """A directory (its image files, sorted, not recursive) or an explicit list of files.
-
-    Missing paths raise InputError; a directory without image files too.
-    """
-    if isinstance(images, (str, os.PathLike)):
-        root = Path(images)
-        if not root.exists():
-            raise InputError(f"calibration image path not found: {root}")
-        if root.is_dir():
-            files = sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-            if not files:
-                raise InputError(f"no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) in {root}")
-            return files
-        return [root]
-    files = [Path(p) for p in images]
-    if not files:
-        raise InputError("the list of calibration images is empty")
-    missing = [str(p) for p in files if not p.is_file()]
-    if missing:
-        raise InputError(f"calibration image(s) not found: {missing[:5]}")
-    return files
+    """The files behind :func:`list_sources` (videos once each)."""
+    return list(dict.fromkeys(s.path for s in list_sources(images, video_frames=1)))
 
 
 def spread_order(n: int, k: int) -> list[int]:

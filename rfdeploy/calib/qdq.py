@@ -79,3 +79,73 @@ def qdq_problems(model: onnx.ModelProto, region: set[str] | frozenset[str] = fro
                 if p is not None and p.op_type == "DequantizeLinear":
                     problems.append(f"{n.name} ({n.op_type}) must stay float but reads {p.name}")
     return problems
+
+
+def unshare_initializers(model: onnx.ModelProto, op_types) -> int:
+    """Give every node of ``op_types`` its own copy of initializers it shares with other such nodes;
+    returns the copies made.
+
+    onnxruntime's operator-format quantizer quantizes a shared bias once, with the input scale of its
+    first consumer, and reuses that int32 bias for every other consumer (whose input scales differ):
+    RefineFace's heads read one weight and bias on every pyramid level.
+    """
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    users: dict[str, list[onnx.NodeProto]] = {}
+    for n in graph.node:
+        if n.op_type in op_types:
+            for t in dict.fromkeys(n.input):
+                if t in inits:
+                    users.setdefault(t, []).append(n)
+    made = 0
+    taken = set(inits)
+    for name, nodes in users.items():
+        for k, node in enumerate(nodes[1:], 1):
+            new = f"{name}_rfd_copy{k}"
+            while new in taken:
+                new += "_"
+            taken.add(new)
+            copy = onnx.TensorProto()
+            copy.CopyFrom(inits[name])
+            copy.name = new
+            graph.initializer.append(copy)
+            for i, t in enumerate(node.input):
+                if t == name:
+                    node.input[i] = new
+            made += 1
+    return made
+
+
+def initializers_for_constants(model: onnx.ModelProto) -> int:
+    """Make Constant-node tensors initializers and let readers of ``Identity(initializer)`` read the
+    initializer itself; returns the nodes replaced.
+
+    onnxruntime's quantizers look weights and biases up among the initializers only (the PyTorch
+    exporter writes a bias it has seen before as an Identity of the first copy).
+    """
+    graph = model.graph
+    inits = {i.name for i in graph.initializer}
+    outputs = {o.name for o in graph.output}
+    alias: dict[str, str] = {}
+    keep = []
+    for n in graph.node:
+        if n.op_type == "Constant" and n.output[0] not in outputs and len(n.attribute) == 1 and n.attribute[0].name == "value":
+            t = onnx.TensorProto()
+            t.CopyFrom(n.attribute[0].t)
+            t.name = n.output[0]
+            graph.initializer.append(t)
+            inits.add(t.name)
+            continue
+        if n.op_type == "Identity" and n.input[0] in inits and n.output[0] not in outputs:
+            alias[n.output[0]] = n.input[0]
+            continue
+        keep.append(n)
+    replaced = len(graph.node) - len(keep)
+    if replaced:
+        for n in keep:
+            for i, t in enumerate(n.input):
+                if t in alias:
+                    n.input[i] = alias[t]
+        del graph.node[:]
+        graph.node.extend(keep)
+    return replaced

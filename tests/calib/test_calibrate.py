@@ -95,6 +95,7 @@ def test_metadata_is_kept_and_extended(setup):
     assert {k: dst[k] for k in src} == src
     assert dst["rfdeploy.precision"] == "int8"
     assert dst["rfdeploy.calibration.method"] == "max"
+    assert dst["rfdeploy.int8.target"] == "tensorrt"
     assert dst["rfdeploy.calibration.key"] == r.cache_key
     assert dst[METADATA_KEY] == CONTRACT.to_json()
 
@@ -169,9 +170,8 @@ def test_cache_hit_really_uses_the_stored_ranges(setup, tmp_path):
     r = calibrate(setup["det"], setup["images"], tmp_path / "a.onnx", num=4, cache_dir=cache, **FAST)
     path = Path(r.cache_file)
     data = json.loads(path.read_text())
-    for t in data["ranges"]["data"].values():  # widen every range: the activation scales must follow
-        for end in ("highest", "lowest"):
-            t[end] = {**t[end], "data": (np.asarray(t[end]["data"], np.float64) * 4).tolist()}
+    for name, (lo, hi) in data["ranges"].items():  # widen every range: the activation scales must follow
+        data["ranges"][name] = [lo * 4, hi * 4]
     path.write_text(json.dumps(data))
     r2 = calibrate(setup["det"], setup["images"], tmp_path / "b.onnx", num=4, cache_dir=cache, **FAST)
     assert r2.cache_hit
@@ -205,7 +205,7 @@ def test_image_errors(setup, tmp_path):
     det, dst = setup["det"], tmp_path / "out.onnx"
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(InputError, match="no image files"):
+    with pytest.raises(InputError, match="no image or video files"):
         calibrate(det, empty, dst, num=2)
     broken = tmp_path / "broken"
     broken.mkdir()
@@ -289,3 +289,172 @@ def test_int8_builds_with_tensorrt_rtx(setup, name):
     from tests.precision_fixtures import build_with_tensorrt_rtx
 
     assert build_with_tensorrt_rtx(setup["reports"][name].dst) > 0
+
+
+# ---------------------------------------------------------------- targets, float nodes, memory, video
+
+
+@pytest.fixture(scope="module")
+def cpu_int8(setup):
+    d = setup["dir"]
+    return {
+        "det_all": calibrate(setup["det_all"], setup["images"], d / "det_all_cpu.onnx", num=6, target="cpu", **FAST),
+        "rank": calibrate(setup["rank"], setup["images"], d / "rank_cpu.onnx", num=6, target="cpu", **FAST),
+    }
+
+
+def test_cpu_target_uses_onnxruntimes_integer_operators(setup, cpu_int8):
+    r = cpu_int8["det_all"]
+    m = onnx.load(r.dst)
+    ops = {n.op_type for n in m.graph.node}
+    assert "QLinearConv" in ops and "QuantizeLinear" in ops
+    consts = _consts(m)
+    producer = {t: n for n in m.graph.node for t in n.output}
+    for n in m.graph.node:
+        if n.op_type == "QLinearConv":
+            assert consts[n.input[2]].dtype == np.uint8  # unsigned activations
+            assert consts[n.input[3]].dtype == np.int8 and consts[n.input[4]].shape[0] > 1  # int8 per-channel
+            assert not consts[n.input[5]].any()  # symmetric weights
+        if n.op_type in ("Sigmoid", "Exp"):  # the decode reads float
+            assert all(producer.get(t) is None or producer[t].op_type not in ("QLinearConv", "QuantizeLinear")
+                       for t in n.input)
+    # the convs that produce logits and box deltas stay float
+    floats = [n for n in m.graph.node if n.op_type == "Conv"]
+    assert len(floats) == 6 and sum(n.op_type == "QLinearConv" for n in m.graph.node) == 6  # 2 levels x 3
+    meta = {p.key: p.value for p in m.metadata_props}
+    assert meta["rfdeploy.int8.target"] == "cpu" and meta["rfdeploy.precision"] == "int8"
+
+
+def test_cpu_target_agrees_with_fp32(setup, cpu_int8):
+    x = np.concatenate([prepare_image(p, CONTRACT, 128)[0] for p in sorted(setup["images"].iterdir())[:2]])
+    ref = ort.InferenceSession(str(setup["det_all"])).run(None, {"image": x})
+    got = ort.InferenceSession(cpu_int8["det_all"].dst).run(None, {"image": x})
+    box_rel = float(np.abs(ref[0] - got[0]).max() / np.abs(ref[0]).max())
+    corr = float(np.corrcoef(ref[1].ravel(), got[1].ravel())[0, 1])
+    assert box_rel < 1e-2 and float(np.abs(ref[1] - got[1]).max()) < 0.06 and corr > 0.9
+    rng = np.random.default_rng(0)
+    boxes = (rng.uniform(0, 1, (1, 32, 5)) * [128, 128, 128, 128, 1]).astype(np.float32)
+    feed = {"image": x[:1], "boxes": boxes}
+    ref = ort.InferenceSession(str(setup["rank"])).run(None, feed)[0]
+    got = ort.InferenceSession(cpu_int8["rank"].dst).run(None, feed)[0]
+    assert np.abs(ref - got).max() < 0.02
+
+
+def test_keep_float_nodes_stay_float(setup, tmp_path):
+    m = onnx.load(str(setup["det"]))
+    ensure_node_names(m)
+    first_conv = next(n.name for n in m.graph.node if n.op_type == "Conv")
+    r = calibrate(setup["det"], setup["images"], tmp_path / "k.onnx", num=3, keep_float=[first_conv], **FAST)
+    q = onnx.load(r.dst)
+    producer = {t: n for n in q.graph.node for t in n.output}
+    node = next(n for n in q.graph.node if n.name == first_conv)
+    assert all(producer.get(t) is None or producer[t].op_type != "DequantizeLinear" for t in node.input)
+    assert r.quantized_nodes == 11 and r.kept_float == [first_conv]
+    meta = {p.key: p.value for p in q.metadata_props}
+    assert json.loads(meta["rfdeploy.int8.float_nodes"]) == [first_conv]
+    with pytest.raises(InputError, match="keep_float"):
+        calibrate(setup["det"], setup["images"], tmp_path / "k2.onnx", num=3, keep_float=["nope"], **FAST)
+
+
+def test_memory_is_estimated_and_refused_up_front(setup, tmp_path):
+    dst = tmp_path / "m.onnx"
+    with pytest.raises(InputError, match="would need about") as e:
+        calibrate(setup["det"], setup["images"], dst, num=3, method="percentile", max_memory="1M", **FAST)
+    assert e.value.exit_code == 2 and "--batch-size" in str(e.value)
+    assert not dst.exists()
+    r = calibrate(setup["det"], setup["images"], dst, num=3, method="entropy", max_memory="16G", batch_size=2, **FAST)
+    assert dst.is_file() and 0 < r.memory_estimate_bytes < 16 << 30
+    from rfdeploy.calib import collect
+    from rfdeploy.calib.calibrate import estimate_memory, prepare
+
+    ctx = prepare(setup["det"], calib_size=128)
+    tensors = ctx.tensors()
+    sess = collect._session(collect.augmented_model(ctx.model, tensors))
+    one, two = (estimate_memory(ctx, sess, b, len(tensors), "entropy", None) for b in (1, 2))
+    assert two.batch_bytes == 2 * one.batch_bytes > 0  # memory follows the batch, not the image count
+    assert one.state_bytes == len(tensors) * 2 * collect.DEFAULT_BINS * 8
+    assert estimate_memory(ctx, sess, 1, len(tensors), "max", None).state_bytes == 0
+    with pytest.raises(InputError, match="memory size"):
+        calibrate(setup["det"], setup["images"], dst, num=3, max_memory="lots", **FAST)
+
+
+def test_cli_refusal_exit_code_and_cpu_target(setup, tmp_path):
+    from click.testing import CliRunner
+
+    from rfdeploy.cli import main
+
+    out = tmp_path / "cli.onnx"
+    res = CliRunner().invoke(main, ["calibrate", str(setup["det"]), "--images", str(setup["images"]), "-o", str(out),
+                                    "--num", "2", "--calib-size", "128", "--method", "percentile", "--max-memory", "1M"])
+    assert res.exit_code == 2 and "would need about" in res.output and not out.exists()
+    res = CliRunner().invoke(main, ["calibrate", str(setup["det"]), "--images", str(setup["images"]), "-o", str(out),
+                                    "--num", "2", "--calib-size", "128", "--target", "cpu"])
+    assert res.exit_code == 0, res.output
+    assert "(cpu)" in res.output and {p.key: p.value for p in onnx.load(str(out)).metadata_props}[
+        "rfdeploy.int8.target"] == "cpu"
+    res = CliRunner().invoke(main, ["calibrate", str(setup["det"]), "--images", str(setup["images"]), "-o", str(out),
+                                    "--keep-float", "2"])
+    assert res.exit_code == 2 and "--analyse" in res.output
+
+
+def _write_video(path: Path, frames: int = 12) -> None:
+    av = pytest.importorskip("av", reason="PyAV (the train extra) reads video frames")
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("mpeg4", rate=12)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for i in range(frames):
+            img = np.full((48, 64, 3), i * 20, np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+
+
+def test_video_frames_are_calibration_pictures(setup, tmp_path):
+    from rfdeploy.calib.images import FrameReader, list_sources
+
+    folder = tmp_path / "mixed"
+    shutil.copytree(setup["images"], folder)
+    _write_video(folder / "clip.mp4")
+    srcs = list_sources(folder, video_frames=4)
+    frames = [s for s in srcs if s.is_video]
+    assert [s.frame for s in frames] == [0, 4, 7, 11] and len(srcs) == 10
+    reader = FrameReader()
+    means = [reader.get(s.path, s.frame).mean() for s in frames]
+    reader.close()
+    assert means == sorted(means) and means[-1] - means[0] > 100  # frames i*20 grey, in order
+    cache = tmp_path / "cache"
+    r = calibrate(setup["det"], folder, tmp_path / "v.onnx", num=10, video_frames=4, cache_dir=cache, **FAST)
+    assert r.num_used == 10 and "clip.mp4#11" in r.images
+    r2 = calibrate(setup["det"], folder, tmp_path / "v2.onnx", num=10, video_frames=5, cache_dir=cache, **FAST)
+    assert r2.cache_key != r.cache_key  # other frames, other ranges
+
+
+def test_unshare_initializers_gives_each_conv_its_own_copy():
+    from onnx import helper
+
+    from rfdeploy.calib.qdq import unshare_initializers
+
+    w = numpy_helper.from_array(np.ones((2, 2, 1, 1), np.float32), "w")
+    b = numpy_helper.from_array(np.ones(2, np.float32), "b")
+    nodes = [helper.make_node("Conv", [x, "w", "b"], [y], name=y) for x, y in (("x", "y1"), ("y1", "y2"), ("y2", "y3"))]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 2, 2, 2])],
+                          [helper.make_tensor_value_info("y3", onnx.TensorProto.FLOAT, [1, 2, 2, 2])], [w, b])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    x = np.random.default_rng(0).normal(size=(1, 2, 2, 2)).astype(np.float32)
+    before = ort.InferenceSession(m.SerializeToString()).run(None, {"x": x})[0]
+    assert unshare_initializers(m, ("Conv",)) == 4
+    assert len({n.input[1] for n in m.graph.node}) == 3 and len({n.input[2] for n in m.graph.node}) == 3
+    onnx.checker.check_model(m)
+    np.testing.assert_array_equal(ort.InferenceSession(m.SerializeToString()).run(None, {"x": x})[0], before)
+
+
+def test_cpu_note_for_tensorrt_files_on_the_cpu():
+    from rfdeploy.calib.targets import cpu_note
+
+    trt = {"rfdeploy.precision": "int8", "rfdeploy.int8.target": "tensorrt"}
+    assert "slower" in cpu_note(trt, ["CPUExecutionProvider"])
+    assert "slower" in cpu_note({"rfdeploy.precision": "int8"}, ["CPUExecutionProvider"])  # files made before targets
+    assert cpu_note(trt, ["TensorrtExecutionProvider", "CPUExecutionProvider"]) is None
+    assert cpu_note({**trt, "rfdeploy.int8.target": "cpu"}, ["CPUExecutionProvider"]) is None
+    assert cpu_note({"rfdeploy.precision": "fp32"}, ["CPUExecutionProvider"]) is None
