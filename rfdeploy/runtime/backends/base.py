@@ -217,15 +217,24 @@ def default_cache_dir() -> Path:
     return Path(xdg) / "rfdeploy" if xdg else Path.home() / ".cache" / "rfdeploy"
 
 
-def cached_export(checkpoint: Path, cache_dir=None, notes: list[str] | None = None) -> Path:
-    """Export a checkpoint to ONNX once; the cache key is the checkpoint's sha256 and our version,
-    so a changed file is never served from a stale cache."""
+def cached_export_path(checkpoint: Path, cache_dir=None, sha256: str | None = None) -> Path:
+    """Where :func:`cached_export` keeps a checkpoint's ONNX file."""
     from rfdeploy import __version__
     from rfdeploy.fsutil import sha256_file
 
-    sha = sha256_file(checkpoint)
+    sha = sha256 or sha256_file(checkpoint)
     cache = Path(cache_dir) if cache_dir else default_cache_dir() / "onnx"
-    out = cache / f"{checkpoint.stem}-{sha[:16]}-v{__version__}.onnx"
+    return cache / f"{Path(checkpoint).stem}-{sha[:16]}-v{__version__}.onnx"
+
+
+def cached_export(checkpoint: Path, cache_dir=None, notes: list[str] | None = None) -> Path:
+    """Export a checkpoint to ONNX once; the cache key is the checkpoint's sha256 and our version,
+    so a changed file is never served from a stale cache."""
+    from rfdeploy.fsutil import sha256_file
+
+    sha = sha256_file(checkpoint)
+    out = cached_export_path(checkpoint, cache_dir, sha)
+    cache = out.parent
     if out.is_file():
         return out
     require_torch(f"exporting the checkpoint {checkpoint.name} to ONNX")
