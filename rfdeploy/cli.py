@@ -156,7 +156,8 @@ def export(checkpoints, output, config, fp16, verify, opset):
 @click.option("--analyse-num", default=8, show_default=True, help="Calibration images used by --analyse.")
 @click.option("--analyse-size", default=320, show_default=True, help="Long side of the --analyse images.")
 @click.option("--analyse-mode", type=click.Choice(["one_at_a_time", "leave_one_out"]), default="one_at_a_time",
-              show_default=True)
+              show_default=True,
+              help="With --analyse: quantize one layer at a time, or all but one, and measure the output change.")
 @click.option("--keep-float", type=int, default=None,
               help="With --analyse: leave the N most sensitive layers (units of shared weights) in float.")
 @click.option("--max-nmse", type=float, default=None,
