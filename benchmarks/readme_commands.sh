@@ -38,9 +38,9 @@ skip() { skipped=$((skipped + 1)); log "skip  $1: $2"; }
 
 # --- Quick start -------------------------------------------------------------------------------
 if [[ -n "${FRESH:-}" ]]; then
-    # README: python3 -m venv .venv && .venv/bin/pip install -e . && .venv/bin/rfdeploy infer ...
-    step "python3 -m venv + pip install -e . (fresh venv)" 0 \
-        bash -c "python3 -m venv '$WORK/venv' && '$WORK/venv/bin/pip' install -q -e '$REPO'"
+    # README: python3 -m venv .venv && .venv/bin/pip install . && .venv/bin/rfdeploy infer ...
+    step "python3 -m venv .venv && .venv/bin/pip install . (fresh venv)" 0 \
+        bash -c "python3 -m venv '$WORK/venv' && '$WORK/venv/bin/pip' install -q '$REPO'"
     RF="$WORK/venv/bin/rfdeploy"
 else
     RF=${RFDEPLOY:-$REPO/.venv/bin/rfdeploy}
@@ -48,6 +48,9 @@ fi
 rf() { "$RF" "$@"; }
 step "rfdeploy infer rfdeploy/assets/astronaut.jpg" 0 bash -c "cd '$REPO' && '$RF' infer rfdeploy/assets/astronaut.jpg"
 skip "bash .ci/run" "the whole test suite: run it on its own (it is what CI runs)"
+if [[ -n "${FRESH:-}" ]]; then  # README, Install: the extras the commands below use
+    step "pip install '.[torch,train,rtx]'" 0 "$WORK/venv/bin/pip" install -q "$REPO[torch,train,rtx]"
+fi
 
 # --- inputs for the flow -------------------------------------------------------------------------
 mkdir -p photos calib
