@@ -83,9 +83,10 @@ def run_measured(cmd: list[str]) -> tuple[int, float, str]:
 
 def calibrate_cmd(src: Path, images: list[str], per_video: int, dst: Path, method: str, target: str, num: int,
                   size: int, extra: list[str] = ()) -> list[str]:
+    # the mixed run reuses the ranges of the plain run of its method (same key) from the cache
     cmd = [sys.executable, "-m", "rfdeploy.cli", "calibrate", str(src), "-o", str(dst), "--method", method,
            "--target", target, "--num", str(num), "--calib-size", str(size), "--video-frames", str(per_video),
-           "--allow-fewer"]
+           "--allow-fewer", "--cache-dir", str(dst.parent / "calib-cache")]
     for i in images:
         cmd += ["--images", i]
     return cmd + list(extra)

@@ -8,13 +8,14 @@ made in three steps:
    batch is dropped; memory is estimated first and the run is refused when it cannot fit.
 2. **Quantization** with onnxruntime's ``quantize_static`` fed those ranges (through its
    calibration cache file), in the layout of the target (rfdeploy.calib.targets): ``tensorrt``
-   writes signed symmetric Q/DQ with per-channel weights and float biases (TensorRT's parser
-   rejects int32 bias DQ, FACTS.md); ``cpu`` writes onnxruntime's operator format with uint8
-   activations and int8 per-channel weights (its fast x86 kernels).
+   writes signed symmetric Q/DQ on the inputs of Conv/Gemm/MatMul with per-channel weights and
+   float biases (TensorRT's parser rejects int32 bias DQ, FACTS.md); ``cpu`` writes onnxruntime's
+   operator format with uint8 activations and int8 per-channel weights (its fast x86 kernels).
 3. **Checks and clean-up**: the post-network region (rfdeploy.export.graph_regions: Sigmoid, STC
-   filter, Exp decode, anchors, TopK, box-coordinate inputs) stays float, the Q/DQ placed on the
-   heads' last outputs is removed so logits reach the Sigmoid unrounded, and ``keep_float`` nodes
-   (from a sensitivity analysis, rfdeploy.calib.sensitivity) are left in float.
+   filter, Exp decode, anchors, TopK, box-coordinate inputs) stays float and reads no rounded
+   tensor (any Q/DQ in front of it is bypassed, the cpu target keeps the heads' last Convs
+   float so logits reach the Sigmoid unrounded), and ``keep_float`` nodes (from a sensitivity
+   analysis, rfdeploy.calib.sensitivity) are left in float.
 
 With biases left in float, onnxruntime must not enlarge weight scales "for the int32 bias" (its
 QDQ quantizer does by default, even when biases are not quantized): a weight shared by several
@@ -98,7 +99,7 @@ from rfdeploy.runtime.preprocess import Letterbox, padded_size, preprocess
 METHODS = collect.METHODS
 DEFAULT_EXCLUDE_OPS = SENSITIVE_OPS
 CACHE_FORMAT = 2
-COLLECTOR_VERSION = f"stream-v1-bins{collect.DEFAULT_BINS}-sample{collect.DEFAULT_SAMPLE}"
+COLLECTOR_VERSION = f"stream-v2-bins{collect.DEFAULT_BINS}-sample{collect.DEFAULT_SAMPLE}"
 SYNTHETIC_BOXES = "synthetic-packed-v2"
 METHOD_KEY = "rfdeploy.calibration.method"
 CACHE_KEY_KEY = "rfdeploy.calibration.key"
@@ -279,7 +280,8 @@ class CalibContext:
         return self.region.nodes | (self.head_nodes if self.target.float_head_outputs else frozenset())
 
     def tensors(self) -> list[str]:
-        return collect.tensors_to_calibrate(self.model, self.op_types, self.region.nodes)
+        return collect.tensors_to_calibrate(self.model, self.op_types, self.region.nodes,
+                                            outputs=self.target.quantize_outputs)
 
     def batches(self, sources: list[CalibSource], batch_size: int, size: int | None = None,
                 ) -> Iterator[dict[str, np.ndarray]]:

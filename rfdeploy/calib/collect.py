@@ -201,9 +201,9 @@ class RangeCollector:
 # ---------------------------------------------------------------- running the model
 
 
-def tensors_to_calibrate(model: onnx.ModelProto, op_types, skip_nodes=frozenset()) -> list[str]:
-    """Float activations read or written by nodes of ``op_types`` (not in ``skip_nodes``): what the
-    quantizer needs a range for (initializers excluded)."""
+def tensors_to_calibrate(model: onnx.ModelProto, op_types, skip_nodes=frozenset(), outputs: bool = True) -> list[str]:
+    """Float activations read (and, with ``outputs``, written) by nodes of ``op_types`` not in
+    ``skip_nodes``: what the quantizer needs a range for (initializers excluded)."""
     inferred = onnx.shape_inference.infer_shapes(model)
     types = {v.name: v.type.tensor_type.elem_type for v in
              list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output)}
@@ -212,7 +212,7 @@ def tensors_to_calibrate(model: onnx.ModelProto, op_types, skip_nodes=frozenset(
     for n in model.graph.node:
         if n.op_type not in op_types or n.name in skip_nodes:
             continue
-        for t in list(n.input) + list(n.output):
+        for t in list(n.input) + (list(n.output) if outputs else []):
             if t and t not in inits and types.get(t) == onnx.TensorProto.FLOAT:
                 out[t] = None
     return list(out)

@@ -65,11 +65,13 @@ def _open_video(path: Path):
 
 
 def video_frame_count(path: Path) -> int:
+    """Frames the decoder really gives (the count in a container's header can be larger)."""
     container = _open_video(path)
-    with container:
-        n = container.streams.video[0].frames
-        if n <= 0:  # not in the header: count the packets that carry a frame
-            n = sum(1 for p in container.demux(video=0) if p.size)
+    try:
+        with container:
+            n = sum(1 for _ in container.decode(video=0))
+    except Exception as e:  # PyAV decode errors
+        raise InputError(f"{path}: cannot decode the video ({type(e).__name__}: {e})") from e
     if n <= 0:
         raise InputError(f"{path}: the video has no frames")
     return n

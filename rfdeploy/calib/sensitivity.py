@@ -90,9 +90,11 @@ class SensitivityReport:
         head = "quantized alone" if self.mode == "one_at_a_time" else "nmse drop if float"
         out = [f"sensitivity ({self.mode}, {len(self.images)} images {self.input_shape[2]}x{self.input_shape[3]}, "
                f"{self.target} target): nmse with everything quantized {self.nmse_all_quantized:.3g}",
-               f"  {'rank':>4} {head:>16}  unit (nodes)"]
+               f"  {'rank':>4} {head:>16}  layer"]
         for i, u in enumerate(self.ranking[:top], 1):
-            out.append(f"  {i:>4} {u.score:>16.3g}  {u.unit} ({u.op_type} x{len(u.nodes)})")
+            where = u.nodes[0] if u.nodes else u.unit  # weight names of folded BN are opaque: show a node
+            more = f" and {len(u.nodes) - 1} more reading its weight" if len(u.nodes) > 1 else ""
+            out.append(f"  {i:>4} {u.score:>16.3g}  {where} ({u.op_type}{more})")
         if self.curve:
             out.append("  units kept float -> nmse: " + ", ".join(f"{k}: {e:.3g}" for k, e in self.curve))
         return out

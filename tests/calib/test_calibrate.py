@@ -79,6 +79,9 @@ def test_qdq_graph_is_what_tensorrt_accepts(setup):
             assert all(producer.get(t) is None or producer[t].op_type != "DequantizeLinear" for t in n.input)
     assert qdq_problems(m, _region(setup["det"])) == []
     assert setup["reports"]["det"].quantized_nodes == 12
+    # Q/DQ sit on the inputs of Convs only: no Conv output (a pre-activation) is rounded
+    conv_outputs = {c.output[0] for c in convs}
+    assert not [n.name for n in q if n.input[0] in conv_outputs]
 
 
 def test_qdq_problems_detects_what_tensorrt_refuses(setup):
