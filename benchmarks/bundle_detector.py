@@ -20,8 +20,8 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 def matched_scores(pipe, gt_json: Path):
     """(scores, labels) of every detection: 1 true positive, 0 false positive, -1 ignored (IoU 0.5)."""
+    from rfdeploy.core.image_io import load_image
     from rfdeploy.eval.ap import load_annotations, match_image
-    from rfdeploy.runtime.image_io import load_image
 
     scores, labels, faces = [], [], 0
     for g in load_annotations(gt_json):
@@ -58,10 +58,10 @@ def main():
     ap.add_argument("--holdout", type=int, default=12)
     args = ap.parse_args()
 
+    from rfdeploy.core.examples import example_image
+    from rfdeploy.core.image_io import load_image
     from rfdeploy.models import load
     from rfdeploy.models.checkpoint import save_checkpoint
-    from rfdeploy.runtime.examples import example_image
-    from rfdeploy.runtime.image_io import load_image
     from rfdeploy.runtime.pipeline import FacePipeline
     from rfdeploy.train.synth import SceneGenerator, write_wider
 

@@ -67,8 +67,8 @@ def iou_by_band(gt_json: Path, predictions: dict) -> dict:
 
 def run_one(spec: dict) -> dict:
     """One configuration (in a child process): AP, time per image, peak RSS."""
+    from rfdeploy.core.image_io import load_image
     from rfdeploy.eval.ap import evaluate_detections
-    from rfdeploy.runtime.image_io import load_image
     from rfdeploy.runtime.pipeline import FacePipeline
 
     gt = Path(spec["gt"])

@@ -111,7 +111,7 @@ def ap50(detector: Path, sets: dict[str, Path]) -> dict[str, float]:
 
 def vga_feed(model: Path) -> dict[str, np.ndarray]:
     from benchmarks.precision_real import _contract, vga_image
-    from rfdeploy.runtime.preprocess import preprocess
+    from rfdeploy.core.preprocess import preprocess
 
     x, _ = preprocess(vga_image(), _contract(model))
     return {"image": x}
@@ -141,8 +141,8 @@ def ranker_agreement(det: Path, rank: Path, variants: dict[str, Path]) -> tuple[
     import onnxruntime as ort
 
     from benchmarks.precision_real import _contract, vga_image
+    from rfdeploy.core.preprocess import preprocess
     from rfdeploy.models.crface import pack_candidates
-    from rfdeploy.runtime.preprocess import preprocess
 
     rgb = vga_image()
     x, _ = preprocess(rgb, _contract(det))

@@ -44,7 +44,7 @@ GPU_VGA = [
 def composed_image(w: int, h: int) -> np.ndarray:
     from PIL import Image
 
-    from rfdeploy.runtime.examples import example_image
+    from rfdeploy.core.examples import example_image
 
     tile = np.asarray(Image.open(example_image()).convert("RGB"))
     reps = (h // tile.shape[0] + 1, w // tile.shape[1] + 1, 1)

@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from rfdeploy.calib import calibrate  # noqa: E402
 from rfdeploy.calib.calibrate import _model_inputs, prepare_image, read_contract, synthetic_boxes  # noqa: E402
-from rfdeploy.contract import METADATA_KEY, PreprocessContract  # noqa: E402
+from rfdeploy.core.contract import METADATA_KEY, PreprocessContract  # noqa: E402
 from rfdeploy.export.fp16 import convert_fp16  # noqa: E402
 from rfdeploy.export.precision_io import load_onnx  # noqa: E402
 

@@ -32,12 +32,12 @@ sys.path.insert(0, str(ROOT))
 
 from rfdeploy.calib import calibrate
 from rfdeploy.calib.images import list_image_files
-from rfdeploy.contract import METADATA_KEY, PreprocessContract
+from rfdeploy.core.contract import METADATA_KEY, PreprocessContract
+from rfdeploy.core.preprocess import preprocess
 from rfdeploy.export.fp16 import convert_fp16
 from rfdeploy.export.precision_io import load_onnx, read_metadata
 from rfdeploy.export.verify import compare_candidates
 from rfdeploy.models.crface import pack_candidates
-from rfdeploy.runtime.preprocess import preprocess
 
 ASTRONAUT = ROOT / "rfdeploy" / "assets" / "astronaut.jpg"
 GRACE = ROOT / "tests" / "fixtures" / "grace_hopper.jpg"

@@ -27,8 +27,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from rfdeploy.errors import InputError, ModelFileError, RfdeployError  # noqa: E402
-from rfdeploy.fsutil import atomic_write_bytes  # noqa: E402
+from rfdeploy.core.errors import InputError, ModelFileError, RfdeployError  # noqa: E402
+from rfdeploy.core.fsutil import atomic_write_bytes  # noqa: E402
 from rfdeploy.runtime.adapters import SCRFDAdapter, make_scrfd_dynamic, read_signature  # noqa: E402
 
 MEMBER = "models/scrfd.onnx"

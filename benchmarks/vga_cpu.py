@@ -37,7 +37,7 @@ def main():
 
     import onnxruntime as ort
 
-    from rfdeploy.runtime.examples import example_image
+    from rfdeploy.core.examples import example_image
     from rfdeploy.runtime.pipeline import FacePipeline
 
     rgb = np.asarray(Image.open(example_image()).convert("RGB").resize((640, 480)))

@@ -13,7 +13,7 @@ import onnx
 import torch
 from torch import nn
 
-from rfdeploy.contract import METADATA_KEY, PreprocessContract
+from rfdeploy.core.contract import METADATA_KEY, PreprocessContract
 
 CONTRACT = PreprocessContract(pad_multiple=32)
 TOPK = 48

@@ -22,7 +22,7 @@ QDQ quantizer does by default, even when biases are not quantized): a weight sha
 Convs (RefineFace's heads run one set of weights on every pyramid level) would otherwise get the
 scale demanded by the level with the smallest input range, and on the others round to zero.
 
-Calibration inputs go through the runtime's own preprocessing (rfdeploy.runtime.preprocess) with
+Calibration inputs go through the one preprocessing (rfdeploy.core.preprocess) with
 the contract stored in the model. To stack into fixed-shape batches, every image is first resized
 so its long side is ``calib_size`` (models with a ``long_side`` contract are resized by the contract
 itself, to ``resize_to``), then letterboxed by ``preprocess`` onto a square canvas of the padded
@@ -75,8 +75,10 @@ from rfdeploy.calib.qdq import (
     unshare_initializers,
 )
 from rfdeploy.calib.targets import TARGET_KEY, Int8Target, get_target
-from rfdeploy.contract import METADATA_KEY, PreprocessContract
-from rfdeploy.errors import BuildError, InputError, ModelFileError
+from rfdeploy.core.contract import METADATA_KEY, PreprocessContract
+from rfdeploy.core.errors import BuildError, InputError, ModelFileError
+from rfdeploy.core.fsutil import atomic_write_bytes
+from rfdeploy.core.preprocess import Letterbox, padded_size, preprocess
 from rfdeploy.export.graph_regions import (
     SENSITIVE_OPS,
     Fp32Region,
@@ -93,8 +95,6 @@ from rfdeploy.export.precision_io import (
     sha256_file,
     write_metadata,
 )
-from rfdeploy.fsutil import atomic_write_bytes
-from rfdeploy.runtime.preprocess import Letterbox, padded_size, preprocess
 
 METHODS = collect.METHODS
 DEFAULT_EXCLUDE_OPS = SENSITIVE_OPS

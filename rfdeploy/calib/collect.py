@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from rfdeploy.errors import BuildError, InputError, RfdeployError
+from rfdeploy.core.errors import BuildError, InputError, RfdeployError
 
 METHODS = ("max", "entropy", "percentile")
 DEFAULT_BINS = 2048  # per side of zero: 4096 signed bins, 2048 magnitude bins (as TensorRT's entropy)

@@ -14,14 +14,14 @@ from pathlib import Path
 
 import numpy as np
 
-from rfdeploy.errors import InputError
+from rfdeploy.core.errors import InputError
 
 VIDEO_SUFFIXES = frozenset({".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v"})
 DEFAULT_VIDEO_FRAMES = 64
 
 
 def _image_suffixes() -> frozenset[str]:
-    from rfdeploy.runtime.image_io import IMAGE_EXTENSIONS
+    from rfdeploy.core.image_io import IMAGE_EXTENSIONS
 
     return IMAGE_EXTENSIONS
 
@@ -44,7 +44,7 @@ class CalibSource:
 
 def load_rgb(path: str | os.PathLike) -> np.ndarray:
     """Decode an image file to an HxWx3 uint8 RGB array, exactly as the runtime does."""
-    from rfdeploy.runtime.image_io import load_image
+    from rfdeploy.core.image_io import load_image
 
     return load_image(path).rgb
 

@@ -45,9 +45,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from rfdeploy.contract import PreprocessContract
+from rfdeploy.core.contract import PreprocessContract
+from rfdeploy.core.errors import InputError, ModelFileError
 from rfdeploy.engines.manifest import IOTensor, load_manifest
-from rfdeploy.errors import InputError, ModelFileError
 
 TRITON_DTYPES = {
     "float32": "TYPE_FP32", "float16": "TYPE_FP16", "bfloat16": "TYPE_BF16", "int8": "TYPE_INT8",
@@ -134,7 +134,7 @@ def network_from_engine(path: str | os.PathLike, role: str, max_batch: int) -> S
 
 def network_from_onnx(path: str | os.PathLike, role: str, max_batch: int) -> ServedNetwork:
     """The description of an ONNX file (from its graph signature and metadata_props)."""
-    from rfdeploy.engines import onnxinfo
+    from rfdeploy.core import onnxinfo
 
     path = Path(path)
     if not path.is_file():

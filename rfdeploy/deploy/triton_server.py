@@ -32,7 +32,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from rfdeploy.errors import BackendUnavailableError, InputError, RfdeployError
+from rfdeploy.core.errors import BackendUnavailableError, InputError, RfdeployError
 
 LOOPBACK = "127.0.0.1"
 # Each stub's shared-memory pool starts at this size and grows in these steps; a batch of eight

@@ -13,7 +13,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from rfdeploy.errors import BackendUnavailableError, InputError
+from rfdeploy.core.errors import BackendUnavailableError, InputError
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from rfdeploy import __version__
-from rfdeploy.engines import onnxinfo
+from rfdeploy.core import onnxinfo
+from rfdeploy.core.errors import BuildError, InputError
 from rfdeploy.engines.backend import BuilderBackend, collecting_logger, current_gpu
 from rfdeploy.engines.manifest import (
     IOTensor,
@@ -26,7 +27,6 @@ from rfdeploy.engines.manifest import (
     sha256_file,
 )
 from rfdeploy.engines.profiles import Profile, ProfileSpec, format_shape, resolve_profiles
-from rfdeploy.errors import BuildError, InputError
 
 log = logging.getLogger(__name__)
 
@@ -359,9 +359,9 @@ def _check_runtime_fit(onnx_path: Path, profiles: Sequence[Profile]) -> None:
     side both ways."""
     import json
 
-    from rfdeploy.contract import PreprocessContract
+    from rfdeploy.core.contract import PreprocessContract
+    from rfdeploy.core.errors import EngineMismatchError
     from rfdeploy.engines.profiles import input_limits
-    from rfdeploy.errors import EngineMismatchError
     from rfdeploy.runtime.tiling import MIN_TILE
 
     meta = onnxinfo.metadata(onnxinfo.load_onnx(onnx_path))

@@ -7,10 +7,10 @@ import math
 from pathlib import Path
 from typing import Any
 
-from rfdeploy.engines import onnxinfo
+from rfdeploy.core import onnxinfo
+from rfdeploy.core.errors import InputError, ModelFileError
 from rfdeploy.engines.manifest import load_manifest, manifest_path
 from rfdeploy.engines.profiles import format_shape
-from rfdeploy.errors import InputError, ModelFileError
 
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 TORCH_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")

@@ -15,9 +15,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from rfdeploy.core.errors import EngineMismatchError, ModelFileError
+from rfdeploy.core.fsutil import atomic_write_bytes, sha256_file  # noqa: F401  (re-exported)
 from rfdeploy.engines.profiles import Profile, format_shape, select_profile
-from rfdeploy.errors import EngineMismatchError, ModelFileError
-from rfdeploy.fsutil import atomic_write_bytes, sha256_file  # noqa: F401  (re-exported)
 
 SCHEMA_VERSION = 1
 UNKNOWN = "unknown"

@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Sequence
 
-from rfdeploy.errors import EngineMismatchError, InputError
+from rfdeploy.core.errors import EngineMismatchError, InputError
 
 Shape = tuple[int, ...]
 # An input's declared shape: ints for fixed dims, None (or a negative int) for dynamic ones.

@@ -29,10 +29,10 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
+from rfdeploy.core.errors import BackendUnavailableError, EngineMismatchError, InputError
 from rfdeploy.engines.backend import BuilderBackend, collecting_logger, current_gpu
 from rfdeploy.engines.manifest import Manifest, check_manifest, load_manifest
 from rfdeploy.engines.profiles import format_shape, select_profile
-from rfdeploy.errors import BackendUnavailableError, EngineMismatchError, InputError
 
 
 def parse_device(device: str) -> int:

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rfdeploy.errors import InputError
+from rfdeploy.core.errors import InputError
 from rfdeploy.eval.ap import DEFAULT_IOU_THRESHOLDS, evaluate_detections, load_annotations
 from rfdeploy.eval.run import _finish
 
 
 def evaluate_pipeline(pipeline, gt_json, images_dir=None, plot_path=None, iou_thresholds=DEFAULT_IOU_THRESHOLDS) -> dict:
     """All detections down to the pipeline's threshold are kept, so the whole PR curve is measured."""
-    from rfdeploy.runtime.image_io import load_image
+    from rfdeploy.core.image_io import load_image
 
     gt_json = Path(gt_json)
     folder = Path(images_dir) if images_dir else gt_json.parent

@@ -9,9 +9,9 @@ from typing import Sequence
 
 import numpy as np
 
-from rfdeploy.errors import InputError
+from rfdeploy.core.detections import Detections
+from rfdeploy.core.errors import InputError
 from rfdeploy.eval.ap import DEFAULT_IOU_THRESHOLDS, evaluate_detections, format_report, load_annotations
-from rfdeploy.runtime.detections import Detections
 
 
 def _read_records(path: Path):

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rfdeploy.errors import InputError
+from rfdeploy.core.errors import InputError
 
 SUBSETS = ("easy", "medium", "hard")
 THRESH_NUM = 1000
@@ -56,7 +56,7 @@ def _cells(arr) -> list:
 
 
 def load_wider_ground_truth(gt_dir: str | os.PathLike) -> WiderGroundTruth:
-    from rfdeploy.env import optional_import
+    from rfdeploy.core.env import optional_import
 
     sio = optional_import("scipy.io", "train")
     gt_dir = Path(gt_dir)

@@ -7,15 +7,15 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from rfdeploy.errors import InputError
+from rfdeploy.core.errors import InputError
 
 
 def verification_inputs(contract, sizes=((480, 640), (97, 255), (600, 512))) -> list[tuple[str, np.ndarray]]:
     """A real photo (the bundled example) through the runtime preprocessing, plus random inputs of
     several sizes, including ones not divisible by the pyramid strides."""
-    from rfdeploy.runtime.examples import example_image
-    from rfdeploy.runtime.image_io import load_image
-    from rfdeploy.runtime.preprocess import preprocess
+    from rfdeploy.core.examples import example_image
+    from rfdeploy.core.image_io import load_image
+    from rfdeploy.core.preprocess import preprocess
 
     photo, _ = preprocess(load_image(example_image()).rgb, contract)
     rng = np.random.default_rng(0)

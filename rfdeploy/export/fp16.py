@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, field
 
 import onnx
 
-from rfdeploy.errors import BuildError
+from rfdeploy.core.errors import BuildError
 from rfdeploy.export.graph_regions import (
     SENSITIVE_OPS,
     ensure_node_names,
@@ -80,7 +80,7 @@ def _resolve_method(method: str) -> str:
     if method == "auto":
         return "autocast" if modelopt_available() else "onnxconverter"
     if method == "autocast" and not modelopt_available():
-        from rfdeploy.errors import BackendUnavailableError
+        from rfdeploy.core.errors import BackendUnavailableError
 
         raise BackendUnavailableError(
             "method='autocast' needs NVIDIA ModelOpt, which is not importable",

@@ -20,7 +20,7 @@ import onnx
 import torch
 
 from rfdeploy import __version__
-from rfdeploy.errors import BuildError
+from rfdeploy.core.errors import BuildError
 from rfdeploy.models.checkpoint import atomic_write_bytes
 from rfdeploy.models.config import DetectorConfig, RankerConfig
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import onnx
 
-from rfdeploy.errors import BuildError, InputError, ModelFileError
-from rfdeploy.fsutil import atomic_path, sha256_file  # noqa: F401
+from rfdeploy.core.errors import BuildError, InputError, ModelFileError
+from rfdeploy.core.fsutil import atomic_path, sha256_file  # noqa: F401
 
 PRECISION_KEY = "rfdeploy.precision"
 _PROTOBUF_LIMIT = 2**31 - 1

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from rfdeploy.errors import BuildError
+from rfdeploy.core.errors import BuildError
 
 
 @dataclass

@@ -24,8 +24,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from rfdeploy.contract import PreprocessContract
-from rfdeploy.errors import InputError, ModelFileError
+from rfdeploy.core.contract import PreprocessContract
+from rfdeploy.core.errors import InputError, ModelFileError
 from rfdeploy.models.backbones import Backbone
 
 
@@ -182,7 +182,7 @@ def _verify(model, bb: Backbone, outputs: list[str], contract: PreprocessContrac
     import onnx
     import onnxruntime as ort
 
-    from rfdeploy.runtime.preprocess import preprocess
+    from rfdeploy.core.preprocess import preprocess
 
     x, _ = preprocess(image, contract)
     # expose the conv outputs as graph outputs; drop the detector's own outputs
@@ -233,8 +233,8 @@ def import_backbone(onnx_path, *, source: str | None = None, verify_image=None) 
     Raises ModelFileError (exit code 3) when the file is not a known detector, a convolution does
     not match, or the verification fails.
     """
-    from rfdeploy.runtime.examples import example_image
-    from rfdeploy.runtime.image_io import load_image
+    from rfdeploy.core.examples import example_image
+    from rfdeploy.core.image_io import load_image
 
     model = _load_onnx(onnx_path)
     source = source or detect_source(model)

@@ -13,8 +13,8 @@ from pathlib import Path
 import torch
 
 from rfdeploy import __version__
-from rfdeploy.errors import InputError, ModelFileError
-from rfdeploy.fsutil import atomic_write_bytes, sha256_file  # noqa: F401  (re-exported)
+from rfdeploy.core.errors import InputError, ModelFileError
+from rfdeploy.core.fsutil import atomic_write_bytes, sha256_file  # noqa: F401  (re-exported)
 from rfdeploy.models.config import DetectorConfig, RankerConfig, config_from_dict
 
 CONFIG_KEY = "rfdeploy.config"

@@ -10,7 +10,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, field, fields
 
-from rfdeploy.contract import PreprocessContract
+from rfdeploy.core.contract import PreprocessContract
 
 BACKBONES = ("resnet18", "resnet50", "resnet101", "resnet152", "mobilenet_v2", "mobilenet_v2_relu", "mobilenet_v1_025")
 # TensorRT refuses TopK with K above this (FACTS): larger candidate sets are selected per level.

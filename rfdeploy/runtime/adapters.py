@@ -21,10 +21,10 @@ from typing import Any
 
 import numpy as np
 
-from rfdeploy.contract import PreprocessContract
-from rfdeploy.errors import BackendUnavailableError, InputError, ModelFileError
-from rfdeploy.runtime.detections import Detections
-from rfdeploy.runtime.preprocess import Letterbox, preprocess
+from rfdeploy.core.contract import PreprocessContract
+from rfdeploy.core.detections import Detections
+from rfdeploy.core.errors import BackendUnavailableError, InputError, ModelFileError
+from rfdeploy.core.preprocess import Letterbox, preprocess
 
 DEFAULT_SCORE_THRESHOLD = 0.02
 DEFAULT_MAX_CANDIDATES = 5000
@@ -641,7 +641,7 @@ def load_adapter_json(path: str | os.PathLike) -> DecodedBoxesAdapter:
     ``{"boxes_output": "boxes", "scores_output": "scores", "box_format": "xywh",
     "normalized": true, "contract": {"mean": [0,0,0], "std": [255,255,255]}}``.
     """
-    from rfdeploy.fsutil import read_json
+    from rfdeploy.core.fsutil import read_json
 
     path = Path(path)
     spec = read_json(path, "adapter file", ModelFileError)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from rfdeploy.errors import BackendUnavailableError, InputError, RfdeployError
+from rfdeploy.core.errors import BackendUnavailableError, InputError, RfdeployError
 
 PipelineFactory = Callable[[], Any]  # -> an object with process_path(path) -> dict
 
@@ -175,7 +175,7 @@ def run_batch(
         raise InputError("mix of URIs and local paths; run them as separate jobs")
     paths: list[str] = []
     if local:
-        from rfdeploy.runtime.image_io import iter_image_paths
+        from rfdeploy.core.image_io import iter_image_paths
 
         paths = [str(p) for p in iter_image_paths(local, recursive=recursive)]
 
@@ -235,7 +235,7 @@ def batch_cli(
     [--concurrency N] [--batch-size B]`` does; ``pipeline_options`` go to ``FacePipeline.create``
     (detector, ranker, use_ranker, backend, device, tile, score_thr, ...). Returns the report and
     the exit code (0, or PARTIAL_FAILURE_EXIT_CODE when some images failed)."""
-    from rfdeploy.errors import PARTIAL_FAILURE_EXIT_CODE
+    from rfdeploy.core.errors import PARTIAL_FAILURE_EXIT_CODE
 
     report = run_batch(inputs, output, pipeline_options=pipeline_options, ray_address=ray_address,
                        num_gpus_per_worker=num_gpus_per_worker, concurrency=concurrency, batch_size=batch_size,

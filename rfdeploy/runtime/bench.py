@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rfdeploy.errors import InputError
+from rfdeploy.core.errors import InputError
 
 SIZES = {"vga": (640, 480), "720p": (1280, 720), "1080p": (1920, 1080), "4k": (3840, 2160), "8k": (7680, 4320)}
 
@@ -19,8 +19,8 @@ def bench_image(size: str, image_path=None) -> np.ndarray:
 
     if size not in SIZES:
         raise InputError(f"unknown size {size!r}; choose from {sorted(SIZES)}")
-    from rfdeploy.runtime.examples import example_image
-    from rfdeploy.runtime.image_io import load_image
+    from rfdeploy.core.examples import example_image
+    from rfdeploy.core.image_io import load_image
 
     rgb = load_image(image_path or example_image()).rgb
     w, h = SIZES[size]

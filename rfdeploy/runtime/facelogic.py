@@ -8,7 +8,7 @@ two callables:
   contract) -> ``(boxes [B,K,4] x1,y1,x2,y2 in input-tensor pixels, scores [B,K])``; rows with
   score 0 are padding (rfdeploy's detector graph pads its fixed-size candidate set that way).
 * ``infer_ranker(image, boxes)``: ``image`` [1,3,h,w] float32 (ranker contract), ``boxes`` [1,N,5]
-  from :func:`rfdeploy.runtime.detections.pack_candidates` -> refined scores [1,N].
+  from :func:`rfdeploy.core.boxes.pack_candidates` -> refined scores [1,N].
 
 On the host everything is numpy, NMS included (no torch needed). With ``FaceLogicConfig.device`` set
 (the torch backend on a GPU) the image is uploaded once and resizing, normalisation, tile cuts and
@@ -26,10 +26,10 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from rfdeploy.contract import PreprocessContract
-from rfdeploy.errors import InputError, ModelFileError
-from rfdeploy.runtime.detections import Detections, pack_candidates
-from rfdeploy.runtime.preprocess import Letterbox, padded_size, preprocess, target_scale
+from rfdeploy.core.contract import PreprocessContract
+from rfdeploy.core.detections import Detections, pack_candidates
+from rfdeploy.core.errors import InputError, ModelFileError
+from rfdeploy.core.preprocess import Letterbox, padded_size, preprocess, target_scale
 from rfdeploy.runtime.tiling import (
     DEFAULT_AUTO_TILE,
     Pass,
@@ -221,7 +221,7 @@ def detector_batches(rgb, cfg: FaceLogicConfig, timer: Timer = _no_timer) -> Ite
         if on_host:
             x, lb = preprocess(rgb, cfg.detector_contract, cfg.min_input)
         else:
-            from rfdeploy.runtime.preprocess import preprocess_torch
+            from rfdeploy.core.preprocess import preprocess_torch
 
             x, lb = preprocess_torch(rgb, cfg.detector_contract, cfg.min_input)
         timer("preprocess", time.perf_counter() - t0)
@@ -261,7 +261,7 @@ def _torch_tiles(rgb, p: Pass, cfg: FaceLogicConfig):
     """The same on the image's torch device: the pass is resized once, in uint8 as Pillow does it
     (the full-resolution pass is the image itself), then each tile is cut, normalised and padded.
     No float copy of a whole pass is made (at 8K one would be 0.4 GB)."""
-    from rfdeploy.runtime.preprocess import padded_size, resize_torch, to_input_torch
+    from rfdeploy.core.preprocess import padded_size, resize_torch, to_input_torch
 
     contract = cfg.detector_contract
     scaled = resize_torch(rgb, p.width, p.height)
@@ -337,7 +337,7 @@ def rank_candidates(rgb, boxes: np.ndarray, scores: np.ndarray, infer_ranker: In
     else:
         import torch
 
-        from rfdeploy.runtime.preprocess import preprocess_torch
+        from rfdeploy.core.preprocess import preprocess_torch
 
         image, _ = preprocess_torch(rgb, cfg.ranker_contract, cfg.ranker_min_input)
         packed = torch.from_numpy(packed).to(rgb.device)
@@ -351,7 +351,7 @@ def detect_faces(rgb: np.ndarray, infer_detector: InferDetector, infer_ranker: I
                  cfg: FaceLogicConfig, timer: Timer = _no_timer, progress: Progress | None = None) -> Detections:
     """Faces in one HxWx3 uint8 RGB image: candidates, ranker (when given and configured), NMS,
     then the output score threshold."""
-    from rfdeploy.runtime.nms import nms
+    from rfdeploy.core.boxes import nms
 
     if not isinstance(rgb, np.ndarray) or rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
         raise InputError(f"expected an HxWx3 uint8 RGB image, got {getattr(rgb, 'shape', type(rgb))}")
@@ -382,10 +382,10 @@ def detect_faces(rgb: np.ndarray, infer_detector: InferDetector, infer_ranker: I
 
 
 def decode_image_bytes(data: bytes | np.ndarray, suffix: str = "") -> np.ndarray:
-    """Encoded image bytes -> HxWx3 uint8 RGB, with :func:`rfdeploy.runtime.image_io.load_image`'s
+    """Encoded image bytes -> HxWx3 uint8 RGB, with :func:`rfdeploy.core.image_io.load_image`'s
     rules (EXIF orientation, alpha, bit depth, pixel limit). load_image reads paths, so the bytes
     pass through a private temporary file."""
-    from rfdeploy.runtime.image_io import load_image
+    from rfdeploy.core.image_io import load_image
 
     raw = np.asarray(data).tobytes() if isinstance(data, np.ndarray) else bytes(data)
     if not raw:

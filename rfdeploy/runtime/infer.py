@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
-from rfdeploy.errors import InputError
+from rfdeploy.core.errors import InputError
 from rfdeploy.runtime.pipeline import FacePipeline, error_record
 
 
@@ -80,8 +80,8 @@ def save_visualisation(record: dict, src_path: Path, out_dir: Path, overwrite: b
     <out_dir>/<name> in the input's format."""
     import numpy as np
 
-    from rfdeploy.runtime.detections import Detections
-    from rfdeploy.runtime.image_io import load_image
+    from rfdeploy.core.detections import Detections
+    from rfdeploy.core.image_io import load_image
 
     out_dir.mkdir(parents=True, exist_ok=True)
     suffix, fmt = _vis_format(src_path)

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from rfdeploy.contract import PreprocessContract
-from rfdeploy.errors import InputError
+from rfdeploy.core.contract import PreprocessContract
+from rfdeploy.core.errors import InputError
 from rfdeploy.runtime.facelogic import FaceLogicConfig, tile_limit
 from rfdeploy.runtime.tiling import DEFAULT_AUTO_MAX_INPUT, TilePolicy
 

@@ -9,12 +9,12 @@ import json
 
 import numpy as np
 
-from rfdeploy.contract import METADATA_KEY as KEY_CONTRACT
-from rfdeploy.contract import PreprocessContract
-from rfdeploy.errors import ModelFileError
+from rfdeploy.core.contract import METADATA_KEY as KEY_CONTRACT
+from rfdeploy.core.contract import PreprocessContract
+from rfdeploy.core.errors import ModelFileError
+from rfdeploy.core.preprocess import Letterbox
 from rfdeploy.models.config import config_from_dict
 from rfdeploy.runtime.backends.base import Runner
-from rfdeploy.runtime.preprocess import Letterbox
 
 # The keys rfdeploy.export.onnx_export writes. Named here rather than imported from there because
 # the exporter needs torch and reading a model must not (tests keep the two in step).

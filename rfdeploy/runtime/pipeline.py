@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from rfdeploy.errors import InputError, ModelFileError, RfdeployError
-from rfdeploy.runtime.detections import Detections
+from rfdeploy.core.detections import Detections
+from rfdeploy.core.errors import InputError, ModelFileError, RfdeployError
 from rfdeploy.runtime.facelogic import FaceLogicConfig, detect_faces
 from rfdeploy.runtime.logic_config import engine_limits, face_logic_config
 from rfdeploy.runtime.tiling import TilePolicy
@@ -177,7 +177,7 @@ class FacePipeline:
 
     def process_path(self, path) -> dict:
         """Decode + detect one file -> the JSON record written by `infer --out`."""
-        from rfdeploy.runtime.image_io import load_image
+        from rfdeploy.core.image_io import load_image
 
         timings = Timings()
         t = time.perf_counter()

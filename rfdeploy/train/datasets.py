@@ -1,7 +1,7 @@
 """Training data readers (WIDER FACE, the project's JSON) and torch datasets.
 
 Every sample is (3xSxS float32 tensor normalised by a PreprocessContract through
-``rfdeploy.runtime.preprocess``, {"boxes": [M,4] float32 x1y1x2y2, "ignore": [M] bool}).
+``rfdeploy.core.preprocess``, {"boxes": [M,4] float32 x1y1x2y2, "ignore": [M] bool}).
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from rfdeploy.contract import PreprocessContract
-from rfdeploy.errors import InputError
-from rfdeploy.runtime.preprocess import preprocess
+from rfdeploy.core.contract import PreprocessContract
+from rfdeploy.core.errors import InputError
+from rfdeploy.core.preprocess import preprocess
 from rfdeploy.train.augment import resize_long_side
 
 # (image, boxes, ignore, rng) -> (HxWx3 uint8, boxes, ignore)

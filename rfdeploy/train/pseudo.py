@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rfdeploy.errors import InputError
+from rfdeploy.core.errors import InputError
 
 VIDEO_SUFFIXES = {".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v"}
 
@@ -124,7 +124,7 @@ def iter_video_frames(path: Path, every: int = 10, max_frames: int | None = None
 
 def iter_sources(inputs: list[str], every: int, max_frames: int | None) -> Iterator[tuple[str, np.ndarray]]:
     """(name, rgb) over videos (sampled frames) and images (files, folders, globs)."""
-    from rfdeploy.runtime.image_io import iter_image_paths, load_image
+    from rfdeploy.core.image_io import iter_image_paths, load_image
 
     images: list[str] = []
     for item in inputs:
@@ -149,7 +149,7 @@ def pseudo_label(inputs: list[str], teachers: list[Teacher], out_dir, *, every: 
     """
     from PIL import Image
 
-    from rfdeploy.fsutil import atomic_write_bytes
+    from rfdeploy.core.fsutil import atomic_write_bytes
 
     if len(teachers) != 2:
         raise InputError(f"pseudo-labels need exactly two teachers, got {len(teachers)}")

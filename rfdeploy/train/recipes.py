@@ -33,7 +33,7 @@ def default_detector_config() -> DetectorConfig:
 
 def default_ranker_config() -> RankerConfig:
     """The bundled small CRFace: MobileNetV2, 64-channel confidence module, whole image at 640."""
-    from rfdeploy.contract import PreprocessContract
+    from rfdeploy.core.contract import PreprocessContract
 
     return ranker_config(
         "crface_small", num_boxes=1000, contract=PreprocessContract(resize="long_side", resize_to=640)

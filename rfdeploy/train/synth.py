@@ -46,7 +46,7 @@ from typing import NamedTuple, Sequence
 import numpy as np
 from PIL import Image, ImageFilter
 
-from rfdeploy.errors import InputError
+from rfdeploy.core.errors import InputError
 from rfdeploy.train.augment import apply_colour, colour_matrix
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")

@@ -262,9 +262,9 @@ def build_ranker_samples(images_and_boxes, detectors, cfg: RankerConfig, *, min_
 
     ``detectors``: callables rgb -> (boxes [K,4] xyxy image pixels, scores [K]).
     """
+    from rfdeploy.core.preprocess import preprocess
     from rfdeploy.models.crface import pack_candidates
     from rfdeploy.models.losses import oracle_confidence
-    from rfdeploy.runtime.preprocess import preprocess
 
     items = []
     for rgb, gt in images_and_boxes:

@@ -17,8 +17,8 @@ from rfdeploy.calib import calibrate
 from rfdeploy.calib.calibrate import prepare_image
 from rfdeploy.calib.images import load_rgb
 from rfdeploy.calib.qdq import qdq_problems
-from rfdeploy.contract import METADATA_KEY, PreprocessContract
-from rfdeploy.errors import InputError, ModelFileError
+from rfdeploy.core.contract import METADATA_KEY, PreprocessContract
+from rfdeploy.core.errors import InputError, ModelFileError
 from rfdeploy.export.graph_regions import ensure_node_names, find_fp32_region
 from tests.precision_fixtures import CONTRACT, export_toy_detector, export_toy_ranker, write_images
 
@@ -257,7 +257,7 @@ def test_failed_quantization_keeps_previous_output(setup, tmp_path):
     def bad_boxes(x, lb):
         raise RuntimeError("boxes source failed")
 
-    from rfdeploy.errors import BuildError
+    from rfdeploy.core.errors import BuildError
 
     with pytest.raises(BuildError, match="boxes source failed"):
         calibrate(setup["rank"], setup["images"], dst, num=2, boxes_fn=bad_boxes, **FAST)

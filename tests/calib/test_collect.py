@@ -17,7 +17,7 @@ from rfdeploy.calib.collect import (
     entropy_threshold,
     percentile_threshold,
 )
-from rfdeploy.errors import BuildError, InputError
+from rfdeploy.core.errors import BuildError, InputError
 
 
 def test_growing_histogram_equals_one_histogram_at_the_final_range():

@@ -18,7 +18,7 @@ import importlib.util  # noqa: E402
 import json  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from rfdeploy.contract import PreprocessContract  # noqa: E402
+from rfdeploy.core.contract import PreprocessContract  # noqa: E402
 
 TINY_K = 64  # detector candidates
 TINY_N = 32  # ranker boxes

@@ -26,7 +26,7 @@ class RetinaBatchDetector:
         self.calls: list[int] = []
 
     def __call__(self, batch: np.ndarray):
-        from rfdeploy.runtime.preprocess import Letterbox
+        from rfdeploy.core.preprocess import Letterbox
 
         self.calls.append(len(batch))
         loc, conf = self.det.session.run(["loc", "conf"], {self.det.input_name: batch})
@@ -52,8 +52,8 @@ class RetinaPipeline:
                                    max_batch=4)
 
     def process_path(self, path) -> dict:
+        from rfdeploy.core.image_io import load_image
         from rfdeploy.runtime.facelogic import detect_faces
-        from rfdeploy.runtime.image_io import load_image
 
         t0 = time.perf_counter()
         img = load_image(path)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from rfdeploy.errors import BackendUnavailableError, InputError
+from rfdeploy.core.errors import BackendUnavailableError, InputError
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -43,8 +43,8 @@ def images(shared_data, tmp_path_factory) -> Path:
 
 
 def test_batch_equals_in_process_pipeline_and_records_errors(ray_local, images, retina_onnx, tmp_path):
+    from rfdeploy.core.image_io import iter_image_paths
     from rfdeploy.runtime.batch import run_batch
-    from rfdeploy.runtime.image_io import iter_image_paths
     from tests.deploy.retina import make_retina_pipeline
 
     out = tmp_path / "results.jsonl"

@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rfdeploy.errors import InputError, ModelFileError
+from rfdeploy.core.boxes import box_iou
+from rfdeploy.core.errors import InputError, ModelFileError
+from rfdeploy.core.image_io import load_image
 from rfdeploy.runtime.facelogic import FaceLogicConfig, decode_image_bytes, detect_faces, plan_for
-from rfdeploy.runtime.image_io import load_image
-from rfdeploy.runtime.nms import box_iou
 
 ASTRONAUT = Path(__file__).resolve().parents[2] / "rfdeploy" / "assets" / "astronaut.jpg"
 
@@ -90,7 +90,7 @@ def test_ranker_sees_top_n_and_rescored_boxes_survive(retina, astronaut):
 
 
 def test_detector_output_shape_is_checked(astronaut):
-    from rfdeploy.contract import PreprocessContract
+    from rfdeploy.core.contract import PreprocessContract
 
     cfg = FaceLogicConfig(detector_contract=PreprocessContract(), tile="off")
     with pytest.raises(ModelFileError, match="boxes of shape"):

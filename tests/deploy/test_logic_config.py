@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from rfdeploy.errors import InputError
+from rfdeploy.core.errors import InputError
 from rfdeploy.runtime.facelogic import FaceLogicConfig, plan_for
 from rfdeploy.runtime.tiling import TilePolicy
 from tests.deploy.triton_fixtures import fake_server_env  # noqa: F401  (fixture)
@@ -113,7 +113,7 @@ def test_tile_policy_parses_once_and_writes_back():
     assert TilePolicy.parse(p) is p and p == "768" and p != "auto" and p != "nonsense"
     assert (p.tile_size(4000, 3000), p.tile_size(100, 100)) == (768, 768)
     assert TilePolicy.parse("auto").tile_size(2048, 1000) is None and TilePolicy.parse("auto").tile_size(2049, 10) == 1024
-    from rfdeploy.contract import PreprocessContract
+    from rfdeploy.core.contract import PreprocessContract
 
     cfg = FaceLogicConfig(detector_contract=PreprocessContract(), tile=" AUTO ")
     assert cfg.tile == TilePolicy("auto") and cfg.to_dict()["tile"] == "auto"

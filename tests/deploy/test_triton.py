@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from rfdeploy.core.errors import InputError, ModelFileError
 from rfdeploy.engines.manifest import load_manifest
-from rfdeploy.errors import InputError, ModelFileError
 from tests.deploy.conftest import TINY_K, TINY_N
 
 ASTRONAUT = Path(__file__).resolve().parents[2] / "rfdeploy" / "assets" / "astronaut.jpg"
@@ -206,8 +206,8 @@ def faces_model(repo, tiny_onnx, monkeypatch):
 
 
 def test_python_model_tiles_batches_and_ranks_like_the_runtime(faces_model):
+    from rfdeploy.core.image_io import load_image
     from rfdeploy.runtime.facelogic import FaceLogicConfig, detect_faces
-    from rfdeploy.runtime.image_io import load_image
 
     model, pb, log, det, rank = faces_model
     data = np.frombuffer(ASTRONAUT.read_bytes(), np.uint8)

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rfdeploy.errors import InputError
+from rfdeploy.core.errors import InputError
 from tests.deploy.conftest import TINY_K, TINY_N
 from tests.deploy.test_triton import _fake_pb_utils, _parse
 from tests.deploy.triton_fixtures import fake_server_env  # noqa: F401  (fixture)
@@ -169,8 +169,8 @@ def test_network_model_batches_grouped_requests_and_fails_them_alone(detector_mo
 
 
 def test_launcher_finds_the_server_pieces_and_says_what_is_missing(tmp_path, fake_server_env):  # noqa: F811
+    from rfdeploy.core.errors import BackendUnavailableError
     from rfdeploy.deploy.triton_server import ServerInstall, TritonServer, repo_python
-    from rfdeploy.errors import BackendUnavailableError
 
     with pytest.raises(InputError, match="nvidia-pytriton"):
         ServerInstall(tmp_path / "nowhere")

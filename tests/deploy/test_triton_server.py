@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rfdeploy.errors import InputError
+from rfdeploy.core.errors import InputError
 
 pytestmark = pytest.mark.slow
 

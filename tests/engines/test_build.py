@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from rfdeploy.core.errors import BuildError, EngineMismatchError, InputError, ModelFileError
 from rfdeploy.engines.backend import BuilderBackend
 from rfdeploy.engines.build import build_engine
 from rfdeploy.engines.manifest import check_manifest, load_manifest, manifest_path
 from rfdeploy.engines.profiles import specs_from_cli
-from rfdeploy.errors import BuildError, EngineMismatchError, InputError, ModelFileError
 
 SMALL = dict(min_shapes=["1x3x32x32"], opt_shapes=["1x3x64x64"], max_shapes=["2x3x128x128"])
 BUILD_TIMES: dict[str, float] = {}
@@ -241,7 +241,7 @@ def test_package_imports_without_tensorrt():
     code = (
         "import sys; sys.modules['tensorrt'] = None; sys.modules['tensorrt_rtx'] = None\n"
         "import rfdeploy.engines.build, rfdeploy.engines.runner, rfdeploy.engines.inspect\n"
-        "from rfdeploy.errors import BackendUnavailableError\n"
+        "from rfdeploy.core.errors import BackendUnavailableError\n"
         "from rfdeploy.engines.backend import load_trt_module\n"
         "try:\n    load_trt_module()\nexcept BackendUnavailableError as e:\n    print('refused:', e.hint)\n"
     )

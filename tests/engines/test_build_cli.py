@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from rfdeploy.cli import main
-from rfdeploy.contract import PreprocessContract
+from rfdeploy.core.contract import PreprocessContract
 from rfdeploy.engines.manifest import load_manifest
 from rfdeploy.engines.profiles import resolve_profile
 from rfdeploy.runtime.backends.engine_cache import detector_profile, ranker_profile

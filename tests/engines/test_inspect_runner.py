@@ -7,12 +7,12 @@ import json
 import numpy as np
 import pytest
 
+from rfdeploy.core.errors import BackendUnavailableError, InputError, ModelFileError
 from rfdeploy.engines.backend import current_gpu, load_trt_module, normalize_backend_name
 from rfdeploy.engines.build import build_engine
 from rfdeploy.engines.inspect import describe, format_description
 from rfdeploy.engines.profiles import specs_from_cli
 from rfdeploy.engines.runner import TensorRTRunner, check_feed, parse_device
-from rfdeploy.errors import BackendUnavailableError, InputError, ModelFileError
 
 
 def test_describe_onnx(detector_onnx, detector_int8_onnx):

@@ -11,6 +11,7 @@ import json
 
 import pytest
 
+from rfdeploy.core.errors import EngineMismatchError, ModelFileError
 from rfdeploy.engines.manifest import (
     IOTensor,
     Manifest,
@@ -20,7 +21,6 @@ from rfdeploy.engines.manifest import (
     normalize_cc,
 )
 from rfdeploy.engines.profiles import Profile, ShapeRange
-from rfdeploy.errors import EngineMismatchError, ModelFileError
 
 PLAN = b"plan bytes standing in for a serialized engine" * 50
 

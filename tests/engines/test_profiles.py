@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from rfdeploy.core.errors import EngineMismatchError, InputError
 from rfdeploy.engines.profiles import (
     PRESETS,
     Profile,
@@ -19,7 +20,6 @@ from rfdeploy.engines.profiles import (
     spec_from_shape_args,
     specs_from_cli,
 )
-from rfdeploy.errors import EngineMismatchError, InputError
 
 DET = {"input": (-1, 3, -1, -1)}
 RANKER = {"image": (-1, 3, -1, -1), "boxes": (-1, 3840, 5)}

@@ -24,10 +24,10 @@ import time
 import numpy as np
 import pytest
 
+from rfdeploy.core.errors import BackendUnavailableError, EngineMismatchError
 from rfdeploy.engines.manifest import IOTensor, Manifest
 from rfdeploy.engines.profiles import Profile, ShapeRange
 from rfdeploy.engines.runner import TensorRTRunner, _CudartMemory, _TorchMemory, engine_io
-from rfdeploy.errors import BackendUnavailableError, EngineMismatchError
 
 K = 3  # candidates per image of the fake network
 

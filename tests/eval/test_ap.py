@@ -3,7 +3,8 @@ import json
 import numpy as np
 import pytest
 
-from rfdeploy.errors import InputError
+from rfdeploy.core.detections import Detections
+from rfdeploy.core.errors import InputError
 from rfdeploy.eval.ap import (
     GroundTruth,
     box_iou,
@@ -13,7 +14,6 @@ from rfdeploy.eval.ap import (
     match_image,
     voc_ap,
 )
-from rfdeploy.runtime.detections import Detections
 
 FACE_A = [10, 10, 50, 60]
 FACE_B = [100, 20, 140, 70]

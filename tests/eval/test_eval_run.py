@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from rfdeploy.errors import InputError
+from rfdeploy.core.detections import Detections
+from rfdeploy.core.errors import InputError
 from rfdeploy.eval.run import evaluate_prediction_file, load_predictions_json
-from rfdeploy.runtime.detections import Detections
 
 
 def write_annotations(folder):

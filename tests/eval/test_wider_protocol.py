@@ -6,7 +6,7 @@ import pytest
 pytest.importorskip("scipy", reason="scipy (the 'train' extra) reads the official .mat files")
 import scipy.io  # noqa: E402
 
-from rfdeploy.errors import InputError  # noqa: E402
+from rfdeploy.core.errors import InputError  # noqa: E402
 from rfdeploy.eval.wider import (  # noqa: E402
     evaluate_wider,
     load_wider_ground_truth,

@@ -7,7 +7,7 @@ import onnx
 import pytest
 import torch
 
-from rfdeploy.contract import PreprocessContract
+from rfdeploy.core.contract import PreprocessContract
 from rfdeploy.export.api import export_checkpoint, verification_inputs
 from rfdeploy.export.onnx_export import export_model, read_metadata
 from rfdeploy.export.verify import verify_onnx
@@ -173,7 +173,7 @@ def test_onnxruntime_matches_torch(exported_detector, det_cfg):
 
 
 def test_verification_catches_a_wrong_model(exported_detector, det_cfg):
-    from rfdeploy.errors import BuildError
+    from rfdeploy.core.errors import BuildError
 
     model, path = exported_detector
     other = build(det_cfg).eval()
@@ -199,7 +199,7 @@ def test_ranker_export(tmp_path):
 
 
 def test_export_checkpoint_writes_nothing_on_failure(tmp_path):
-    from rfdeploy.errors import InputError, ModelFileError
+    from rfdeploy.core.errors import InputError, ModelFileError
 
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"\x00" * 10)

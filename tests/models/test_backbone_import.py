@@ -9,12 +9,12 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from shared_data import SHARED_DATA
 
-from rfdeploy.errors import ModelFileError
+from rfdeploy.core.errors import ModelFileError
+from rfdeploy.core.examples import example_image
+from rfdeploy.core.image_io import load_image
+from rfdeploy.core.preprocess import preprocess
 from rfdeploy.models.backbone_import import SOURCES, _backbone_convs, import_backbone
 from rfdeploy.models.backbones import Backbone
-from rfdeploy.runtime.examples import example_image
-from rfdeploy.runtime.image_io import load_image
-from rfdeploy.runtime.preprocess import preprocess
 
 
 def _folded_mnv1_onnx(path, seed=0, alpha_at=None, stride_at=None):

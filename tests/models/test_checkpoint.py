@@ -3,7 +3,7 @@ import pickle
 import pytest
 import torch
 
-from rfdeploy.errors import InputError, ModelFileError
+from rfdeploy.core.errors import InputError, ModelFileError
 from rfdeploy.models import build, load
 from rfdeploy.models.checkpoint import read_config, save_checkpoint
 

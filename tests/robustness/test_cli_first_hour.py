@@ -103,7 +103,7 @@ def _label_height(side: int) -> tuple[int, bool]:
     """Height of the score tab drawn above one box, and whether it holds text pixels."""
     from PIL import Image
 
-    from rfdeploy.runtime.detections import Detections
+    from rfdeploy.core.detections import Detections
 
     y1 = side // 2
     box = [side // 4, y1, side // 2, side * 3 // 4]

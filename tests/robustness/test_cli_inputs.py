@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from robust_helpers import HOPPER, assert_clean_failure, run_cli, small_image, tiny_args
 
-from rfdeploy.errors import PARTIAL_FAILURE_EXIT_CODE
+from rfdeploy.core.errors import PARTIAL_FAILURE_EXIT_CODE
 
 
 def read_jsonl(path: Path) -> list[dict]:

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from robust_helpers import ASTRONAUT, HOPPER, run_cli, tiny_args
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from robust_helpers import ASTRONAUT, HOPPER, run_cli, tiny_args
 
-from rfdeploy.errors import InputError
-from rfdeploy.runtime.image_io import load_image
+from rfdeploy.core.errors import InputError
+from rfdeploy.core.image_io import load_image
 
 
 def _encoded(fmt: str, size=(40, 32), mode="RGB", **kw) -> bytes:

@@ -12,7 +12,9 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from shared_data import SHARED_DATA as SHARED  # noqa: E402
 
-from rfdeploy.errors import BackendUnavailableError, InputError, ModelFileError
+from rfdeploy.core.detections import Detections
+from rfdeploy.core.errors import BackendUnavailableError, InputError, ModelFileError
+from rfdeploy.core.preprocess import Letterbox
 from rfdeploy.runtime.adapters import (
     ADAPTERS,
     CenterFaceAdapter,
@@ -25,8 +27,6 @@ from rfdeploy.runtime.adapters import (
     load_adapter_json,
     retinaface_priors,
 )
-from rfdeploy.runtime.detections import Detections
-from rfdeploy.runtime.preprocess import Letterbox
 
 # ------------------------------------------------------------------------------------------
 # Tiny ONNX models

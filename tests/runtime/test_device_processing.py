@@ -5,16 +5,16 @@ import numpy as np
 import pytest
 import torch
 
-from rfdeploy.contract import PreprocessContract
-from rfdeploy.errors import BackendUnavailableError, InputError
+from rfdeploy.core.contract import PreprocessContract
+from rfdeploy.core.errors import BackendUnavailableError, InputError
+from rfdeploy.core.examples import example_image
+from rfdeploy.core.image_io import load_image
+from rfdeploy.core.preprocess import preprocess, preprocess_torch
 from rfdeploy.models import DEFAULT_DETECTOR, DEFAULT_RANKER
 from rfdeploy.runtime.backends.torch_runner import TorchRunner
-from rfdeploy.runtime.examples import example_image
 from rfdeploy.runtime.facelogic import FaceLogicConfig, detector_batches
-from rfdeploy.runtime.image_io import load_image
 from rfdeploy.runtime.models import Detector, Ranker
 from rfdeploy.runtime.pipeline import FacePipeline, PipelineOptions
-from rfdeploy.runtime.preprocess import preprocess, preprocess_torch
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none on this machine)")
 
@@ -50,7 +50,7 @@ def test_torch_resize_matches_pillow_within_one_level(size, monkeypatch):
     """Down, up and mixed scales, with strips small enough that every pass is cut into several."""
     from PIL import Image
 
-    from rfdeploy.runtime import preprocess as pp
+    from rfdeploy.core import preprocess as pp
 
     monkeypatch.setattr(pp, "RESIZE_STRIP_ELEMENTS", 3 * 1024 * 7)
     rgb = _rgb(512, 768, seed=3)
@@ -85,7 +85,7 @@ def test_device_tiles_make_no_float_copy_of_a_whole_pass(monkeypatch):
     strip or one batch: never the size of the image or of a downscaled pass."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    from rfdeploy.runtime import preprocess as pp
+    from rfdeploy.core import preprocess as pp
 
     limit = 1 << 18
     monkeypatch.setattr(pp, "RESIZE_STRIP_ELEMENTS", limit)

@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from rfdeploy.core.errors import BuildError, InputError, ModelFileError
 from rfdeploy.engines.manifest import check_manifest, load_manifest, manifest_path
 from rfdeploy.engines.profiles import select_profile
-from rfdeploy.errors import BuildError, InputError, ModelFileError
 from rfdeploy.runtime.backends.engine_cache import (
     default_engine_cache_dir,
     ensure_engine,
@@ -205,7 +205,7 @@ def test_unfit_cached_engine_is_rebuilt(rtx, models, tmp_path, damage):
 def test_fp16_builds_from_a_cached_fp16_onnx(rtx, tmp_path):
     """A ranker the FP16 converter handles (the toy ranker of the precision tests, given ranker
     metadata; its N is dynamic, so the config's num_boxes fixes it)."""
-    from rfdeploy.contract import PreprocessContract
+    from rfdeploy.core.contract import PreprocessContract
     from tests.precision_fixtures import export_toy_ranker
 
     toy = export_toy_ranker(tmp_path / "toy.onnx")

@@ -14,7 +14,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from rfdeploy.contract import PreprocessContract
+from rfdeploy.core.contract import PreprocessContract
+from rfdeploy.core.errors import EngineMismatchError, InputError
 from rfdeploy.engines.profiles import (
     ProfileSpec,
     ShapeRange,
@@ -24,7 +25,6 @@ from rfdeploy.engines.profiles import (
     resolve_profile,
     select_profile,
 )
-from rfdeploy.errors import EngineMismatchError, InputError
 from rfdeploy.runtime.backends.engine_cache import detector_profile, ranker_profile
 from rfdeploy.runtime.facelogic import detector_batches, detector_input_shapes, rank_candidates
 from rfdeploy.runtime.pipeline import FacePipeline, PipelineOptions

@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from rfdeploy.core.examples import example_image
+from rfdeploy.core.image_io import load_image
 from rfdeploy.models import DEFAULT_DETECTOR, DEFAULT_RANKER, load
 from rfdeploy.runtime.backends.ort_runner import OrtRunner
 from rfdeploy.runtime.backends.torch_runner import TorchRunner
-from rfdeploy.runtime.examples import example_image
 from rfdeploy.runtime.facelogic import FaceLogicConfig, detect_faces
-from rfdeploy.runtime.image_io import load_image
 from rfdeploy.runtime.models import Detector, Ranker
 from rfdeploy.runtime.pipeline import FacePipeline, PipelineOptions
 
@@ -59,7 +59,7 @@ class SquareDetector:
     square cut by a tile border comes back cut, as a network's box would.
     """
 
-    from rfdeploy.contract import PreprocessContract
+    from rfdeploy.core.contract import PreprocessContract
 
     contract = PreprocessContract(mean=(0, 0, 0), std=(1, 1, 1), pad_multiple=1)
     max_batch = 4
@@ -127,11 +127,11 @@ def test_tile_progress_counts_every_tile_once():
 def test_composed_large_image_needs_tiling(shared_data):
     """Real face crops pasted at 16-2000 px onto a large background: the tiled pyramid finds the
     small faces that a single downscaled pass misses (third-party RetinaFace as detector)."""
+    import json
+
     from rfdeploy.runtime.adapters import OnnxDetector
     from rfdeploy.runtime.models import ThirdPartyDetector
     from rfdeploy.train.synth import SceneGenerator
-
-    import json
 
     gen = SceneGenerator(shared_data / "facecrops", shared_data / "backgrounds", out_size=(4096, 2304),
                          faces_per_image=(12, 12), face_size=(16, 64), seed=3, split="all")
@@ -159,8 +159,8 @@ def test_composed_large_image_needs_tiling(shared_data):
     single.boxes *= 4096 / 1024
 
     def recall(d, boxes):
-        from torchvision.ops import box_iou
         import torch
+        from torchvision.ops import box_iou
 
         if len(d) == 0:
             return 0.0, np.zeros(len(boxes), bool)
@@ -178,7 +178,7 @@ def test_composed_large_image_needs_tiling(shared_data):
 
 @pytest.mark.parametrize("bad", [dict(tile="foo"), dict(tile="32"), dict(nms_iou=0.0), dict(score_thr=1.5), dict(max_det=0)])
 def test_pipeline_options_refuse_bad_values(bad):
-    from rfdeploy.errors import InputError
+    from rfdeploy.core.errors import InputError
 
     with pytest.raises(InputError):
         PipelineOptions(**bad)

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
+from rfdeploy.core.examples import example_image
+from rfdeploy.core.image_io import load_image
 from rfdeploy.models import build, detector_config, ranker_config
 from rfdeploy.models.checkpoint import save_checkpoint
-from rfdeploy.runtime.examples import example_image
-from rfdeploy.runtime.image_io import load_image
 from rfdeploy.runtime.pipeline import FacePipeline
 
 

@@ -16,7 +16,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from shared_data import SHARED_DATA
 
-from rfdeploy.errors import InputError, ModelFileError
+from rfdeploy.core.errors import InputError, ModelFileError
+from rfdeploy.core.preprocess import Letterbox
 from rfdeploy.runtime.adapters import (
     ADAPTERS,
     CenterFaceAdapter,
@@ -30,7 +31,6 @@ from rfdeploy.runtime.adapters import (
     resize_sizes_to_scales,
     resolve_adapter,
 )
-from rfdeploy.runtime.preprocess import Letterbox
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXED = 64  # the tiny export's placeholder input size, like SCRFD's 640

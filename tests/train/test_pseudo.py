@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from rfdeploy.errors import InputError
+from rfdeploy.core.errors import InputError
 from rfdeploy.train.pseudo import AgreementPolicy, agree, iter_video_frames, pseudo_label
 
 av = pytest.importorskip("av", reason="PyAV (extra 'train') reads the videos")
@@ -175,7 +175,7 @@ def test_real_teachers_agree_on_a_real_video(shared_data, tmp_path):
 def test_an_evaluation_only_detector_cannot_be_a_teacher(monkeypatch):
     # SCRFD's weights are licensed for evaluation only: its outputs must not label training data
     import rfdeploy.runtime.adapters as adapters
-    from rfdeploy.errors import InputError
+    from rfdeploy.core.errors import InputError
     from rfdeploy.train.pseudo import onnx_teacher
 
     class FakeDetector:

@@ -8,9 +8,9 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from rfdeploy.contract import PreprocessContract
-from rfdeploy.errors import InputError
-from rfdeploy.runtime.preprocess import preprocess
+from rfdeploy.core.contract import PreprocessContract
+from rfdeploy.core.errors import InputError
+from rfdeploy.core.preprocess import preprocess
 from rfdeploy.train.augment import RefineFaceAugment, collate_fn
 from rfdeploy.train.datasets import (
     DetectionDataset,

@@ -6,7 +6,7 @@ import pickle
 import numpy as np
 import pytest
 
-from rfdeploy.errors import InputError
+from rfdeploy.core.errors import InputError
 from rfdeploy.train.datasets import read_json_annotations, read_wider
 from rfdeploy.train.synth import (
     SceneGenerator,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rfdeploy.errors import BackendUnavailableError, InputError, ModelFileError
+from rfdeploy.core.errors import BackendUnavailableError, InputError, ModelFileError
 
 BACKENDS = ("auto", "tensorrt", "onnxruntime", "torch")
 
@@ -141,7 +141,7 @@ def open_runner(path: str | os.PathLike, *, backend: str = "auto", device: str =
     if backend == "tensorrt":
         return _engine_runner(path, kind, trt_device, onnx_cache, engine_cache, engine_precision, notes)
     if backend == "auto":
-        from rfdeploy.errors import BuildError
+        from rfdeploy.core.errors import BuildError
         from rfdeploy.runtime.backends.engine_cache import engines_usable_here
 
         why_not = engines_usable_here()
@@ -189,7 +189,7 @@ def open_runner(path: str | os.PathLike, *, backend: str = "auto", device: str =
 
 def _is_rfdeploy_onnx(path: Path) -> bool:
     """Whether an ONNX file carries rfdeploy's kind metadata (what picks an engine profile)."""
-    from rfdeploy.engines import onnxinfo
+    from rfdeploy.core import onnxinfo
 
     return "rfdeploy.kind" in onnxinfo.metadata(onnxinfo.load_onnx(path))
 
@@ -220,7 +220,7 @@ def default_cache_dir() -> Path:
 def cached_export_path(checkpoint: Path, cache_dir=None, sha256: str | None = None) -> Path:
     """Where :func:`cached_export` keeps a checkpoint's ONNX file."""
     from rfdeploy import __version__
-    from rfdeploy.fsutil import sha256_file
+    from rfdeploy.core.fsutil import sha256_file
 
     sha = sha256 or sha256_file(checkpoint)
     cache = Path(cache_dir) if cache_dir else default_cache_dir() / "onnx"
@@ -230,7 +230,7 @@ def cached_export_path(checkpoint: Path, cache_dir=None, sha256: str | None = No
 def cached_export(checkpoint: Path, cache_dir=None, notes: list[str] | None = None) -> Path:
     """Export a checkpoint to ONNX once; the cache key is the checkpoint's sha256 and our version,
     so a changed file is never served from a stale cache."""
-    from rfdeploy.fsutil import sha256_file
+    from rfdeploy.core.fsutil import sha256_file
 
     sha = sha256_file(checkpoint)
     out = cached_export_path(checkpoint, cache_dir, sha)

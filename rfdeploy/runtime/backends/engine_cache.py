@@ -26,11 +26,11 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from rfdeploy.contract import METADATA_KEY as CONTRACT_KEY
-from rfdeploy.contract import PreprocessContract
+from rfdeploy.core.contract import METADATA_KEY as CONTRACT_KEY
+from rfdeploy.core.contract import PreprocessContract
+from rfdeploy.core.errors import BackendUnavailableError, InputError, ModelFileError
+from rfdeploy.core.fsutil import sha256_file
 from rfdeploy.engines.profiles import ProfileSpec, ShapeRange
-from rfdeploy.errors import BackendUnavailableError, InputError, ModelFileError
-from rfdeploy.fsutil import sha256_file
 
 ENV_ENGINE_CACHE = "RFDEPLOY_ENGINE_CACHE"
 PRECISIONS = ("fp32", "fp16")
@@ -115,7 +115,7 @@ def _spec_key(spec: ProfileSpec) -> dict:
 
 def _onnx_facts(onnx_path: Path) -> tuple[dict[str, str], dict[str, list[int | None]]]:
     """(metadata, declared input shapes with None for dynamic dims) without reading weights."""
-    from rfdeploy.engines import onnxinfo
+    from rfdeploy.core import onnxinfo
 
     model = onnxinfo.load_onnx(onnx_path)
     inputs = {}

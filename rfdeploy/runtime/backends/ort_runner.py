@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rfdeploy.errors import BackendUnavailableError, ModelFileError
+from rfdeploy.core.errors import BackendUnavailableError, ModelFileError
 from rfdeploy.runtime.backends.base import Runner
 
 

@@ -19,9 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from rfdeploy.errors import BackendUnavailableError
+from rfdeploy.core.errors import BackendUnavailableError
 from rfdeploy.runtime.backends.base import Runner
-
 
 # A handful of shapes covers tiled inference (the full-tile batch, the last partial batch, and a
 # few pyramid passes). All graphs draw on one memory pool: they never run at the same time (the

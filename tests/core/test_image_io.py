@@ -7,13 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from rfdeploy.errors import InputError
-from rfdeploy.runtime.image_io import (
-    DEFAULT_MAX_PIXELS,
-    MAX_PIXELS_ENV,
-    iter_image_paths,
-    load_image,
-)
+from rfdeploy.core.errors import InputError
+from rfdeploy.core.image_io import DEFAULT_MAX_PIXELS, MAX_PIXELS_ENV, iter_image_paths, load_image
 
 
 def _save(img: Image.Image, path: Path, **kw) -> Path:

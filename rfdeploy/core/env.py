@@ -28,7 +28,7 @@ def backend_versions() -> dict[str, str | None]:
 
 def optional_import(module: str, extra: str):
     """Import an optional dependency or raise a BackendUnavailableError naming the extra to install."""
-    from rfdeploy.errors import BackendUnavailableError
+    from rfdeploy.core.errors import BackendUnavailableError
 
     try:
         return importlib.import_module(module)

@@ -55,7 +55,7 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 def read_json(path: str | os.PathLike, what: str, bad_content_error=None):
     """Parse a user's JSON file. Missing -> InputError; unreadable or not JSON -> ``bad_content_error``
     (InputError by default), each naming ``what`` the file was meant to be."""
-    from rfdeploy.errors import InputError
+    from rfdeploy.core.errors import InputError
 
     bad = bad_content_error or InputError
     path = Path(path)

@@ -6,7 +6,7 @@ import math
 from pathlib import Path
 from typing import Iterator
 
-from rfdeploy.errors import InputError, ModelFileError
+from rfdeploy.core.errors import InputError, ModelFileError
 
 QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"})
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rfdeploy.contract import PreprocessContract
+from rfdeploy.core.contract import PreprocessContract
 
 
 @dataclass(frozen=True)

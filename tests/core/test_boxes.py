@@ -4,7 +4,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rfdeploy.runtime.nms import box_iou, merge_and_nms, merge_candidates, nms
+from rfdeploy.core.boxes import box_iou, merge_and_nms, merge_candidates, nms
 
 
 @st.composite

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rfdeploy.errors import InputError
+from rfdeploy.core.errors import InputError
 
 DEFAULT_MAX_PIXELS = 16384 * 16384
 MAX_PIXELS_ENV = "RFDEPLOY_MAX_PIXELS"
