@@ -75,8 +75,10 @@ def compare_with_fresh_export(checkpoint: Path, shipped: Path, workdir: str | os
     inputs (the bundled photo and random tensors) beyond the export verification tolerance.
     Empty when they agree. The fresh export is kept in ``workdir`` and reused."""
     from rfdeploy.core.fsutil import sha256_file
+    from rfdeploy.core.metadata import SOURCE_SHA256 as KEY_SOURCE_SHA
+    from rfdeploy.core.metadata import onnx_metadata as read_metadata
     from rfdeploy.export.api import verification_inputs
-    from rfdeploy.export.onnx_export import KEY_SOURCE_SHA, export_model, read_metadata
+    from rfdeploy.export.onnx_export import export_model
     from rfdeploy.export.verify import compare_candidates
     from rfdeploy.models import load
     from rfdeploy.models.config import DetectorConfig

@@ -27,10 +27,12 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from rfdeploy.calib import calibrate  # noqa: E402
-from rfdeploy.calib.calibrate import _model_inputs, prepare_image, read_contract, synthetic_boxes  # noqa: E402
-from rfdeploy.core.contract import METADATA_KEY, PreprocessContract  # noqa: E402
+from rfdeploy.calib.calibrate import _model_inputs, prepare_image, synthetic_boxes  # noqa: E402
+from rfdeploy.core.contract import PreprocessContract  # noqa: E402
+from rfdeploy.core.metadata import CONTRACT as METADATA_KEY  # noqa: E402
+from rfdeploy.core.metadata import onnx_metadata, read_contract  # noqa: E402
+from rfdeploy.core.onnxinfo import load_onnx  # noqa: E402
 from rfdeploy.export.fp16 import convert_fp16  # noqa: E402
-from rfdeploy.export.precision_io import load_onnx  # noqa: E402
 
 
 def build_resnet18_detector(path: Path, topk: int = 1000) -> Path:
@@ -131,7 +133,7 @@ def run(onnx_path: Path, images: Path, out_dir: Path, size: int, num_calib: int,
     t_int8 = time.perf_counter() - t
 
     model = load_onnx(onnx_path)
-    contract, inputs = read_contract(model, onnx_path), _model_inputs(model, onnx_path)
+    contract, inputs = read_contract(onnx_metadata(model), onnx_path), _model_inputs(model, onnx_path)
     files = sorted(p for p in images.iterdir() if p.suffix.lower() in {".jpg", ".jpeg", ".png"})[:4]
     feeds = []
     for i, p in enumerate(files):

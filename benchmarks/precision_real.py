@@ -32,10 +32,12 @@ sys.path.insert(0, str(ROOT))
 
 from rfdeploy.calib import calibrate
 from rfdeploy.calib.images import list_image_files
-from rfdeploy.core.contract import METADATA_KEY, PreprocessContract
+from rfdeploy.core.contract import PreprocessContract
+from rfdeploy.core.metadata import CONTRACT as METADATA_KEY
+from rfdeploy.core.metadata import onnx_metadata as read_metadata
+from rfdeploy.core.onnxinfo import load_onnx
 from rfdeploy.core.preprocess import preprocess
 from rfdeploy.export.fp16 import convert_fp16
-from rfdeploy.export.precision_io import load_onnx, read_metadata
 from rfdeploy.export.verify import compare_candidates
 from rfdeploy.models.crface import pack_candidates
 

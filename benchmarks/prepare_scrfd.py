@@ -29,7 +29,8 @@ sys.path.insert(0, str(ROOT))
 
 from rfdeploy.core.errors import InputError, ModelFileError, RfdeployError  # noqa: E402
 from rfdeploy.core.fsutil import atomic_write_bytes  # noqa: E402
-from rfdeploy.runtime.adapters import SCRFDAdapter, make_scrfd_dynamic, read_signature  # noqa: E402
+from rfdeploy.core.onnxinfo import read_signature  # noqa: E402
+from rfdeploy.runtime.adapters import SCRFDAdapter, make_scrfd_dynamic
 
 MEMBER = "models/scrfd.onnx"
 LICENCE_NOTE = ("InsightFace SCRFD-2.5G pretrained weights: non-commercial research only; "

@@ -13,7 +13,8 @@ import onnx
 import torch
 from torch import nn
 
-from rfdeploy.core.contract import METADATA_KEY, PreprocessContract
+from rfdeploy.core.contract import PreprocessContract
+from rfdeploy.core.metadata import CONTRACT as METADATA_KEY
 
 CONTRACT = PreprocessContract(pad_multiple=32)
 TOPK = 48

@@ -74,10 +74,21 @@ from rfdeploy.calib.qdq import (
     unquantize_region_inputs,
     unshare_initializers,
 )
-from rfdeploy.calib.targets import TARGET_KEY, Int8Target, get_target
-from rfdeploy.core.contract import METADATA_KEY, PreprocessContract
+from rfdeploy.calib.targets import Int8Target, get_target
+from rfdeploy.core.contract import PreprocessContract
 from rfdeploy.core.errors import BuildError, InputError, ModelFileError
-from rfdeploy.core.fsutil import atomic_write_bytes
+from rfdeploy.core.fsutil import atomic_write_bytes, sha256_file
+from rfdeploy.core.metadata import (
+    CALIBRATION_KEY,
+    CALIBRATION_METHOD,
+    INT8_FLOAT_NODES,
+    INT8_TARGET,
+    PRECISION,
+    onnx_metadata,
+    read_contract,
+    set_onnx_metadata,
+)
+from rfdeploy.core.onnxinfo import load_onnx, read_signature
 from rfdeploy.core.preprocess import Letterbox, padded_size, preprocess
 from rfdeploy.export.graph_regions import (
     SENSITIVE_OPS,
@@ -85,25 +96,13 @@ from rfdeploy.export.graph_regions import (
     ensure_node_names,
     find_fp32_region,
 )
-from rfdeploy.export.precision_io import (
-    PRECISION_KEY,
-    check_node_names,
-    check_not_reduced,
-    load_onnx,
-    read_metadata,
-    save_onnx_atomic,
-    sha256_file,
-    write_metadata,
-)
+from rfdeploy.export.precision_io import check_node_names, check_not_reduced, save_onnx_atomic
 
 METHODS = collect.METHODS
 DEFAULT_EXCLUDE_OPS = SENSITIVE_OPS
 CACHE_FORMAT = 2
 COLLECTOR_VERSION = f"stream-v2-bins{collect.DEFAULT_BINS}-sample{collect.DEFAULT_SAMPLE}"
 SYNTHETIC_BOXES = "synthetic-packed-v2"
-METHOD_KEY = "rfdeploy.calibration.method"
-CACHE_KEY_KEY = "rfdeploy.calibration.key"
-FLOAT_NODES_KEY = "rfdeploy.int8.float_nodes"
 
 BoxesFn = Callable[[np.ndarray, Letterbox], np.ndarray]
 
@@ -138,19 +137,6 @@ class CalibrationReport:
 # ---------------------------------------------------------------- inputs
 
 
-def read_contract(model: onnx.ModelProto, path: str | os.PathLike) -> PreprocessContract:
-    raw = read_metadata(model).get(METADATA_KEY)
-    if raw is None:
-        raise ModelFileError(
-            f"{path} has no preprocessing contract ({METADATA_KEY} in metadata_props)",
-            hint="export the model with rfdeploy so its preprocessing is recorded",
-        )
-    try:
-        return PreprocessContract.from_json(raw)
-    except (ValueError, TypeError) as e:
-        raise ModelFileError(f"{path} has an invalid preprocessing contract: {e}") from e
-
-
 @dataclass(frozen=True)
 class _ModelInputs:
     image: str
@@ -159,20 +145,15 @@ class _ModelInputs:
 
 
 def _model_inputs(model: onnx.ModelProto, path: str | os.PathLike) -> _ModelInputs:
-    inits = {i.name for i in model.graph.initializer}
-    inputs = [i for i in model.graph.input if i.name not in inits]
-
-    def rank(vi):
-        return len(vi.type.tensor_type.shape.dim)
-
-    if not inputs or rank(inputs[0]) != 4:
+    inputs = read_signature(model).inputs
+    if not inputs or len(inputs[0].shape) != 4:
         raise ModelFileError(f"{path}: the first input must be an image [B,3,H,W]")
     if len(inputs) == 1:
         return _ModelInputs(inputs[0].name, None, None)
-    if len(inputs) == 2 and rank(inputs[1]) == 3:
-        dim = inputs[1].type.tensor_type.shape.dim[1]
-        return _ModelInputs(inputs[0].name, inputs[1].name, dim.dim_value if dim.HasField("dim_value") else None)
-    raise ModelFileError(f"{path}: unsupported inputs {[i.name for i in inputs]} (expected image [, boxes])")
+    if len(inputs) == 2 and len(inputs[1].shape) == 3:
+        n = inputs[1].shape[1]
+        return _ModelInputs(inputs[0].name, inputs[1].name, n if isinstance(n, int) else None)
+    raise ModelFileError(f"{path}: unsupported inputs {[t.name for t in inputs]} (expected image [, boxes])")
 
 
 def synthetic_candidates(width: float, height: float, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -338,9 +319,9 @@ def prepare(
         raise ValueError("calib_size and num_boxes must be >= 1")
     model = load_onnx(src_onnx)
     check_not_reduced(model, src_onnx)
-    contract = read_contract(model, src_onnx)
+    contract = read_contract(onnx_metadata(model), src_onnx)
     inputs = _model_inputs(model, src_onnx)
-    metadata = read_metadata(model)
+    metadata = onnx_metadata(model)
     if inputs.boxes is not None:
         num_boxes = inputs.num_boxes or num_boxes
     check_node_names(model, exclude_nodes, "exclude_nodes")
@@ -598,11 +579,11 @@ def write_int8(ctx: CalibContext, qmodel: onnx.ModelProto, dst: Path, *, method:
         problems = cpu_problems(qmodel, ctx.region.nodes)
     if problems:
         raise BuildError(f"the INT8 model would not be accepted as is: {problems[:5]}")
-    meta = {**ctx.metadata, PRECISION_KEY: "int8", METHOD_KEY: method, CACHE_KEY_KEY: key,
-            TARGET_KEY: ctx.target.name}
+    meta = {**ctx.metadata, PRECISION: "int8", CALIBRATION_METHOD: method, CALIBRATION_KEY: key,
+            INT8_TARGET: ctx.target.name}
     if keep_float:
-        meta[FLOAT_NODES_KEY] = json.dumps(sorted(keep_float))
-    write_metadata(qmodel, meta)
+        meta[INT8_FLOAT_NODES] = json.dumps(sorted(keep_float))
+    set_onnx_metadata(qmodel, meta, replace=True)
     try:
         onnx.checker.check_model(qmodel)
     except Exception as e:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-TARGET_KEY = "rfdeploy.int8.target"
+from rfdeploy.core.metadata import INT8_TARGET, PRECISION
 
 
 @dataclass(frozen=True)
@@ -69,11 +69,11 @@ def get_target(name: str) -> Int8Target:
 
 def cpu_note(metadata: dict[str, str], providers: list[str]) -> str | None:
     """A warning for running an INT8 file made for TensorRT on onnxruntime's CPU EP, else None."""
-    if metadata.get("rfdeploy.precision") != "int8":
+    if metadata.get(PRECISION) != "int8":
         return None
     if not providers or providers[0] != "CPUExecutionProvider":
         return None
-    target = metadata.get(TARGET_KEY, "tensorrt")  # files made before targets existed were Q/DQ for TensorRT
+    target = metadata.get(INT8_TARGET, "tensorrt")  # files made before targets existed were Q/DQ for TensorRT
     if target == "cpu":
         return None
     return ("this INT8 file was made for TensorRT (explicit Q/DQ): on onnxruntime's CPU EP it runs slower "

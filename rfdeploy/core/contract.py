@@ -1,15 +1,14 @@
 """The preprocessing contract: how pixels become the network's input tensor.
 
-It is written into every exported model (ONNX ``metadata_props``, engine manifests) and every
-backend reads it from there, so there is exactly one definition per model file.
+It is written into every exported model (ONNX ``metadata_props``, engine manifests; the key and
+its reader are in rfdeploy.core.metadata) and every backend reads it from there, so there is
+exactly one definition per model file. rfdeploy.core.preprocess implements it.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
-
-METADATA_KEY = "rfdeploy.contract"
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,12 @@
-"""Facts about an ONNX file that engine building and `rfdeploy info` both need."""
+"""Facts about an ONNX file: its signature (inputs and outputs with their dims and types), which
+dims are dynamic, its precision, metadata and size; the checked loader every stage uses, and the
+rewrite that frees fixed image dims. ``onnx`` is imported only inside the functions.
+"""
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -11,18 +15,25 @@ from rfdeploy.core.errors import InputError, ModelFileError
 QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"})
 
 
-def load_onnx(path: str | Path, *, error_cls: type = ModelFileError):
-    """Load the graph (external weights are not read: only shapes and types are needed)."""
+def load_onnx(path: str | Path, *, weights: bool = True, error_cls: type = ModelFileError):
+    """Load an ONNX model: a missing path is an InputError, a file that is not ONNX (or a graph
+    without nodes or outputs) an ``error_cls`` (ModelFileError). ``weights=False`` reads the graph
+    without external weight files, enough for shapes, types and metadata."""
     import onnx
 
     p = Path(path)
-    if not p.is_file():
+    if not p.exists():
         raise InputError(f"ONNX file not found: {p}")
+    if not p.is_file():
+        raise InputError(f"{p} is not a file")
     try:
-        return onnx.load(str(p), load_external_data=False)
+        model = onnx.load(str(p), load_external_data=weights)
     except Exception as e:  # noqa: BLE001 - protobuf raises several kinds for a corrupt file
         raise error_cls(f"{p} is not a readable ONNX model ({type(e).__name__}: {e})",
                         hint="re-export the model; the file may be truncated or not ONNX") from e
+    if not model.graph.node or not model.graph.output:
+        raise error_cls(f"{p} is not a usable ONNX model (empty graph)")
+    return model
 
 
 def _all_nodes(graph) -> Iterator:
@@ -69,11 +80,47 @@ def detect_precision(model) -> str:
     return "fp32"
 
 
-def _dims(vi) -> list[int | str]:
-    t = vi.type.tensor_type
-    if not t.HasField("shape"):
-        return []
-    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in t.shape.dim]
+Dim = int | str | None
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """One input or output: ``shape`` holds ints for fixed dims, the name of a symbolic dim, or
+    None for an unnamed dynamic one; ``dtype`` a numpy name (float32, ...)."""
+
+    name: str
+    shape: tuple[Dim, ...]
+    dtype: str
+
+    def __str__(self) -> str:
+        dims = ",".join("?" if d is None else str(d) for d in self.shape)
+        return f"{self.name}[{dims}]:{self.dtype}"
+
+    @property
+    def static_shape(self) -> tuple[int | None, ...]:
+        """The shape with every dim that is not a fixed positive size as None."""
+        return tuple(d if isinstance(d, int) and d > 0 else None for d in self.shape)
+
+    def to_dict(self) -> dict:
+        """``{name, shape, dtype}`` with unnamed dynamic dims as "?" (what ``rfdeploy info`` prints)."""
+        return {"name": self.name, "shape": ["?" if d is None else d for d in self.shape], "dtype": self.dtype}
+
+
+@dataclass(frozen=True)
+class ModelSignature:
+    inputs: tuple[TensorInfo, ...]
+    outputs: tuple[TensorInfo, ...]
+
+    def input(self, name: str) -> TensorInfo | None:
+        return next((t for t in self.inputs if t.name == name), None)
+
+    def output(self, name: str) -> TensorInfo | None:
+        return next((t for t in self.outputs if t.name == name), None)
+
+    def describe(self) -> str:
+        ins = ", ".join(str(t) for t in self.inputs) or "none"
+        outs = ", ".join(str(t) for t in self.outputs) or "none"
+        return f"inputs: {ins}; outputs: {outs}"
 
 
 def _dtype_name(elem_type: int) -> str:
@@ -84,25 +131,69 @@ def _dtype_name(elem_type: int) -> str:
     except Exception:  # noqa: BLE001 - e.g. bfloat16/float8 have no numpy type
         from onnx import TensorProto
 
-        return TensorProto.DataType.Name(elem_type).lower()
+        try:
+            return TensorProto.DataType.Name(elem_type).lower()
+        except ValueError:
+            return str(elem_type)
+
+
+def tensor_info(value_info) -> TensorInfo:
+    t = value_info.type.tensor_type
+    dims: list[Dim] = []
+    if t.HasField("shape"):
+        for d in t.shape.dim:
+            if d.HasField("dim_value"):
+                dims.append(int(d.dim_value))
+            elif d.HasField("dim_param") and d.dim_param:
+                dims.append(d.dim_param)
+            else:
+                dims.append(None)
+    return TensorInfo(value_info.name, tuple(dims), _dtype_name(t.elem_type))
+
+
+def read_signature(model) -> ModelSignature:
+    """Inputs (initializers excluded: old exports list weights as graph inputs) and outputs."""
+    weights = {init.name for init in model.graph.initializer}
+    inputs = tuple(tensor_info(v) for v in model.graph.input if v.name not in weights)
+    outputs = tuple(tensor_info(v) for v in model.graph.output)
+    return ModelSignature(inputs, outputs)
+
+
+def declared_inputs(model) -> dict[str, tuple[int | None, ...]]:
+    """Input name -> declared shape, None for every dynamic dim."""
+    return {t.name: t.static_shape for t in read_signature(model).inputs}
 
 
 def graph_io(model) -> dict[str, list[dict]]:
-    inits = {i.name for i in model.graph.initializer}
-    inputs = [
-        {"name": v.name, "shape": _dims(v), "dtype": _dtype_name(v.type.tensor_type.elem_type)}
-        for v in model.graph.input
-        if v.name not in inits
-    ]
-    outputs = [
-        {"name": v.name, "shape": _dims(v), "dtype": _dtype_name(v.type.tensor_type.elem_type)}
-        for v in model.graph.output
-    ]
-    return {"inputs": inputs, "outputs": outputs}
+    """The signature as ``{"inputs": [{name, shape, dtype}], "outputs": [...]}``."""
+    sig = read_signature(model)
+    return {"inputs": [t.to_dict() for t in sig.inputs], "outputs": [t.to_dict() for t in sig.outputs]}
 
 
-def metadata(model) -> dict[str, str]:
-    return {p.key: p.value for p in model.metadata_props}
+def rename_dims(value_info, names: dict[int, str]) -> None:
+    """Make the dims at the given indices symbolic, with these names."""
+    dims = value_info.type.tensor_type.shape.dim
+    for index, name in names.items():
+        if index < len(dims):
+            dims[index].Clear()
+            dims[index].dim_param = name
+
+
+def make_spatial_dims_dynamic(model, input_name: str):
+    """Replace fixed batch/height/width dims of the image input and of every 4-D output by names.
+
+    Some exports fix the input to a placeholder size; onnxruntime then refuses other sizes.
+    """
+    image_inputs = [v for v in model.graph.input if v.name == input_name]
+    if not image_inputs:
+        raise ModelFileError(f"the model has no input named {input_name!r}")
+    rename_dims(image_inputs[0], {0: "batch", 2: "height", 3: "width"})
+    for out in model.graph.output:
+        if len(out.type.tensor_type.shape.dim) == 4:
+            rename_dims(out, {0: "batch", 2: f"{out.name}_h", 3: f"{out.name}_w"})
+    # Stale intermediate shapes would contradict the new input size.
+    del model.graph.value_info[:]
+    return model
 
 
 def opset(model) -> int | None:

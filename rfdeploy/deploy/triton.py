@@ -45,9 +45,12 @@ from importlib import resources
 from pathlib import Path
 from typing import Mapping, Sequence
 
+from rfdeploy.core import onnxinfo
 from rfdeploy.core.contract import PreprocessContract
 from rfdeploy.core.errors import InputError, ModelFileError
+from rfdeploy.core.metadata import manifest_path, onnx_metadata, read_config, read_contract
 from rfdeploy.engines.manifest import IOTensor, load_manifest
+from rfdeploy.models.config import config_from_dict
 
 TRITON_DTYPES = {
     "float32": "TYPE_FP32", "float16": "TYPE_FP16", "bfloat16": "TYPE_BF16", "int8": "TYPE_INT8",
@@ -89,25 +92,14 @@ class ServedNetwork:
 
     @property
     def contract(self) -> PreprocessContract:
-        raw = self.metadata.get("rfdeploy.contract")
-        if not raw:
-            raise ModelFileError(
-                f"{self.source}: the model carries no preprocessing contract (metadata 'rfdeploy.contract')",
-                hint="export it with `rfdeploy export` (and build engines from that ONNX file)",
-            )
-        try:
-            return PreprocessContract.from_dict(json.loads(raw))
-        except (ValueError, TypeError) as e:
-            raise ModelFileError(f"{self.source}: bad preprocessing contract in the metadata ({e})") from e
+        return read_contract(self.metadata, self.source)
 
     @property
     def config(self):
         """The model config (DetectorConfig / RankerConfig), or None when absent or unreadable."""
-        from rfdeploy.models.config import config_from_dict
-
         try:
-            return config_from_dict(json.loads(self.metadata.get("rfdeploy.config", "")))
-        except (ValueError, TypeError, KeyError):
+            return config_from_dict(read_config(self.metadata, self.source))
+        except (ModelFileError, ValueError, TypeError, KeyError):
             return None
 
     def dims(self, t: IOTensor) -> tuple[int, ...]:
@@ -134,21 +126,18 @@ def network_from_engine(path: str | os.PathLike, role: str, max_batch: int) -> S
 
 def network_from_onnx(path: str | os.PathLike, role: str, max_batch: int) -> ServedNetwork:
     """The description of an ONNX file (from its graph signature and metadata_props)."""
-    from rfdeploy.core import onnxinfo
-
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(f"{role} model not found: {path}")
-    model = onnxinfo.load_onnx(path)
-    io = onnxinfo.graph_io(model)
+    model = onnxinfo.load_onnx(path, weights=False)
+    sig = onnxinfo.read_signature(model)
 
-    def tensors(kind):
-        return tuple(IOTensor(t["name"], tuple(d if isinstance(d, int) and d > 0 else -1 for d in t["shape"]),
-                              t["dtype"]) for t in io[kind])
+    def tensors(infos):
+        return tuple(IOTensor(t.name, tuple(d if d is not None else -1 for d in t.static_shape), t.dtype) for t in infos)
 
-    inputs, outputs = tensors("inputs"), tensors("outputs")
+    inputs, outputs = tensors(sig.inputs), tensors(sig.outputs)
     dynamic_batch = all(t.shape and t.shape[0] == -1 for t in inputs + outputs)
-    return ServedNetwork(role, path, inputs, outputs, onnxinfo.metadata(model), int(max_batch) if dynamic_batch else 0)
+    return ServedNetwork(role, path, inputs, outputs, onnx_metadata(model), int(max_batch) if dynamic_batch else 0)
 
 
 # --- config.pbtxt text ----------------------------------------------------------------------
@@ -462,7 +451,7 @@ def _write_network(model_dir: Path, net: ServedNetwork, config_text: str, env: d
     version.mkdir(parents=True)
     if env is None:  # GPU: the plan and its manifest
         shutil.copyfile(net.source, version / "model.plan")
-        shutil.copyfile(net.source.with_name(net.source.name + ".json"), version / "model.plan.json")
+        shutil.copyfile(manifest_path(net.source), manifest_path(version / "model.plan"))
     else:  # CPU: the ONNX file and the Python model that runs it
         shutil.copyfile(net.source, version / "model.onnx")
         _copy_source("triton_onnx_model.py", version / "model.py")

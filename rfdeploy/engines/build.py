@@ -15,17 +15,11 @@ from typing import Any, Sequence
 
 from rfdeploy import __version__
 from rfdeploy.core import onnxinfo
-from rfdeploy.core.errors import BuildError, InputError
+from rfdeploy.core.errors import BuildError, InputError, ModelFileError
+from rfdeploy.core.fsutil import atomic_write_bytes, sha256_file
+from rfdeploy.core.metadata import KIND, onnx_metadata, read_contract, read_kind
 from rfdeploy.engines.backend import BuilderBackend, collecting_logger, current_gpu
-from rfdeploy.engines.manifest import (
-    IOTensor,
-    Manifest,
-    atomic_write_bytes,
-    manifest_path,
-    normalize_cc,
-    sha256_bytes,
-    sha256_file,
-)
+from rfdeploy.engines.manifest import IOTensor, Manifest, manifest_path, normalize_cc, sha256_bytes
 from rfdeploy.engines.profiles import Profile, ProfileSpec, format_shape, resolve_profiles
 
 log = logging.getLogger(__name__)
@@ -164,9 +158,9 @@ def build_engine(
     if opt_level is not None and int(opt_level) not in OPT_LEVELS:
         raise InputError(f"--opt-level must be 0..5, got {opt_level}")
 
-    model = onnxinfo.load_onnx(onnx_path, error_cls=BuildError)
+    model = onnxinfo.load_onnx(onnx_path, weights=False, error_cls=BuildError)
     precision = onnxinfo.detect_precision(model)
-    metadata = onnxinfo.metadata(model)
+    metadata = onnx_metadata(model)
     del model
 
     backend = BuilderBackend.load(prefer_backend)
@@ -312,12 +306,6 @@ def default_profile(onnx_path: str | Path) -> ProfileSpec:
     return ProfileSpec(spec.image, dict(spec.named), preset=f"{DEFAULT_PROFILE} {kind}", cli_args=spec.cli_args)
 
 
-def _declared_inputs(onnx_path: Path) -> dict[str, tuple[int | None, ...]]:
-    model = onnxinfo.load_onnx(onnx_path)
-    return {t["name"]: tuple(d if isinstance(d, int) and d > 0 else None for d in t["shape"])
-            for t in onnxinfo.graph_io(model)["inputs"]}
-
-
 def profile_specs(
     onnx_path: str | Path,
     *,
@@ -332,14 +320,13 @@ def profile_specs(
     from rfdeploy.engines.profiles import preset_names, specs_from_cli
 
     onnx_path = Path(onnx_path)
-    declared = _declared_inputs(onnx_path)
+    declared = onnxinfo.declared_inputs(onnxinfo.load_onnx(onnx_path, weights=False))
     named = [p for p in presets if p.strip().lower() != DEFAULT_PROFILE]
     want_default = len(named) < len(presets)
     specs = specs_from_cli(min_shapes, opt_shapes, max_shapes, named)
     dynamic = any(d is None for dims in declared.values() for d in dims)
     if want_default or (not specs and dynamic):
-        meta = onnxinfo.metadata(onnxinfo.load_onnx(onnx_path))
-        if "rfdeploy.kind" not in meta:
+        if KIND not in onnx_metadata(onnx_path):
             raise InputError(
                 f"{onnx_path} has dynamic inputs "
                 + ", ".join(f"{n} {'x'.join('?' if d is None else str(d) for d in dims)}" for n, dims in declared.items())
@@ -357,20 +344,17 @@ def _check_runtime_fit(onnx_path: Path, profiles: Sequence[Profile]) -> None:
     profile that takes one image of at least a tile's minimum; a ranker sees the whole image
     resized to its contract's long side, landscape or portrait, so some profile must take that
     side both ways."""
-    import json
-
-    from rfdeploy.core.contract import PreprocessContract
     from rfdeploy.core.errors import EngineMismatchError
     from rfdeploy.engines.profiles import input_limits
     from rfdeploy.runtime.tiling import MIN_TILE
 
-    meta = onnxinfo.metadata(onnxinfo.load_onnx(onnx_path))
-    kind = meta.get("rfdeploy.kind")
-    if kind not in ("detector", "ranker") or "rfdeploy.contract" not in meta:
+    meta = onnx_metadata(onnx_path)
+    kind = read_kind(meta)
+    if kind is None:
         return
     try:
-        contract = PreprocessContract.from_json(meta["rfdeploy.contract"])
-    except (ValueError, TypeError, json.JSONDecodeError):
+        contract = read_contract(meta, onnx_path)
+    except ModelFileError:
         return  # the build reports a broken contract when the engine is used
     hint = "build without --profile/shapes (the runtime's profile), or add --profile default"
     try:

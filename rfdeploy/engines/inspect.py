@@ -9,7 +9,8 @@ from typing import Any
 
 from rfdeploy.core import onnxinfo
 from rfdeploy.core.errors import InputError, ModelFileError
-from rfdeploy.engines.manifest import load_manifest, manifest_path
+from rfdeploy.core.metadata import manifest_path, onnx_metadata, safetensors_header, safetensors_metadata
+from rfdeploy.engines.manifest import load_manifest
 from rfdeploy.engines.profiles import format_shape
 
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
@@ -42,7 +43,7 @@ def info(path: str | Path) -> str:
 
 
 def describe_onnx(p: Path) -> dict[str, Any]:
-    model = onnxinfo.load_onnx(p)
+    model = onnxinfo.load_onnx(p, weights=False)
     return {
         "kind": "onnx",
         "path": str(p),
@@ -53,7 +54,7 @@ def describe_onnx(p: Path) -> dict[str, Any]:
         "parameters": onnxinfo.parameter_count(model),
         "nodes": len(model.graph.node),
         "precision": onnxinfo.detect_precision(model),
-        "metadata": onnxinfo.metadata(model),
+        "metadata": onnx_metadata(model),
     }
 
 
@@ -95,14 +96,9 @@ def _sidecar_config(p: Path) -> tuple[str, Any] | None:
 
 
 def describe_safetensors(p: Path) -> dict[str, Any]:
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(p), framework="numpy") as f:
-            shapes = {k: list(f.get_slice(k).get_shape()) for k in f.keys()}
-            meta = f.metadata() or {}
-    except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
-        raise ModelFileError(f"{p} is not a readable safetensors file ({e})") from e
+    header = safetensors_header(p)
+    shapes = {k: list(v["shape"]) for k, v in header.items() if k != "__metadata__"}
+    meta = safetensors_metadata(p)
     d: dict[str, Any] = {
         "kind": "safetensors",
         "path": str(p),

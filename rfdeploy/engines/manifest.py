@@ -16,22 +16,16 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from rfdeploy.core.errors import EngineMismatchError, ModelFileError
-from rfdeploy.core.fsutil import atomic_write_bytes, sha256_file  # noqa: F401  (re-exported)
+from rfdeploy.core.fsutil import atomic_write_bytes, sha256_file
+from rfdeploy.core.metadata import manifest_path
 from rfdeploy.engines.profiles import Profile, format_shape, select_profile
 
 SCHEMA_VERSION = 1
 UNKNOWN = "unknown"
 
 
-def manifest_path(engine_path: str | Path) -> Path:
-    p = Path(engine_path)
-    return p.with_name(p.name + ".json")
-
-
 def sha256_bytes(data) -> str:
     return hashlib.sha256(memoryview(data)).hexdigest()
-
-
 
 
 def normalize_cc(cc: str | float | int) -> str:

@@ -28,9 +28,9 @@ def verification_inputs(contract, sizes=((480, 640), (97, 255), (600, 512))) -> 
 def export_checkpoint(checkpoint, dst, *, config=None, verify: bool = True, fp16: bool = False,
                       opset: int = 17) -> Iterator[str]:
     """Export one checkpoint; yields report lines (verification errors, FP16 comparison)."""
+    from rfdeploy.core.fsutil import sha256_file
     from rfdeploy.export.onnx_export import export_model
     from rfdeploy.models import load
-    from rfdeploy.models.checkpoint import sha256_file
 
     model = load(checkpoint, config=config)
     res = export_model(model, dst, source_sha256=sha256_file(checkpoint), opset=opset)

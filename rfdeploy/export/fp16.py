@@ -31,22 +31,15 @@ from dataclasses import asdict, dataclass, field
 import onnx
 
 from rfdeploy.core.errors import BuildError
+from rfdeploy.core.metadata import FP16_METHOD, PRECISION, onnx_metadata, set_onnx_metadata
+from rfdeploy.core.onnxinfo import load_onnx
 from rfdeploy.export.graph_regions import (
     SENSITIVE_OPS,
     ensure_node_names,
     find_fp32_region,
     remove_dead_nodes,
 )
-from rfdeploy.export.precision_io import (
-    PRECISION_KEY,
-    check_node_names,
-    check_not_reduced,
-    load_onnx,
-    read_metadata,
-    save_onnx_atomic,
-    verify_model,
-    write_metadata,
-)
+from rfdeploy.export.precision_io import check_node_names, check_not_reduced, save_onnx_atomic, verify_model
 
 METHODS = ("auto", "autocast", "onnxconverter")
 DEFAULT_KEEP_FP32_OPS = SENSITIVE_OPS
@@ -285,7 +278,7 @@ def convert_fp16(
     chosen = _resolve_method(method)
     model = load_onnx(src_onnx)
     check_not_reduced(model, src_onnx)
-    metadata = read_metadata(model)
+    metadata = onnx_metadata(model)
     check_node_names(model, keep_fp32_nodes, "keep_fp32_nodes")
     ensure_node_names(model)
     try:
@@ -311,7 +304,7 @@ def convert_fp16(
     _restore_float_outputs(converted, float_outputs)
     _fold_cast_roundtrips(converted)
 
-    write_metadata(converted, {**metadata, PRECISION_KEY: "fp16", "rfdeploy.fp16.method": chosen})
+    set_onnx_metadata(converted, {**metadata, PRECISION: "fp16", FP16_METHOD: chosen}, replace=True)
     checked = verify_model(converted, f"fp16 conversion ({chosen})")
     bad = fp32_violations(checked, keep)
     if bad:

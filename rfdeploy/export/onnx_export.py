@@ -20,20 +20,13 @@ import onnx
 import torch
 
 from rfdeploy import __version__
+from rfdeploy.core import metadata as keys
 from rfdeploy.core.errors import BuildError
-from rfdeploy.models.checkpoint import atomic_write_bytes
+from rfdeploy.core.fsutil import atomic_write_bytes
+from rfdeploy.core.metadata import onnx_metadata, set_onnx_metadata
 from rfdeploy.models.config import DetectorConfig, RankerConfig
 
 DEFAULT_OPSET = 17
-
-# metadata keys (the one place backends read model facts from)
-KEY_CONTRACT = "rfdeploy.contract"
-KEY_CONFIG = "rfdeploy.config"
-KEY_KIND = "rfdeploy.kind"
-KEY_VERSION = "rfdeploy.version"
-KEY_SOURCE_SHA = "rfdeploy.source_sha256"
-KEY_PRECISION = "rfdeploy.precision"
-KEY_IO = "rfdeploy.io"
 
 DETECTOR_IO = {"inputs": ["image"], "outputs": ["boxes", "scores"]}
 RANKER_IO = {"inputs": ["image", "boxes"], "outputs": ["scores"]}
@@ -48,33 +41,19 @@ class ExportResult:
 
 
 def model_metadata(cfg: DetectorConfig | RankerConfig, source_sha256: str | None) -> dict[str, str]:
+    """What an export writes into ``metadata_props`` (keys: rfdeploy.core.metadata)."""
     kind = "detector" if isinstance(cfg, DetectorConfig) else "ranker"
     meta = {
-        KEY_KIND: kind,
-        KEY_CONTRACT: cfg.contract.to_json(),
-        KEY_CONFIG: json.dumps(cfg.to_dict(), sort_keys=True),
-        KEY_VERSION: __version__,
-        KEY_PRECISION: "fp32",
-        KEY_IO: json.dumps(DETECTOR_IO if kind == "detector" else RANKER_IO),
+        keys.KIND: kind,
+        keys.CONTRACT: cfg.contract.to_json(),
+        keys.CONFIG: json.dumps(cfg.to_dict(), sort_keys=True),
+        keys.VERSION: __version__,
+        keys.PRECISION: "fp32",
+        keys.IO: json.dumps(DETECTOR_IO if kind == "detector" else RANKER_IO),
     }
     if source_sha256:
-        meta[KEY_SOURCE_SHA] = source_sha256
+        meta[keys.SOURCE_SHA256] = source_sha256
     return meta
-
-
-def read_metadata(model_or_path) -> dict[str, str]:
-    m = model_or_path if isinstance(model_or_path, onnx.ModelProto) else onnx.load(str(model_or_path), load_external_data=False)
-    return {p.key: p.value for p in m.metadata_props}
-
-
-def set_metadata(model: onnx.ModelProto, meta: dict[str, str]) -> None:
-    existing = {p.key: p for p in model.metadata_props}
-    for k, v in meta.items():
-        if k in existing:
-            existing[k].value = v
-        else:
-            p = model.metadata_props.add()
-            p.key, p.value = k, v
 
 
 def _trace_to_onnx(module: torch.nn.Module, args: tuple, input_names, output_names, dynamic_axes, opset: int) -> onnx.ModelProto:
@@ -92,7 +71,7 @@ def clean_graph(model: onnx.ModelProto) -> onnx.ModelProto:
     """Constant folding / simplification (onnxslim), then checker and shape inference."""
     import onnxslim
 
-    meta = {p.key: p.value for p in model.metadata_props}
+    meta = onnx_metadata(model)
     try:
         slim = onnxslim.slim(model)
     except Exception as e:  # simplification is an optimisation; a failure must not lose the export
@@ -101,7 +80,7 @@ def clean_graph(model: onnx.ModelProto) -> onnx.ModelProto:
     # stale or duplicated value_info entries from tracing would shadow the inferred types
     del slim.graph.value_info[:]
     slim = onnx.shape_inference.infer_shapes(slim, strict_mode=False)
-    set_metadata(slim, meta)
+    set_onnx_metadata(slim, meta)
     onnx.checker.check_model(slim, full_check=True)
     return slim
 
@@ -130,7 +109,7 @@ def export_model(model: torch.nn.Module, out_path: str | os.PathLike, *, source_
                 opset,
             )
         meta = model_metadata(cfg, source_sha256)
-        set_metadata(proto, meta)
+        set_onnx_metadata(proto, meta)
         proto = clean_graph(proto)
         # the candidate count is fixed by the config: state it, so consumers see static shapes
         k = cfg.candidates if isinstance(cfg, DetectorConfig) else cfg.num_boxes
@@ -145,4 +124,4 @@ def export_model(model: torch.nn.Module, out_path: str | os.PathLike, *, source_
         raise BuildError(f"ONNX export of {cfg.name} failed: {e}") from e
     out_path = Path(out_path)
     atomic_write_bytes(out_path, proto.SerializeToString())
-    return ExportResult(out_path, meta[KEY_KIND], meta)
+    return ExportResult(out_path, meta[keys.KIND], meta)

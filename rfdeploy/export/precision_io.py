@@ -1,4 +1,5 @@
-"""ONNX file handling shared by the FP16 and INT8 converters: checked loading, metadata, atomic writes."""
+"""ONNX file handling shared by the FP16 and INT8 converters: refusing a file converted before,
+checked node names, verification, atomic writes (loading and metadata: rfdeploy.core)."""
 
 from __future__ import annotations
 
@@ -7,43 +8,16 @@ from pathlib import Path
 
 import onnx
 
+from rfdeploy.core import metadata
 from rfdeploy.core.errors import BuildError, InputError, ModelFileError
-from rfdeploy.core.fsutil import atomic_path, sha256_file  # noqa: F401
+from rfdeploy.core.fsutil import atomic_path
 
-PRECISION_KEY = "rfdeploy.precision"
 _PROTOBUF_LIMIT = 2**31 - 1
-
-
-def load_onnx(path: str | os.PathLike) -> onnx.ModelProto:
-    """Load an ONNX model: missing path -> InputError, not a valid ONNX model -> ModelFileError."""
-    p = Path(path)
-    if not p.exists():
-        raise InputError(f"model file not found: {p}")
-    if not p.is_file():
-        raise InputError(f"model path is not a file: {p}")
-    try:
-        model = onnx.load(str(p))
-    except Exception as e:  # protobuf raises DecodeError, onnx raises its own types
-        raise ModelFileError(f"{p} is not a readable ONNX model ({type(e).__name__}: {e})") from e
-    if not model.graph.node or not model.graph.output:
-        raise ModelFileError(f"{p} is not a usable ONNX model (empty graph)")
-    return model
-
-
-def read_metadata(model: onnx.ModelProto) -> dict[str, str]:
-    return {p.key: p.value for p in model.metadata_props}
-
-
-def write_metadata(model: onnx.ModelProto, props: dict[str, str]) -> None:
-    """Replace ``metadata_props`` with ``props`` (keeps insertion order)."""
-    del model.metadata_props[:]
-    for k, v in props.items():
-        model.metadata_props.add(key=k, value=v)
 
 
 def check_not_reduced(model: onnx.ModelProto, path: str | os.PathLike) -> None:
     """Refuse a model that is already fp16 / int8: converting twice silently loses accuracy."""
-    precision = read_metadata(model).get(PRECISION_KEY, "fp32")
+    precision = metadata.onnx_metadata(model).get(metadata.PRECISION, "fp32")
     if precision != "fp32":
         raise ModelFileError(f"{path} is already converted (rfdeploy.precision={precision}); start from the fp32 export")
     lowp = {onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.INT8}

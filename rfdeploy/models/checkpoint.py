@@ -13,17 +13,10 @@ from pathlib import Path
 import torch
 
 from rfdeploy import __version__
+from rfdeploy.core import metadata
 from rfdeploy.core.errors import InputError, ModelFileError
-from rfdeploy.core.fsutil import atomic_write_bytes, sha256_file  # noqa: F401  (re-exported)
+from rfdeploy.core.fsutil import atomic_write_bytes
 from rfdeploy.models.config import DetectorConfig, RankerConfig, config_from_dict
-
-CONFIG_KEY = "rfdeploy.config"
-FORMAT_KEY = "rfdeploy.format"
-FORMAT_VERSION = "1"
-
-
-
-
 
 
 def save_checkpoint(model: torch.nn.Module, path: str | os.PathLike, *, dtype: torch.dtype | None = None,
@@ -38,27 +31,12 @@ def save_checkpoint(model: torch.nn.Module, path: str | os.PathLike, *, dtype: t
         if dtype is not None and v.is_floating_point():
             v = v.to(dtype)
         tensors[k] = v.contiguous()
-    meta = {CONFIG_KEY: json.dumps(cfg.to_dict(), sort_keys=True), FORMAT_KEY: FORMAT_VERSION,
-            "rfdeploy.version": __version__}
+    meta = {metadata.CONFIG: json.dumps(cfg.to_dict(), sort_keys=True), metadata.FORMAT: metadata.CHECKPOINT_FORMAT,
+            metadata.VERSION: __version__}
     meta.update(extra_metadata or {})
     path = Path(path)
-    atomic_write_bytes(path, _canonical_safetensors(save(tensors, metadata=meta)))
+    atomic_write_bytes(path, metadata.canonical_safetensors(save(tensors, metadata=meta)))
     return path
-
-
-def _canonical_safetensors(blob: bytes) -> bytes:
-    """The same file with its JSON header's keys sorted: safetensors writes metadata in hash-map
-    order, so identical weights would otherwise give files with different sha256 (and needless
-    re-exports of cached ONNX files, which are keyed by it). Data offsets are relative to the data
-    section, so reordering header keys leaves the tensors as they are."""
-    n = int.from_bytes(blob[:8], "little")
-    header = json.loads(blob[8:8 + n])
-    ordered = {k: header[k] for k in sorted(header)}
-    if "__metadata__" in ordered:
-        ordered["__metadata__"] = dict(sorted(ordered["__metadata__"].items()))
-    text = json.dumps(ordered, separators=(",", ":")).encode()
-    text += b" " * (-len(text) % 8)  # the data section stays 8-byte aligned
-    return len(text).to_bytes(8, "little") + text + blob[8 + n:]
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -68,7 +46,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise InputError(f"checkpoint not found: {path}")
     with open(path, "rb") as f:
         head = f.read(8)
-    if _looks_like_safetensors(path):
+    if metadata.is_safetensors(path):
         from safetensors.torch import load_file
 
         try:
@@ -91,29 +69,11 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     raise ModelFileError(f"{path} is neither a safetensors file nor a torch checkpoint")
 
 
-def _looks_like_safetensors(path: Path) -> bool:
-    # 8-byte little-endian header length followed by a JSON object
-    with open(path, "rb") as f:
-        head = f.read(9)
-    if len(head) < 9:
-        return False
-    n = int.from_bytes(head[:8], "little")
-    return head[8:9] == b"{" and 0 < n < (1 << 28)
-
-
 def read_config(path: str | os.PathLike) -> DetectorConfig | RankerConfig | None:
     """The config stored with a checkpoint (safetensors metadata or sidecar JSON), if any."""
     path = Path(path)
-    meta = None
-    if path.is_file() and _looks_like_safetensors(path):
-        from safetensors import safe_open
-
-        try:
-            with safe_open(str(path), "pt") as f:
-                meta = f.metadata() or {}
-        except Exception as e:
-            raise ModelFileError(f"{path} is not a readable safetensors file: {e}") from e
-    raw = meta.get(CONFIG_KEY) if meta else None
+    meta = metadata.safetensors_metadata(path) if path.is_file() and metadata.is_safetensors(path) else {}
+    raw = meta.get(metadata.CONFIG)
     sidecar = path.with_name(path.name + ".json")
     if raw is None and sidecar.is_file():
         raw = sidecar.read_text()

@@ -5,21 +5,13 @@ Each reads its preprocessing contract and config from the runner's model-file me
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 
-from rfdeploy.core.contract import METADATA_KEY as KEY_CONTRACT
-from rfdeploy.core.contract import PreprocessContract
 from rfdeploy.core.errors import ModelFileError
+from rfdeploy.core.metadata import read_config, read_contract, read_kind
 from rfdeploy.core.preprocess import Letterbox
 from rfdeploy.models.config import config_from_dict
 from rfdeploy.runtime.backends.base import Runner
-
-# The keys rfdeploy.export.onnx_export writes. Named here rather than imported from there because
-# the exporter needs torch and reading a model must not (tests keep the two in step).
-KEY_KIND = "rfdeploy.kind"
-KEY_CONFIG = "rfdeploy.config"
 
 
 def _feed(runner: Runner, x):
@@ -33,13 +25,14 @@ def _feed(runner: Runner, x):
 
 def _read(runner: Runner, want_kind: str):
     meta = runner.metadata
-    kind = meta.get(KEY_KIND)
+    kind = read_kind(meta)
     if kind != want_kind:
         raise ModelFileError(f"expected a {want_kind} model, got {kind or 'a model without rfdeploy metadata'} ({runner.describe()})")
+    source = runner.describe()
     try:
-        return PreprocessContract.from_json(meta[KEY_CONTRACT]), config_from_dict(json.loads(meta[KEY_CONFIG]))
-    except (KeyError, ValueError) as e:
-        raise ModelFileError(f"the model's rfdeploy metadata is invalid: {e}") from e
+        return read_contract(meta, source), config_from_dict(read_config(meta, source))
+    except (KeyError, TypeError, ValueError) as e:  # a config dict with unknown or invalid fields
+        raise ModelFileError(f"{source}: the model's rfdeploy config is invalid: {e}") from e
 
 
 class Detector:

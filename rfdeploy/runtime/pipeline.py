@@ -17,6 +17,7 @@ import numpy as np
 
 from rfdeploy.core.detections import Detections
 from rfdeploy.core.errors import InputError, ModelFileError, RfdeployError
+from rfdeploy.core.metadata import CONTRACT, onnx_metadata
 from rfdeploy.runtime.facelogic import FaceLogicConfig, detect_faces
 from rfdeploy.runtime.logic_config import engine_limits, face_logic_config
 from rfdeploy.runtime.tiling import TilePolicy
@@ -224,10 +225,7 @@ def _check_model_suffix(path: Path, role: str) -> None:
 
 
 def _has_rfdeploy_metadata(path: Path) -> bool:
-    import onnx
-
     try:
-        m = onnx.load(str(path), load_external_data=False)
-    except Exception:
+        return CONTRACT in onnx_metadata(path)
+    except ModelFileError:
         return True  # let the rfdeploy loader report the broken file
-    return any(p.key == "rfdeploy.contract" for p in m.metadata_props)

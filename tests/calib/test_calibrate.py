@@ -17,8 +17,9 @@ from rfdeploy.calib import calibrate
 from rfdeploy.calib.calibrate import prepare_image
 from rfdeploy.calib.images import load_rgb
 from rfdeploy.calib.qdq import qdq_problems
-from rfdeploy.core.contract import METADATA_KEY, PreprocessContract
+from rfdeploy.core.contract import PreprocessContract
 from rfdeploy.core.errors import InputError, ModelFileError
+from rfdeploy.core.metadata import CONTRACT as METADATA_KEY
 from rfdeploy.export.graph_regions import ensure_node_names, find_fp32_region
 from tests.precision_fixtures import CONTRACT, export_toy_detector, export_toy_ranker, write_images
 

@@ -8,8 +8,8 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from rfdeploy.core.contract import METADATA_KEY
 from rfdeploy.core.errors import BackendUnavailableError, InputError, ModelFileError
+from rfdeploy.core.metadata import CONTRACT as METADATA_KEY
 from rfdeploy.export.fp16 import convert_fp16, fp32_violations, modelopt_available
 from rfdeploy.export.graph_regions import ensure_node_names, find_fp32_region
 from tests.precision_fixtures import CONTRACT, TOPK, elem_types, export_toy_detector, export_toy_ranker

@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from rfdeploy.core.contract import PreprocessContract
+from rfdeploy.core.metadata import onnx_metadata as read_metadata
 from rfdeploy.export.api import export_checkpoint, verification_inputs
-from rfdeploy.export.onnx_export import export_model, read_metadata
+from rfdeploy.export.onnx_export import export_model
 from rfdeploy.export.verify import verify_onnx
 from rfdeploy.models import build, detector_config, ranker_config
 from rfdeploy.models.checkpoint import save_checkpoint

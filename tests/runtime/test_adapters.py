@@ -14,16 +14,15 @@ from shared_data import SHARED_DATA as SHARED  # noqa: E402
 
 from rfdeploy.core.detections import Detections
 from rfdeploy.core.errors import BackendUnavailableError, InputError, ModelFileError
+from rfdeploy.core.onnxinfo import ModelSignature, TensorInfo
 from rfdeploy.core.preprocess import Letterbox
 from rfdeploy.runtime.adapters import (
     ADAPTERS,
     CenterFaceAdapter,
     DecodedBoxesAdapter,
-    ModelSignature,
     OnnxDetector,
     RetinaFaceAdapter,
     SCRFDAdapter,
-    TensorInfo,
     load_adapter_json,
     retinaface_priors,
 )

@@ -87,8 +87,15 @@ def test_a_checkpoint_already_exported_runs_without_torch(tmp_path):
 
 
 def test_metadata_keys_read_without_the_exporter_are_the_ones_it_writes():
+    # one torch-free module holds the keys (rfdeploy.core.metadata): what the exporter writes is
+    # what the runtime's readers take back
+    from rfdeploy.core import metadata
     from rfdeploy.export import onnx_export
-    from rfdeploy.runtime import models
+    from rfdeploy.models import detector_config, ranker_config
+    from rfdeploy.models.config import config_from_dict
 
-    assert (models.KEY_KIND, models.KEY_CONFIG, models.KEY_CONTRACT) == (
-        onnx_export.KEY_KIND, onnx_export.KEY_CONFIG, onnx_export.KEY_CONTRACT)
+    for cfg, kind in ((detector_config("refineface_mbv2"), "detector"), (ranker_config("crface_small"), "ranker")):
+        written = onnx_export.model_metadata(cfg, None)
+        assert metadata.read_kind(written) == kind
+        assert metadata.read_contract(written, "export") == cfg.contract
+        assert config_from_dict(metadata.read_config(written, "export")) == cfg

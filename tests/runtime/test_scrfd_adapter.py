@@ -17,16 +17,14 @@ from onnx import TensorProto, helper, numpy_helper
 from shared_data import SHARED_DATA
 
 from rfdeploy.core.errors import InputError, ModelFileError
+from rfdeploy.core.onnxinfo import ModelSignature, TensorInfo, read_signature
 from rfdeploy.core.preprocess import Letterbox
 from rfdeploy.runtime.adapters import (
     ADAPTERS,
     CenterFaceAdapter,
-    ModelSignature,
     OnnxDetector,
     RetinaFaceAdapter,
     SCRFDAdapter,
-    TensorInfo,
-    read_signature,
     require_trainable,
     resize_sizes_to_scales,
     resolve_adapter,

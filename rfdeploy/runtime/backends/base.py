@@ -189,9 +189,9 @@ def open_runner(path: str | os.PathLike, *, backend: str = "auto", device: str =
 
 def _is_rfdeploy_onnx(path: Path) -> bool:
     """Whether an ONNX file carries rfdeploy's kind metadata (what picks an engine profile)."""
-    from rfdeploy.core import onnxinfo
+    from rfdeploy.core.metadata import KIND, onnx_metadata
 
-    return "rfdeploy.kind" in onnxinfo.metadata(onnxinfo.load_onnx(path))
+    return KIND in onnx_metadata(path)
 
 
 def _engine_runner(path: Path, kind: str, device: str, onnx_cache, engine_cache, precision: str,

@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from rfdeploy.core.contract import METADATA_KEY as CONTRACT_KEY
+from rfdeploy.core import metadata, onnxinfo
 from rfdeploy.core.contract import PreprocessContract
 from rfdeploy.core.errors import BackendUnavailableError, InputError, ModelFileError
 from rfdeploy.core.fsutil import sha256_file
@@ -113,19 +113,10 @@ def _spec_key(spec: ProfileSpec) -> dict:
 # --- ONNX facts --------------------------------------------------------------------------------
 
 
-def _onnx_facts(onnx_path: Path) -> tuple[dict[str, str], dict[str, list[int | None]]]:
+def _onnx_facts(onnx_path: Path) -> tuple[dict[str, str], dict[str, tuple[int | None, ...]]]:
     """(metadata, declared input shapes with None for dynamic dims) without reading weights."""
-    from rfdeploy.core import onnxinfo
-
-    model = onnxinfo.load_onnx(onnx_path)
-    inputs = {}
-    init_names = {i.name for i in model.graph.initializer}
-    for vi in model.graph.input:
-        if vi.name in init_names:
-            continue
-        dims = vi.type.tensor_type.shape.dim
-        inputs[vi.name] = [int(d.dim_value) if d.HasField("dim_value") else None for d in dims]
-    return onnxinfo.metadata(model), inputs
+    model = onnxinfo.load_onnx(onnx_path, weights=False)
+    return metadata.onnx_metadata(model), onnxinfo.declared_inputs(model)
 
 
 def profile_for(onnx_path: str | os.PathLike, kind: str | None = None) -> tuple[str, ProfileSpec]:
@@ -137,7 +128,7 @@ def profile_for(onnx_path: str | os.PathLike, kind: str | None = None) -> tuple[
 
 def _profile(path: Path, meta: dict[str, str], inputs: dict[str, list[int | None]],
              kind: str | None) -> tuple[str, ProfileSpec]:
-    file_kind = meta.get("rfdeploy.kind")
+    file_kind = meta.get(metadata.KIND)
     if kind is not None and kind not in KINDS:
         raise InputError(f"kind must be one of {KINDS}, got {kind!r}")
     if kind is not None and file_kind is not None and kind != file_kind:
@@ -148,12 +139,7 @@ def _profile(path: Path, meta: dict[str, str], inputs: dict[str, list[int | None
             f"{path} has no rfdeploy.kind metadata ({file_kind!r}): cannot tell detector from ranker",
             hint="export it with `rfdeploy export`, or build an engine by hand with `rfdeploy build-engine`",
         )
-    if CONTRACT_KEY not in meta:
-        raise ModelFileError(f"{path} has no {CONTRACT_KEY} metadata", hint="export it with `rfdeploy export`")
-    try:
-        contract = PreprocessContract.from_json(meta[CONTRACT_KEY])
-    except (ValueError, TypeError) as e:
-        raise ModelFileError(f"{path}: invalid {CONTRACT_KEY} metadata ({e})") from e
+    contract = metadata.read_contract(meta, path)
     if kind == "detector":
         return kind, detector_profile(contract)
     if "boxes" not in inputs or len(inputs["boxes"]) != 3:
@@ -161,8 +147,8 @@ def _profile(path: Path, meta: dict[str, str], inputs: dict[str, list[int | None
     n = inputs["boxes"][1]
     if n is None:  # a dynamic N: the config says which N the model was made for
         try:
-            n = int(json.loads(meta["rfdeploy.config"])["num_boxes"])
-        except (KeyError, ValueError, TypeError) as e:
+            n = int(metadata.read_config(meta, path)["num_boxes"])
+        except (ModelFileError, KeyError, ValueError, TypeError) as e:
             raise ModelFileError(f"{path}: the ranker's N is dynamic and its config gives no num_boxes") from e
     return kind, ranker_profile(contract, n)
 
@@ -320,7 +306,7 @@ def ensure_engine(
     kind, spec = _profile(src, meta, inputs, kind)
     build_src = src
     src_sha = sha256_file(src)
-    file_precision = meta.get("rfdeploy.precision", "fp32")
+    file_precision = meta.get(metadata.PRECISION, "fp32")
     if precision == "fp16" and file_precision == "fp32":
         build_src = cached_fp16_onnx(src, cache, src_sha, notes, echo)
     elif file_precision != precision and notes is not None:

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from rfdeploy.core.errors import BackendUnavailableError, ModelFileError
+from rfdeploy.core.metadata import CONTRACT, onnx_metadata
 from rfdeploy.runtime.backends.base import Runner
 
 
@@ -37,8 +38,8 @@ class OrtRunner(Runner):
         self.device = device
         self.threads = threads
         self.session = self._open()
-        self._meta = dict(self.session.get_modelmeta().custom_metadata_map)
-        if "rfdeploy.contract" not in self._meta:
+        self._meta = onnx_metadata(self.session)
+        if CONTRACT not in self._meta:
             raise ModelFileError(
                 f"{self.path} carries no rfdeploy metadata (not exported by rfdeploy)",
                 hint="third-party detectors go through --detector with an adapter",

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from rfdeploy.core.errors import BackendUnavailableError
+from rfdeploy.core.metadata import read_kind
 from rfdeploy.runtime.backends.base import Runner
 
 # A handful of shapes covers tiled inference (the full-tile batch, the last partial batch, and a
@@ -72,8 +73,8 @@ class TorchRunner(Runner):
         if isinstance(checkpoint_or_module, torch.nn.Module):
             self.model, sha = checkpoint_or_module, None
         else:
+            from rfdeploy.core.fsutil import sha256_file
             from rfdeploy.models import load
-            from rfdeploy.models.checkpoint import sha256_file
 
             self.model, sha = load(Path(checkpoint_or_module)), sha256_file(checkpoint_or_module)
         if device.startswith("cuda") and not torch.cuda.is_available():
@@ -95,7 +96,7 @@ class TorchRunner(Runner):
         self.notes = notes if notes is not None else []  # shared with the caller's notes
         # the same metadata an export writes: one definition of the contract
         self._meta = model_metadata(self.model.cfg, sha)
-        self.is_detector = self._meta["rfdeploy.kind"] == "detector"
+        self.is_detector = read_kind(self._meta) == "detector"
 
     @property
     def metadata(self) -> dict[str, str]:
