@@ -14,104 +14,30 @@ from __future__ import annotations
 import math
 import os
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from rfdeploy.core.boxes import nms
 from rfdeploy.core.contract import PreprocessContract
 from rfdeploy.core.detections import Detections
-from rfdeploy.core.errors import BackendUnavailableError, InputError, ModelFileError
+from rfdeploy.core.errors import InputError, ModelFileError
+from rfdeploy.core.fsutil import read_json
+from rfdeploy.core.onnxinfo import (
+    ModelSignature,
+    load_onnx,
+    make_spatial_dims_dynamic,
+    read_signature,
+    rename_dims,
+    tensor_info,
+)
 from rfdeploy.core.preprocess import Letterbox, preprocess
+from rfdeploy.runtime.backends.ort_runner import OrtRunner
 
 DEFAULT_SCORE_THRESHOLD = 0.02
 DEFAULT_MAX_CANDIDATES = 5000
-
-Dim = int | str | None
-
-
-# --------------------------------------------------------------------------------------------
-# Model signature: what an ONNX file takes and gives, used to recognise it and to explain errors.
-
-
-@dataclass(frozen=True)
-class TensorInfo:
-    name: str
-    shape: tuple[Dim, ...]
-    dtype: str
-
-    def __str__(self) -> str:
-        dims = ",".join("?" if d is None else str(d) for d in self.shape)
-        return f"{self.name}[{dims}]:{self.dtype}"
-
-
-@dataclass(frozen=True)
-class ModelSignature:
-    inputs: tuple[TensorInfo, ...]
-    outputs: tuple[TensorInfo, ...]
-
-    def output(self, name: str) -> TensorInfo | None:
-        return next((t for t in self.outputs if t.name == name), None)
-
-    def describe(self) -> str:
-        ins = ", ".join(str(t) for t in self.inputs) or "none"
-        outs = ", ".join(str(t) for t in self.outputs) or "none"
-        return f"inputs: {ins}; outputs: {outs}"
-
-
-def _tensor_info(value_info) -> TensorInfo:
-    import onnx
-
-    ttype = value_info.type.tensor_type
-    dims: list[Dim] = []
-    for d in ttype.shape.dim:
-        if d.HasField("dim_value"):
-            dims.append(int(d.dim_value))
-        elif d.HasField("dim_param"):
-            dims.append(d.dim_param)
-        else:
-            dims.append(None)
-    try:
-        dtype = onnx.helper.tensor_dtype_to_np_dtype(ttype.elem_type).name
-    except (KeyError, ValueError, TypeError):
-        dtype = str(ttype.elem_type)
-    return TensorInfo(value_info.name, tuple(dims), dtype)
-
-
-def read_signature(model) -> ModelSignature:
-    """Inputs (initializers excluded: old exports list weights as graph inputs) and outputs."""
-    weights = {init.name for init in model.graph.initializer}
-    inputs = tuple(_tensor_info(v) for v in model.graph.input if v.name not in weights)
-    outputs = tuple(_tensor_info(v) for v in model.graph.output)
-    return ModelSignature(inputs, outputs)
-
-
-def make_spatial_dims_dynamic(model, input_name: str):
-    """Replace fixed batch/height/width dims of the image input and of every 4-D output by names.
-
-    Some exports fix the input to a placeholder size; onnxruntime then refuses other sizes.
-    """
-    image_inputs = [v for v in model.graph.input if v.name == input_name]
-    if not image_inputs:
-        raise ModelFileError(f"the model has no input named {input_name!r}")
-    _rename_dims(image_inputs[0], {0: "batch", 2: "height", 3: "width"})
-    for out in model.graph.output:
-        if len(out.type.tensor_type.shape.dim) == 4:
-            _rename_dims(out, {0: "batch", 2: f"{out.name}_h", 3: f"{out.name}_w"})
-    # Stale intermediate shapes would contradict the new input size.
-    del model.graph.value_info[:]
-    return model
-
-
-def _rename_dims(value_info, names: dict[int, str]) -> None:
-    dims = value_info.type.tensor_type.shape.dim
-    for index, name in names.items():
-        if index < len(dims):
-            dims[index].Clear()
-            dims[index].dim_param = name
-
 
 # --------------------------------------------------------------------------------------------
 # Adapters
@@ -396,7 +322,7 @@ def resize_sizes_to_scales(model) -> int:
     if not fixed:
         return 0
     inferred = onnx.shape_inference.infer_shapes(model)
-    shapes = {v.name: _tensor_info(v).shape
+    shapes = {v.name: tensor_info(v).shape
               for v in (*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output)}
     taken = {i.name for i in model.graph.initializer} | {o for n in model.graph.node for o in n.output}
     sizes_names = {n.input[3] for n in fixed}
@@ -439,10 +365,10 @@ def make_scrfd_dynamic(model, input_name: str):
     image_inputs = [v for v in model.graph.input if v.name == input_name]
     if not image_inputs:
         raise ModelFileError(f"the model has no input named {input_name!r}")
-    _rename_dims(image_inputs[0], {2: "height", 3: "width"})
+    rename_dims(image_inputs[0], {2: "height", 3: "width"})
     for out in model.graph.output:
         if len(out.type.tensor_type.shape.dim) == 3:
-            _rename_dims(out, {1: f"{out.name}_anchors"})
+            rename_dims(out, {1: f"{out.name}_anchors"})
     del model.graph.value_info[:]  # stale intermediate shapes would contradict other input sizes
     return model
 
@@ -641,8 +567,6 @@ def load_adapter_json(path: str | os.PathLike) -> DecodedBoxesAdapter:
     ``{"boxes_output": "boxes", "scores_output": "scores", "box_format": "xywh",
     "normalized": true, "contract": {"mean": [0,0,0], "std": [255,255,255]}}``.
     """
-    from rfdeploy.core.fsutil import read_json
-
     path = Path(path)
     spec = read_json(path, "adapter file", ModelFileError)
     if not isinstance(spec, dict):
@@ -713,41 +637,21 @@ class OnnxDetector:
         threads: int | None = None,
         **adapter_options: Any,
     ):
-        import onnx
-        import onnxruntime as ort
-
         self.path = Path(onnx_path)
         if not self.path.is_file():
             raise ModelFileError(f"detector model not found: {self.path}")
-        try:
-            model = onnx.load(str(self.path))
-        except Exception as e:  # onnx raises DecodeError and friends for non-ONNX bytes
-            raise ModelFileError(f"{self.path} is not a readable ONNX model: {e}") from e
+        model = load_onnx(self.path)
         self.signature = read_signature(model)
         self.adapter = resolve_adapter(adapter, self.signature, **adapter_options)
         if len(self.signature.inputs) != 1:
             raise ModelFileError(f"expected one image input: {self.signature.describe()}")
         self.input_name = self.signature.inputs[0].name
         model = self.adapter.prepare_model(model, self.input_name)
-
-        providers = list(providers or ["CPUExecutionProvider"])
-        missing = [p for p in providers if p not in ort.get_available_providers()]
-        if missing:
-            raise BackendUnavailableError(
-                f"onnxruntime providers {missing} are not available here "
-                f"(available: {ort.get_available_providers()})"
-            )
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3  # old exports list weights as inputs; ort warns about each one
-        if threads is not None:
-            if threads < 1:
-                raise ValueError(f"threads must be >= 1, got {threads}")
-            opts.intra_op_num_threads = threads
-        try:
-            self.session = ort.InferenceSession(model.SerializeToString(), opts, providers=providers)
-        except Exception as e:
-            raise ModelFileError(f"onnxruntime cannot load {self.path}: {e}") from e
-        self.output_names = [o.name for o in self.session.get_outputs()]
+        # the same onnxruntime runner as rfdeploy's own models (providers, threads, errors)
+        self.runner = OrtRunner(self.path, threads=threads, model=model,
+                                providers=list(providers or ["CPUExecutionProvider"]), rfdeploy_model=False)
+        self.session = self.runner.session
+        self.output_names = self.runner.output_names
 
     @property
     def name(self) -> str:
@@ -760,8 +664,7 @@ class OnnxDetector:
         if min(rgb.shape[:2]) < 1:
             raise InputError(f"empty image {rgb.shape}")
         tensor, letterbox = self.adapter.preprocess(rgb)
-        values = self.session.run(self.output_names, {self.input_name: tensor})
-        return dict(zip(self.output_names, values)), letterbox
+        return self.runner.infer({self.input_name: tensor}), letterbox
 
     def detect_candidates(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """All pre-NMS candidates: boxes [K,4] x1,y1,x2,y2 image pixels, scores [K], descending."""
@@ -771,21 +674,10 @@ class OnnxDetector:
     def detect(self, rgb: np.ndarray, nms_iou: float = 0.4, score_thr: float = 0.5) -> Detections:
         """Final detections: candidates at or above ``score_thr`` after NMS, highest score first."""
         boxes, scores = self.detect_candidates(rgb)
-        return nms_detections(boxes, scores, nms_iou=nms_iou, score_thr=score_thr)
+        keep = scores >= score_thr
+        boxes, scores = boxes[keep], scores[keep]
+        kept = nms(boxes, scores, iou=nms_iou)
+        return Detections(boxes[kept], scores[kept])
 
     def __repr__(self) -> str:
         return f"OnnxDetector({str(self.path)!r}, adapter={self.adapter!r})"
-
-
-def nms_detections(boxes: np.ndarray, scores: np.ndarray, nms_iou: float = 0.4,
-                   score_thr: float = 0.5) -> Detections:
-    import torch
-    from torchvision.ops import nms
-
-    keep = scores >= score_thr
-    boxes, scores = boxes[keep], scores[keep]
-    if len(scores) == 0:
-        return Detections.empty()
-    idx = nms(torch.from_numpy(np.ascontiguousarray(boxes)), torch.from_numpy(np.ascontiguousarray(scores)), nms_iou)
-    idx = idx.numpy()
-    return Detections(boxes[idx], scores[idx])

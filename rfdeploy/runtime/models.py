@@ -78,8 +78,8 @@ class ThirdPartyDetector:
         identity = Letterbox(scale=1.0, image_size=(w, h), input_size=(w, h))
         per_row = []
         for i in range(x.shape[0]):
-            values = self.onnx.session.run(self.onnx.output_names, {self.onnx.input_name: x[i:i + 1]})
-            per_row.append(self.onnx.adapter.decode(dict(zip(self.onnx.output_names, values)), identity))
+            outputs = self.onnx.runner.infer({self.onnx.input_name: x[i:i + 1]})
+            per_row.append(self.onnx.adapter.decode(outputs, identity))
         k = max(1, max(len(s) for _, s in per_row))
         boxes = np.zeros((x.shape[0], k, 4), np.float32)
         scores = np.zeros((x.shape[0], k), np.float32)

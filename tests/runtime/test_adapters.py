@@ -251,6 +251,17 @@ def test_bad_model_files_images_and_providers(tmp_path):
             det.detect(bad)
 
 
+def test_third_party_detectors_run_on_the_onnxruntime_runner(tmp_path, monkeypatch):
+    # one session builder: the runner of rfdeploy's own models, with its threads setting
+    from rfdeploy.runtime.backends.ort_runner import OrtRunner
+
+    monkeypatch.setenv("RFDEPLOY_ORT_THREADS", "1")
+    det = OnnxDetector(centerface_like(tmp_path / "cf.onnx"))
+    assert isinstance(det.runner, OrtRunner) and det.session is det.runner.session
+    assert det.session.get_session_options().intra_op_num_threads == 1
+    assert det.runner.describe() == "onnxruntime (CPUExecutionProvider)"
+
+
 def test_adapter_constructor_validation():
     with pytest.raises(ValueError):
         RetinaFaceAdapter(score_threshold=1.5)
