@@ -224,8 +224,9 @@ def build_engine(onnx_file, output, fp16, int8, calib_images, presets, min_shape
     Without --profile or shapes, an rfdeploy detector or ranker gets the profile the runtime
     feeds it (--profile default), so `infer --engine` takes every image `infer` takes.
     """
-    from rfdeploy.engines.build import build_engine_cli, profile_specs
-    from rfdeploy.export.api import precision_variant
+    from rfdeploy.engines.build import build_engine_cli
+    from rfdeploy.engines.default_profile import profile_specs
+    from rfdeploy.engines.variants import precision_variant
 
     if fp16 and int8:
         raise InputError("choose one of --fp16 and --int8")

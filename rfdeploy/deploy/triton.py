@@ -45,12 +45,16 @@ from importlib import resources
 from pathlib import Path
 from typing import Mapping, Sequence
 
+import rfdeploy
 from rfdeploy.core import onnxinfo
 from rfdeploy.core.contract import PreprocessContract
 from rfdeploy.core.errors import InputError, ModelFileError
 from rfdeploy.core.metadata import manifest_path, onnx_metadata, read_config, read_contract
 from rfdeploy.engines.manifest import IOTensor, load_manifest
+from rfdeploy.export.cache import cached_export
+from rfdeploy.models import DEFAULT_DETECTOR_ONNX, DEFAULT_RANKER_ONNX
 from rfdeploy.models.config import config_from_dict
+from rfdeploy.runtime.logic_config import engine_limits, face_logic_config
 
 TRITON_DTYPES = {
     "float32": "TYPE_FP32", "float16": "TYPE_FP16", "bfloat16": "TYPE_BF16", "int8": "TYPE_INT8",
@@ -108,8 +112,6 @@ class ServedNetwork:
 
 def network_from_engine(path: str | os.PathLike, role: str, max_batch: int) -> ServedNetwork:
     """The description of an engine (from its manifest)."""
-    from rfdeploy.runtime.logic_config import engine_limits
-
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(f"{role} engine not found: {path}")
@@ -271,8 +273,6 @@ def python_env(server_env: str | os.PathLike | None) -> dict:
     """What a CPU repository's models add to the server stub's Python: this environment's
     site-packages (where rfdeploy and onnxruntime are installed) and, from the server's
     environment, numpy < 2, which the stub's array bridge needs."""
-    import rfdeploy
-
     paths: list[str] = []
     for key in ("purelib", "platlib"):
         p = sysconfig.get_paths()[key]
@@ -315,8 +315,6 @@ def _onnx_file(path: Path, role: str) -> Path:
     if suffix == ".onnx":
         return path
     if suffix in (".safetensors", ".pt", ".pth"):
-        from rfdeploy.runtime.backends.base import cached_export
-
         return cached_export(path)
     raise InputError(f"{path}: a CPU repository serves ONNX files or checkpoints, not {suffix or 'this file'}",
                      hint="engines are for GPU repositories (without --cpu)")
@@ -361,8 +359,6 @@ def write_triton_repo(
     Raises InputError (bad arguments, ``out_dir`` exists) and ModelFileError (a model file missing,
     or without rfdeploy's interface and preprocessing contract).
     """
-    from rfdeploy.runtime.logic_config import face_logic_config
-
     if max_batch < 1 or instances < 1 or python_instances < 1:
         raise InputError("max_batch, instances and python_instances must be >= 1")
     if server_env is not None and not cpu:
@@ -374,11 +370,11 @@ def write_triton_repo(
         raise InputError(f"parent folder does not exist: {out.parent}")
 
     if cpu:
-        from rfdeploy.models import DEFAULT_DETECTOR, DEFAULT_RANKER
-
         env = python_env(server_env)  # before any export: a wrong environment is a quick error
-        det = network_from_onnx(_onnx_file(_model_path(detector, DEFAULT_DETECTOR), "detector"), "detector", max_batch)
-        rank = (network_from_onnx(_onnx_file(_model_path(ranker, DEFAULT_RANKER), "ranker"), "ranker", max_batch)
+        # the bundled models as the ONNX files shipped beside their checkpoints: nothing to export
+        det = network_from_onnx(_onnx_file(_model_path(detector, DEFAULT_DETECTOR_ONNX), "detector"), "detector",
+                                max_batch)
+        rank = (network_from_onnx(_onnx_file(_model_path(ranker, DEFAULT_RANKER_ONNX), "ranker"), "ranker", max_batch)
                 if use_ranker else None)
     else:
         if detector is None:

@@ -13,6 +13,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+from rfdeploy.core.env import cuda_driver_loads
 from rfdeploy.core.errors import BackendUnavailableError, InputError
 
 log = logging.getLogger(__name__)
@@ -127,7 +128,10 @@ class BuilderBackend:
 
 
 def current_gpu(device_index: int = 0) -> dict[str, str] | None:
-    """{"name", "compute_capability"} of a visible CUDA GPU, or None when there is none."""
+    """{"name", "compute_capability"} of a visible CUDA GPU, or None when there is none. Where no
+    CUDA driver loads there is none, and neither torch nor the CUDA runtime is imported to learn it."""
+    if not cuda_driver_loads():
+        return None
     try:
         import torch
 

@@ -15,10 +15,11 @@ from typing import Any, Sequence
 
 from rfdeploy import __version__
 from rfdeploy.core import onnxinfo
-from rfdeploy.core.errors import BuildError, InputError, ModelFileError
+from rfdeploy.core.errors import BuildError, InputError
 from rfdeploy.core.fsutil import atomic_write_bytes, sha256_file
-from rfdeploy.core.metadata import KIND, onnx_metadata, read_contract, read_kind
+from rfdeploy.core.metadata import onnx_metadata
 from rfdeploy.engines.backend import BuilderBackend, collecting_logger, current_gpu
+from rfdeploy.engines.default_profile import profile_specs
 from rfdeploy.engines.manifest import IOTensor, Manifest, manifest_path, normalize_cc, sha256_bytes
 from rfdeploy.engines.profiles import Profile, ProfileSpec, format_shape, resolve_profiles
 
@@ -288,89 +289,6 @@ def _write_pair(out_path: Path, plan, manifest: Manifest) -> None:
         except FileNotFoundError:
             pass
         raise
-
-
-DEFAULT_PROFILE = "default"
-
-
-def default_profile(onnx_path: str | Path) -> ProfileSpec:
-    """The profile the runtime feeds an rfdeploy model with, from the file's kind and contract.
-
-    Detector: batches of 1..8 tiles of the default tile size (opt), whole images up to the untiled
-    limit (max), down to the smallest padded input (min); ranker: its image resized to the long
-    side its contract names, plus its fixed ``boxes`` (see rfdeploy.runtime.backends.engine_cache).
-    """
-    from rfdeploy.runtime.backends.engine_cache import profile_for
-
-    kind, spec = profile_for(onnx_path)
-    return ProfileSpec(spec.image, dict(spec.named), preset=f"{DEFAULT_PROFILE} {kind}", cli_args=spec.cli_args)
-
-
-def profile_specs(
-    onnx_path: str | Path,
-    *,
-    min_shapes: Sequence[str] = (),
-    opt_shapes: Sequence[str] = (),
-    max_shapes: Sequence[str] = (),
-    presets: Sequence[str] = (),
-) -> list[ProfileSpec]:
-    """The profiles `rfdeploy build-engine` builds, checked against the ONNX file's inputs (before
-    any conversion or build starts). ``--profile default``, or no profile at all on a model with
-    dynamic inputs, is the runtime's own profile (:func:`default_profile`)."""
-    from rfdeploy.engines.profiles import preset_names, specs_from_cli
-
-    onnx_path = Path(onnx_path)
-    declared = onnxinfo.declared_inputs(onnxinfo.load_onnx(onnx_path, weights=False))
-    named = [p for p in presets if p.strip().lower() != DEFAULT_PROFILE]
-    want_default = len(named) < len(presets)
-    specs = specs_from_cli(min_shapes, opt_shapes, max_shapes, named)
-    dynamic = any(d is None for dims in declared.values() for d in dims)
-    if want_default or (not specs and dynamic):
-        if KIND not in onnx_metadata(onnx_path):
-            raise InputError(
-                f"{onnx_path} has dynamic inputs "
-                + ", ".join(f"{n} {'x'.join('?' if d is None else str(d) for d in dims)}" for n, dims in declared.items())
-                + " and no rfdeploy metadata, so no default profile can be derived",
-                hint=f"add --profile PRESET ({', '.join(preset_names())}) or --min-shape/--opt-shape/--max-shape",
-            )
-        specs.insert(0, default_profile(onnx_path))
-    resolved = resolve_profiles(specs, declared)  # refuse bad shapes now, not after an fp16/int8 conversion
-    _check_runtime_fit(onnx_path, resolved)
-    return specs
-
-
-def _check_runtime_fit(onnx_path: Path, profiles: Sequence[Profile]) -> None:
-    """Refuse profiles the runtime cannot feed an rfdeploy model through: a detector needs a
-    profile that takes one image of at least a tile's minimum; a ranker sees the whole image
-    resized to its contract's long side, landscape or portrait, so some profile must take that
-    side both ways."""
-    from rfdeploy.core.errors import EngineMismatchError
-    from rfdeploy.engines.profiles import input_limits
-    from rfdeploy.runtime.tiling import MIN_TILE
-
-    meta = onnx_metadata(onnx_path)
-    kind = read_kind(meta)
-    if kind is None:
-        return
-    try:
-        contract = read_contract(meta, onnx_path)
-    except ModelFileError:
-        return  # the build reports a broken contract when the engine is used
-    hint = "build without --profile/shapes (the runtime's profile), or add --profile default"
-    try:
-        lim = input_limits(profiles, contract.pad_multiple)
-    except EngineMismatchError as e:
-        raise InputError(str(e).split("\n")[0], hint=hint) from None
-    if kind == "detector" and contract.resize == "none" and lim.max_tile < MIN_TILE:
-        raise InputError(f"the largest input of these profiles ({lim.max_size[0]}x{lim.max_size[1]}) cannot "
-                         f"hold a {MIN_TILE} px tile", hint=hint)
-    if kind == "ranker" and contract.resize == "long_side":
-        side = -(-contract.resize_to // contract.pad_multiple) * contract.pad_multiple
-        if min(lim.max_size) < side:
-            raise InputError(
-                f"the ranker sees every image resized to a long side of {contract.resize_to} px (padded {side}), "
-                f"landscape or portrait; the largest input of these profiles is {lim.max_size[0]}x{lim.max_size[1]}",
-                hint=hint)
 
 
 def build_engine_cli(

@@ -14,8 +14,9 @@ import dataclasses
 
 from rfdeploy.core.contract import PreprocessContract
 from rfdeploy.core.errors import InputError
+from rfdeploy.core.sizes import DEFAULT_AUTO_MAX_INPUT, DEFAULT_TILE_BATCH
 from rfdeploy.runtime.facelogic import FaceLogicConfig, tile_limit
-from rfdeploy.runtime.tiling import DEFAULT_AUTO_MAX_INPUT, TilePolicy
+from rfdeploy.runtime.tiling import TilePolicy
 
 # Candidates kept across all tiles and passes of one image before the ranker and NMS. Each detector
 # call already returns only its own top K (the config's ``candidates``); a tiled 8K image has dozens
@@ -60,7 +61,7 @@ def face_logic_config(
     ranker_limits=None,
     network_max_batch: int | None = None,
     tile: str | TilePolicy = "auto",
-    tile_batch: int = 8,
+    tile_batch: int = DEFAULT_TILE_BATCH,
     max_untiled: int = DEFAULT_AUTO_MAX_INPUT,
     score_thr: float | None = None,
     candidate_thr: float | None = None,

@@ -17,9 +17,16 @@ import numpy as np
 
 from rfdeploy.core.detections import Detections
 from rfdeploy.core.errors import InputError, ModelFileError, RfdeployError
+from rfdeploy.core.image_io import load_image
 from rfdeploy.core.metadata import CONTRACT, onnx_metadata
+from rfdeploy.core.sizes import DEFAULT_AUTO_MAX_INPUT, DEFAULT_TILE_BATCH
+from rfdeploy.models import DEFAULT_DETECTOR, DEFAULT_DETECTOR_ONNX, DEFAULT_RANKER, DEFAULT_RANKER_ONNX
+from rfdeploy.runtime.adapters import OnnxDetector
+from rfdeploy.runtime.backends.base import model_kind
+from rfdeploy.runtime.backends.selection import open_runner
 from rfdeploy.runtime.facelogic import FaceLogicConfig, detect_faces
 from rfdeploy.runtime.logic_config import engine_limits, face_logic_config
+from rfdeploy.runtime.models import Detector, Ranker, ThirdPartyDetector
 from rfdeploy.runtime.tiling import TilePolicy
 
 
@@ -30,8 +37,8 @@ class PipelineOptions:
     nms_iou: float = 0.4
     max_det: int = 750
     tile: str = "auto"  # auto | off | SIZE
-    max_untiled: int = 2048  # tile auto: images whose long side fits run whole
-    tile_batch: int = 8
+    max_untiled: int = DEFAULT_AUTO_MAX_INPUT  # tile auto: images whose long side fits run whole
+    tile_batch: int = DEFAULT_TILE_BATCH
     use_ranker: bool = True
     # None: pre/post-processing as torch ops on the GPU when the detector runs in torch on CUDA,
     # else numpy on the host. True forces torch ops (on the detector's device, or the CPU).
@@ -75,7 +82,7 @@ class FacePipeline:
     @classmethod
     def create(cls, *, detector=None, ranker=None, use_ranker: bool = True, backend: str = "auto", device: str = "cpu",
                tile: str = "auto", score_thr: float | None = None, nms_iou: float = 0.4, max_det: int = 750,
-               adapter=None, onnx_cache=None, fp16: bool = False, tile_batch: int = 8, engine_cache=None,
+               adapter=None, onnx_cache=None, fp16: bool = False, tile_batch: int = DEFAULT_TILE_BATCH, engine_cache=None,
                precision: str | None = None, cuda_graph: bool = False,
                torch_preprocess: bool | None = None) -> "FacePipeline":
         """Open the models. ``detector``/``ranker``: .safetensors/.pt checkpoints, rfdeploy .onnx, .engine,
@@ -86,9 +93,6 @@ class FacePipeline:
         ``engine_cache`` (default ``$RFDEPLOY_ENGINE_CACHE``), at ``precision`` (fp32|fp16; None:
         fp16 when ``fp16``). ``cuda_graph``: the torch backend on CUDA replays captured graphs.
         ``torch_preprocess``: see PipelineOptions."""
-        from rfdeploy.runtime.backends.base import open_runner
-        from rfdeploy.runtime.models import Detector, Ranker, ThirdPartyDetector
-
         notes: list[str] = []
         det_path = Path(detector) if detector else bundled_model("detector", backend)
         if not det_path.is_file():
@@ -96,8 +100,6 @@ class FacePipeline:
         _check_model_suffix(det_path, "detector")
         if detector and det_path.suffix.lower() == ".onnx" and (
                 adapter is not None or not _has_rfdeploy_metadata(det_path)):
-            from rfdeploy.runtime.adapters import OnnxDetector
-
             det = ThirdPartyDetector(OnnxDetector(det_path, adapter=adapter))
             notes.append(f"third-party detector {det.name} ({det_path.name}) through onnxruntime")
         else:
@@ -178,8 +180,6 @@ class FacePipeline:
 
     def process_path(self, path) -> dict:
         """Decode + detect one file -> the JSON record written by `infer --out`."""
-        from rfdeploy.core.image_io import load_image
-
         timings = Timings()
         t = time.perf_counter()
         img = load_image(path)
@@ -200,8 +200,6 @@ class FacePipeline:
 def bundled_model(role: str, backend: str = "auto") -> Path:
     """The bundled detector or ranker for a backend: its checkpoint for torch, else the ONNX file
     shipped beside it (nothing to export, and no torch needed to run it)."""
-    from rfdeploy.models import DEFAULT_DETECTOR, DEFAULT_DETECTOR_ONNX, DEFAULT_RANKER, DEFAULT_RANKER_ONNX
-
     checkpoint, onnx_file = ((DEFAULT_DETECTOR, DEFAULT_DETECTOR_ONNX) if role == "detector"
                              else (DEFAULT_RANKER, DEFAULT_RANKER_ONNX))
     return checkpoint if backend == "torch" else onnx_file
@@ -216,11 +214,9 @@ def error_record(path, exc: BaseException) -> dict:
 def _check_model_suffix(path: Path, role: str) -> None:
     """A file that is no kind of model (a photo, a text file) given as a model: a model file of the
     wrong kind (exit 3), not a bad image."""
-    from rfdeploy.runtime.backends.base import model_kind
-
     try:
         model_kind(path)
-    except InputError as e:
+    except ModelFileError as e:
         raise ModelFileError(f"{path} is not a {role} model: {e.args[0].split(': ', 1)[-1]}", hint=e.hint) from None
 
 

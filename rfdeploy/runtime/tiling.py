@@ -31,9 +31,8 @@ from fractions import Fraction
 
 import numpy as np
 
-DEFAULT_AUTO_MAX_INPUT = 2048  # --tile auto: images whose long side fits run untiled
-DEFAULT_AUTO_TILE = 1024  # --tile auto: tile size for larger images (8 such tiles batch well)
-MIN_TILE = 64
+from rfdeploy.core.sizes import DEFAULT_AUTO_MAX_INPUT, DEFAULT_AUTO_TILE, MIN_TILE
+
 # Comparisons of box edges allow this much floating-point slack (pixels), so a box exactly at a
 # limit is not lost to rounding in the scale/offset arithmetic.
 EPS = 1e-3

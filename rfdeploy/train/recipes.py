@@ -87,7 +87,7 @@ def train_default_detector(data_dir, out_dir, *, device="cpu", steps=20000, batc
 def candidate_source(detector_path, device="cpu", min_score: float = 0.01):
     """rgb -> (boxes, scores): a detector's full candidate set, whole image, on the fastest
     backend available (onnxruntime on CPU), through the same face logic as inference."""
-    from rfdeploy.runtime.backends.base import open_runner
+    from rfdeploy.runtime.backends.selection import open_runner
     from rfdeploy.runtime.facelogic import FaceLogicConfig, detect_candidates
     from rfdeploy.runtime.models import Detector
 

@@ -214,3 +214,15 @@ def test_cli_writes_a_cpu_repository_and_refuses_a_gpu_one_without_engine(tiny_o
                                "--server-env", str(fake_server_env), "--no-ranker", "--tile", "12"])
     assert res.exit_code == 2 and ">= 64" in res.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["repo", "server-env"]
+
+
+def test_cpu_repository_of_the_bundled_models_serves_their_shipped_onnx(tmp_path, fake_server_env, monkeypatch):  # noqa: F811
+    # the ONNX files shipped beside the bundled checkpoints are served as they are: nothing is exported
+    from rfdeploy.deploy.triton import write_triton_repo
+    from rfdeploy.models import DEFAULT_DETECTOR_ONNX, DEFAULT_RANKER_ONNX
+
+    monkeypatch.setenv("RFDEPLOY_CACHE", str(tmp_path / "cache"))
+    repo = write_triton_repo(tmp_path / "repo", cpu=True, server_env=fake_server_env)
+    for name, shipped in (("rfdeploy_detector", DEFAULT_DETECTOR_ONNX), ("rfdeploy_ranker", DEFAULT_RANKER_ONNX)):
+        assert (repo.path / name / "1" / "model.onnx").read_bytes() == shipped.read_bytes()
+    assert not (tmp_path / "cache").exists()

@@ -11,9 +11,9 @@ from click.testing import CliRunner
 
 from rfdeploy.cli import main
 from rfdeploy.core.contract import PreprocessContract
+from rfdeploy.engines.default_profile import detector_profile, ranker_profile
 from rfdeploy.engines.manifest import load_manifest
 from rfdeploy.engines.profiles import resolve_profile
-from rfdeploy.runtime.backends.engine_cache import detector_profile, ranker_profile
 
 
 def _cli(*args):

@@ -1,6 +1,6 @@
 """Every input the pipeline feeds a TensorRT detector lies inside the engine's profile: for each
 shape preset of `build-engine --profile`, for the profile `build-engine` picks when none is given
-(the runtime's default, rfdeploy.runtime.backends.engine_cache), and for images that are tiny,
+(the runtime's default, rfdeploy.engines.default_profile), and for images that are tiny,
 landscape, portrait or 8K and larger.
 
 The runner below stands in for a TensorRT runner: the pipeline reads only its manifest's profiles
@@ -16,6 +16,7 @@ import pytest
 
 from rfdeploy.core.contract import PreprocessContract
 from rfdeploy.core.errors import EngineMismatchError, InputError
+from rfdeploy.engines.default_profile import detector_profile, ranker_profile
 from rfdeploy.engines.profiles import (
     ProfileSpec,
     ShapeRange,
@@ -25,7 +26,6 @@ from rfdeploy.engines.profiles import (
     resolve_profile,
     select_profile,
 )
-from rfdeploy.runtime.backends.engine_cache import detector_profile, ranker_profile
 from rfdeploy.runtime.facelogic import detector_batches, detector_input_shapes, rank_candidates
 from rfdeploy.runtime.pipeline import FacePipeline, PipelineOptions
 

@@ -73,8 +73,8 @@ def test_a_checkpoint_already_exported_runs_without_torch(tmp_path):
     equal to a fresh export of that checkpoint.)"""
     import shutil
 
+    from rfdeploy.export.cache import cached_export_path
     from rfdeploy.models import DEFAULT_RANKER, DEFAULT_RANKER_ONNX
-    from rfdeploy.runtime.backends.base import cached_export_path
 
     cache = tmp_path / "cache"
     cached = cached_export_path(DEFAULT_RANKER, cache / "onnx")

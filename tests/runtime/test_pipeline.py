@@ -16,7 +16,7 @@ from rfdeploy.runtime.pipeline import FacePipeline, PipelineOptions
 
 @pytest.fixture(scope="module")
 def default_onnx(tmp_path_factory):
-    from rfdeploy.runtime.backends.base import cached_export
+    from rfdeploy.export.cache import cached_export
 
     cache = tmp_path_factory.mktemp("onnx")
     return cached_export(DEFAULT_DETECTOR, cache), cached_export(DEFAULT_RANKER, cache)

@@ -20,7 +20,9 @@ from pathlib import Path
 import numpy as np
 
 from rfdeploy.core.errors import BackendUnavailableError
+from rfdeploy.core.fsutil import sha256_file
 from rfdeploy.core.metadata import read_kind
+from rfdeploy.models import load
 from rfdeploy.runtime.backends.base import Runner
 
 # A handful of shapes covers tiled inference (the full-tile batch, the last partial batch, and a
@@ -68,14 +70,11 @@ class TorchRunner(Runner):
         super().__init__()
         import torch
 
-        from rfdeploy.export.onnx_export import model_metadata
+        from rfdeploy.export.onnx_export import model_metadata  # imports torch and onnx: only for this backend
 
         if isinstance(checkpoint_or_module, torch.nn.Module):
             self.model, sha = checkpoint_or_module, None
         else:
-            from rfdeploy.core.fsutil import sha256_file
-            from rfdeploy.models import load
-
             self.model, sha = load(Path(checkpoint_or_module)), sha256_file(checkpoint_or_module)
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise BackendUnavailableError(f"device {device} requested but CUDA is not available")

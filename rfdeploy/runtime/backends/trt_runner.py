@@ -14,8 +14,10 @@ import threading
 
 import numpy as np
 
+from rfdeploy.core.env import cuda_available
 from rfdeploy.engines.manifest import load_manifest
-from rfdeploy.runtime.backends.base import Runner, cuda_available
+from rfdeploy.engines.runner import TensorRTRunner
+from rfdeploy.runtime.backends.base import Runner
 
 
 class TrtRunner(Runner):
@@ -63,8 +65,6 @@ class TrtRunner(Runner):
         return int(least[3]), int(least[2])
 
     def activate(self):
-        from rfdeploy.engines.runner import TensorRTRunner
-
         with self._activating:  # workers may call infer before anyone activated
             if self._runner is None:
                 self._runner = TensorRTRunner(self.path, device=self.device_name).activate()

@@ -1,4 +1,4 @@
-"""Engines built on first use into a cache (rfdeploy.runtime.backends.engine_cache).
+"""Engines built on first use into a cache (rfdeploy.engines.engine_cache).
 
 Real engines are built with TensorRT-RTX on the CPU (its builder needs no GPU) from tiny RefineFace
 and CRFace models exported with rfdeploy's own exporter. Running those engines needs a GPU that
@@ -18,13 +18,10 @@ import numpy as np
 import pytest
 
 from rfdeploy.core.errors import BuildError, InputError, ModelFileError
+from rfdeploy.engines.default_profile import profile_for
+from rfdeploy.engines.engine_cache import default_engine_cache_dir, ensure_engine
 from rfdeploy.engines.manifest import check_manifest, load_manifest, manifest_path
 from rfdeploy.engines.profiles import select_profile
-from rfdeploy.runtime.backends.engine_cache import (
-    default_engine_cache_dir,
-    ensure_engine,
-    profile_for,
-)
 
 pytestmark = pytest.mark.slow
 
@@ -272,7 +269,7 @@ def test_concurrent_processes_build_once(rtx, models, tmp_path):
     cache = tmp_path / "cache"
     code = (
         "import json, sys\n"
-        "from rfdeploy.runtime.backends.engine_cache import ensure_engine\n"
+        "from rfdeploy.engines.engine_cache import ensure_engine\n"
         "notes = []\n"
         f"p = ensure_engine(sys.argv[1], sys.argv[2], prefer_backend={RTX!r}, gpu_cc={CC!r}, notes=notes,"
         " echo=lambda s: None)\n"
@@ -301,7 +298,7 @@ def test_concurrent_processes_build_once(rtx, models, tmp_path):
 
 def test_open_runner_tensorrt_builds_into_the_engine_cache(rtx, models, tmp_path):
     from rfdeploy.engines.backend import current_gpu
-    from rfdeploy.runtime.backends.base import open_runner
+    from rfdeploy.runtime.backends.selection import open_runner
     from rfdeploy.runtime.backends.trt_runner import TrtRunner
 
     if current_gpu() is not None:
@@ -317,8 +314,9 @@ def test_open_runner_tensorrt_builds_into_the_engine_cache(rtx, models, tmp_path
 
 
 def test_open_runner_auto_without_gpu_keeps_onnxruntime(rtx, models, tmp_path):
-    from rfdeploy.runtime.backends.base import cuda_available, open_runner
+    from rfdeploy.core.env import cuda_available
     from rfdeploy.runtime.backends.ort_runner import OrtRunner
+    from rfdeploy.runtime.backends.selection import open_runner
 
     if cuda_available():
         pytest.skip("a CUDA GPU is visible: auto would build an engine")

@@ -26,26 +26,20 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from rfdeploy.core import metadata, onnxinfo
-from rfdeploy.core.contract import PreprocessContract
+from rfdeploy import __version__
+from rfdeploy.core import metadata
+from rfdeploy.core.env import cuda_available, default_cache_dir
 from rfdeploy.core.errors import BackendUnavailableError, InputError, ModelFileError
 from rfdeploy.core.fsutil import sha256_file
-from rfdeploy.engines.profiles import ProfileSpec, ShapeRange
+from rfdeploy.core.precision import cached_variant_name
+from rfdeploy.engines.backend import BuilderBackend, current_gpu
+from rfdeploy.engines.build import _default_command, build_engine
+from rfdeploy.engines.default_profile import onnx_facts, profile_from_facts
+from rfdeploy.engines.manifest import check_manifest, load_manifest, manifest_path, normalize_cc
+from rfdeploy.engines.profiles import ProfileSpec
 
 ENV_ENGINE_CACHE = "RFDEPLOY_ENGINE_CACHE"
 PRECISIONS = ("fp32", "fp16")
-KINDS = ("detector", "ranker")
-
-# Detector profile. Tiles of DETECTOR_OPT_SIDE (tiling's --tile auto size) run in batches up to
-# DETECTOR_MAX_BATCH (PipelineOptions.tile_batch); whole images up to DETECTOR_MAX_SIDE
-# (PipelineOptions.max_untiled) run untiled. The pipeline reads max batch / max side / min side
-# back from the engine's profile (TrtRunner.max_batch/max_input/min_input), so it never feeds a
-# shape outside it.
-DETECTOR_MIN_SIDE = 64  # tiling.MIN_TILE; the pipeline pads smaller inputs up to this
-DETECTOR_OPT_SIDE = 1024
-DETECTOR_MAX_SIDE = 2048
-DETECTOR_OPT_BATCH = 4
-DETECTOR_MAX_BATCH = 8
 
 Echo = Callable[[str], None]
 
@@ -55,8 +49,6 @@ def default_engine_cache_dir() -> Path:
     env = os.environ.get(ENV_ENGINE_CACHE)
     if env:
         return Path(env)
-    from rfdeploy.runtime.backends.base import default_cache_dir
-
     return default_cache_dir() / "engines"
 
 
@@ -64,93 +56,11 @@ def _stderr(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def _round_up(v: int, multiple: int) -> int:
-    return -(-int(v) // multiple) * multiple
-
-
-# --- profiles ----------------------------------------------------------------------------------
-
-
-def detector_profile(contract: PreprocessContract) -> ProfileSpec:
-    """Image range for a detector: 1..8 images, sides 64..2048 (rounded up to the contract's pad
-    multiple, so any image whose long side fits the limit still fits after padding)."""
-    p = contract.pad_multiple
-    if contract.resize == "long_side":
-        # A detector that resizes its input sees every image whole, one at a time.
-        side = _round_up(contract.resize_to, p)
-        return ProfileSpec(image=ShapeRange((1, 3, DETECTOR_MIN_SIDE, DETECTOR_MIN_SIDE), (1, 3, side, side),
-                                            (1, 3, side, side)))
-    opt, big = _round_up(DETECTOR_OPT_SIDE, p), _round_up(DETECTOR_MAX_SIDE, p)
-    return ProfileSpec(image=ShapeRange(
-        (1, 3, DETECTOR_MIN_SIDE, DETECTOR_MIN_SIDE),
-        (DETECTOR_OPT_BATCH, 3, opt, opt),
-        (DETECTOR_MAX_BATCH, 3, big, big),
-    ))
-
-
-def ranker_profile(contract: PreprocessContract, num_boxes: int) -> ProfileSpec:
-    """Ranker: one image, resized so its long side is ``resize_to`` and padded (the short side can
-    be as small as one pad step), plus the fixed ``boxes`` [1, N, 5]."""
-    if contract.resize != "long_side":
-        raise ModelFileError(
-            f"the ranker's contract does not resize its input (resize={contract.resize!r}); "
-            "its input size is unbounded and no engine profile can cover it"
-        )
-    p = contract.pad_multiple
-    side = _round_up(contract.resize_to, p)
-    opt_h = _round_up(side * 3 // 4, p)  # a 4:3 landscape photo, the common case
-    image = ShapeRange((1, 3, p, p), (1, 3, opt_h, side), (1, 3, side, side))
-    return ProfileSpec(image=image, named={"boxes": ShapeRange.fixed((1, int(num_boxes), 5))})
-
-
 def _spec_key(spec: ProfileSpec) -> dict:
     d = {n: r.to_dict() for n, r in sorted(spec.named.items())}
     if spec.image is not None:
         d["<image>"] = spec.image.to_dict()
     return d
-
-
-# --- ONNX facts --------------------------------------------------------------------------------
-
-
-def _onnx_facts(onnx_path: Path) -> tuple[dict[str, str], dict[str, tuple[int | None, ...]]]:
-    """(metadata, declared input shapes with None for dynamic dims) without reading weights."""
-    model = onnxinfo.load_onnx(onnx_path, weights=False)
-    return metadata.onnx_metadata(model), onnxinfo.declared_inputs(model)
-
-
-def profile_for(onnx_path: str | os.PathLike, kind: str | None = None) -> tuple[str, ProfileSpec]:
-    """(kind, profile spec) for an rfdeploy ONNX file, from its ``rfdeploy.kind`` and contract
-    metadata; ``kind`` given explicitly must agree with the file."""
-    path = Path(onnx_path)
-    return _profile(path, *_onnx_facts(path), kind)
-
-
-def _profile(path: Path, meta: dict[str, str], inputs: dict[str, list[int | None]],
-             kind: str | None) -> tuple[str, ProfileSpec]:
-    file_kind = meta.get(metadata.KIND)
-    if kind is not None and kind not in KINDS:
-        raise InputError(f"kind must be one of {KINDS}, got {kind!r}")
-    if kind is not None and file_kind is not None and kind != file_kind:
-        raise ModelFileError(f"{path} is a {file_kind} model, not a {kind}")
-    kind = kind or file_kind
-    if kind not in KINDS:
-        raise ModelFileError(
-            f"{path} has no rfdeploy.kind metadata ({file_kind!r}): cannot tell detector from ranker",
-            hint="export it with `rfdeploy export`, or build an engine by hand with `rfdeploy build-engine`",
-        )
-    contract = metadata.read_contract(meta, path)
-    if kind == "detector":
-        return kind, detector_profile(contract)
-    if "boxes" not in inputs or len(inputs["boxes"]) != 3:
-        raise ModelFileError(f"{path}: a ranker needs a boxes [B,N,5] input; inputs are {inputs}")
-    n = inputs["boxes"][1]
-    if n is None:  # a dynamic N: the config says which N the model was made for
-        try:
-            n = int(metadata.read_config(meta, path)["num_boxes"])
-        except (ModelFileError, KeyError, ValueError, TypeError) as e:
-            raise ModelFileError(f"{path}: the ranker's N is dynamic and its config gives no num_boxes") from e
-    return kind, ranker_profile(contract, n)
 
 
 # --- locking -----------------------------------------------------------------------------------
@@ -210,10 +120,9 @@ def cached_fp16_onnx(onnx_path: Path, cache: Path, onnx_sha: str, notes: list[st
                      echo: Echo = _stderr) -> Path:
     """The FP16 version of ``onnx_path`` in the cache, keyed by the source's sha256 and the rfdeploy
     version (the conversion rules belong to the version)."""
-    from rfdeploy import __version__
-    from rfdeploy.export.fp16 import convert_fp16
+    from rfdeploy.export.fp16 import convert_fp16  # onnx and its converters: only when converting
 
-    out = cache / f"{onnx_path.stem}-{onnx_sha[:16]}-v{__version__}.fp16.onnx"
+    out = cache / cached_variant_name(onnx_path.stem, onnx_sha, __version__, "fp16")
     with _locked(_lock_path(out)):
         if out.is_file():
             return out
@@ -243,8 +152,6 @@ def engine_key(onnx_sha: str, precision: str, backend_name: str, backend_version
 
 def _reuse_problem(engine: Path, onnx_sha: str, backend, gpu_cc: str | None) -> str | None:
     """None when the cached engine can be reused here, else why not."""
-    from rfdeploy.engines.manifest import check_manifest, load_manifest
-
     try:
         manifest = load_manifest(engine)
         check_manifest(manifest, engine, runtime_backend_name=backend.name, runtime_version=backend.version,
@@ -280,10 +187,6 @@ def ensure_engine(
     Raises InputError (bad arguments, unwritable cache), ModelFileError (not an rfdeploy model),
     BackendUnavailableError (no TensorRT), BuildError (nothing is left at the engine path).
     """
-    from rfdeploy.engines.backend import BuilderBackend, current_gpu
-    from rfdeploy.engines.build import _default_command, build_engine
-    from rfdeploy.engines.manifest import manifest_path, normalize_cc
-
     echo = echo or _stderr
     if precision not in PRECISIONS:
         raise InputError(f"precision must be one of {PRECISIONS}, got {precision!r}")
@@ -302,8 +205,8 @@ def ensure_engine(
         gpu = current_gpu()
         gpu_cc = gpu["compute_capability"] if gpu else None
 
-    meta, inputs = _onnx_facts(src)
-    kind, spec = _profile(src, meta, inputs, kind)
+    meta, inputs = onnx_facts(src)
+    kind, spec = profile_from_facts(src, meta, inputs, kind)
     build_src = src
     src_sha = sha256_file(src)
     file_precision = meta.get(metadata.PRECISION, "fp32")
@@ -368,10 +271,6 @@ def ensure_engine(
 def engines_usable_here(prefer_backend: str | None = None) -> str | None:
     """None when engines can be built and run here (a TensorRT module imports, a CUDA GPU is
     visible and the TensorRT flavour can target it); otherwise the reason, for ``--backend auto``."""
-    from rfdeploy.engines.backend import BuilderBackend, current_gpu
-    from rfdeploy.engines.manifest import normalize_cc
-    from rfdeploy.runtime.backends.base import cuda_available
-
     # The GPU first: it is the cheaper question, and importing TensorRT is pointless without one.
     if not cuda_available():
         return "no CUDA GPU is visible"
