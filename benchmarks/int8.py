@@ -141,8 +141,8 @@ def ranker_agreement(det: Path, rank: Path, variants: dict[str, Path]) -> tuple[
     import onnxruntime as ort
 
     from benchmarks.precision_real import _contract, vga_image
+    from rfdeploy.core.boxes import pack_candidates
     from rfdeploy.core.preprocess import preprocess
-    from rfdeploy.models.crface import pack_candidates
 
     rgb = vga_image()
     x, _ = preprocess(rgb, _contract(det))

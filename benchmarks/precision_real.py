@@ -32,6 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 from rfdeploy.calib import calibrate
 from rfdeploy.calib.images import list_image_files
+from rfdeploy.core.boxes import pack_candidates
 from rfdeploy.core.contract import PreprocessContract
 from rfdeploy.core.metadata import CONTRACT as METADATA_KEY
 from rfdeploy.core.metadata import onnx_metadata as read_metadata
@@ -39,7 +40,6 @@ from rfdeploy.core.onnxinfo import load_onnx
 from rfdeploy.core.preprocess import preprocess
 from rfdeploy.export.fp16 import convert_fp16
 from rfdeploy.export.verify import compare_candidates
-from rfdeploy.models.crface import pack_candidates
 
 ASTRONAUT = ROOT / "rfdeploy" / "assets" / "astronaut.jpg"
 GRACE = ROOT / "tests" / "fixtures" / "grace_hopper.jpg"

@@ -1,4 +1,4 @@
-"""Non-maximum suppression, box IoU and candidate merging.
+"""Non-maximum suppression, box IoU, candidate merging and packing for the ranker.
 
 NMS stays outside the exported engines (TensorRT cannot build ONNX NonMaxSuppression, CRFace needs
 the candidates before NMS, and tiles need one global merge), so every backend ends here.
@@ -124,3 +124,24 @@ def merge_and_nms(parts: Iterable[Sequence], iou: float = 0.4, max_det: int | No
     merged = merge_candidates(parts)
     keep = nms(merged[0], merged[1], iou=iou, max_det=max_det)
     return tuple(a[keep] for a in merged)
+
+
+def pack_candidates(boxes_xyxy, scores, image_w: int, image_h: int, n: int):
+    """Detector candidates -> the ranker's N x 5 input (x, y, w, h normalised, score).
+
+    Sorted by score descending, cut or zero-padded to N. Returns (matrix [N,5] float32, order)
+    where ``order`` maps matrix rows back to the input candidates (first ``len(order)`` rows).
+    Numpy only: the same function feeds training, calibration and every runtime backend.
+    """
+    boxes_xyxy = np.asarray(boxes_xyxy, np.float32).reshape(-1, 4)
+    scores = np.asarray(scores, np.float32).reshape(-1)
+    order = np.argsort(-scores, kind="stable")[:n]
+    order = order[scores[order] > 0]  # zero-score rows mean "no candidate" to the ranker
+    b = boxes_xyxy[order]
+    out = np.zeros((n, 5), np.float32)
+    out[: len(order), 0] = b[:, 0] / image_w
+    out[: len(order), 1] = b[:, 1] / image_h
+    out[: len(order), 2] = (b[:, 2] - b[:, 0]) / image_w
+    out[: len(order), 3] = (b[:, 3] - b[:, 1]) / image_h
+    out[: len(order), 4] = scores[order]
+    return out, order

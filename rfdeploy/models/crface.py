@@ -84,26 +84,3 @@ class CRFace(nn.Module):
         scores = boxes[..., 4].float()
         valid = (scores > 0).float()
         return (scores + residual).clamp(0.0, 1.0) * valid
-
-
-def pack_candidates(boxes_xyxy, scores, image_w: int, image_h: int, n: int):
-    """Detector candidates -> the ranker's N x 5 input (x, y, w, h normalised, score).
-
-    Sorted by score descending, cut or zero-padded to N. Returns (matrix [N,5] float32, order)
-    where ``order`` maps matrix rows back to the input candidates (first ``len(order)`` rows).
-    Works on numpy arrays; the same function feeds training and every runtime backend.
-    """
-    import numpy as np
-
-    boxes_xyxy = np.asarray(boxes_xyxy, np.float32).reshape(-1, 4)
-    scores = np.asarray(scores, np.float32).reshape(-1)
-    order = np.argsort(-scores, kind="stable")[:n]
-    order = order[scores[order] > 0]  # zero-score rows mean "no candidate" to the ranker
-    b = boxes_xyxy[order]
-    out = np.zeros((n, 5), np.float32)
-    out[: len(order), 0] = b[:, 0] / image_w
-    out[: len(order), 1] = b[:, 1] / image_h
-    out[: len(order), 2] = (b[:, 2] - b[:, 0]) / image_w
-    out[: len(order), 3] = (b[:, 3] - b[:, 1]) / image_h
-    out[: len(order), 4] = scores[order]
-    return out, order

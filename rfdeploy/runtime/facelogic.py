@@ -26,8 +26,9 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from rfdeploy.core.boxes import pack_candidates
 from rfdeploy.core.contract import PreprocessContract
-from rfdeploy.core.detections import Detections, pack_candidates
+from rfdeploy.core.detections import Detections
 from rfdeploy.core.errors import InputError, ModelFileError
 from rfdeploy.core.preprocess import Letterbox, padded_size, preprocess, target_scale
 from rfdeploy.runtime.tiling import (

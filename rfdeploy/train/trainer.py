@@ -262,8 +262,8 @@ def build_ranker_samples(images_and_boxes, detectors, cfg: RankerConfig, *, min_
 
     ``detectors``: callables rgb -> (boxes [K,4] xyxy image pixels, scores [K]).
     """
+    from rfdeploy.core.boxes import pack_candidates
     from rfdeploy.core.preprocess import preprocess
-    from rfdeploy.models.crface import pack_candidates
     from rfdeploy.models.losses import oracle_confidence
 
     items = []

@@ -11,10 +11,10 @@ from onnx import numpy_helper
 from rfdeploy.calib import calibrate
 from rfdeploy.calib.calibrate import synthetic_boxes, synthetic_candidates
 from rfdeploy.calib.qdq import qdq_problems
+from rfdeploy.core.boxes import pack_candidates
 from rfdeploy.core.contract import PreprocessContract
 from rfdeploy.core.preprocess import Letterbox, preprocess
 from rfdeploy.export.graph_regions import ensure_node_names, find_fp32_region
-from rfdeploy.models.crface import pack_candidates
 from tests.real_models import (
     ASTRONAUT,
     GRACE_HOPPER,

@@ -12,12 +12,12 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto
 
+from rfdeploy.core.boxes import pack_candidates
 from rfdeploy.core.contract import PreprocessContract
 from rfdeploy.core.preprocess import preprocess
 from rfdeploy.export.fp16 import convert_fp16
 from rfdeploy.export.precision_io import verify_model
 from rfdeploy.export.verify import compare_candidates
-from rfdeploy.models.crface import pack_candidates
 from tests.precision_fixtures import elem_types
 from tests.real_models import RANKER_BOXES, photo, small_real_models
 

@@ -14,11 +14,10 @@ import torch
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from rfdeploy.core.boxes import merge_and_nms, nms
+from rfdeploy.core.boxes import merge_and_nms, nms, pack_candidates
 from rfdeploy.core.contract import PreprocessContract
 from rfdeploy.core.preprocess import Letterbox, preprocess
 from rfdeploy.models.anchors import cxcywh_to_xyxy, decode, encode, xyxy_to_cxcywh
-from rfdeploy.models.crface import pack_candidates
 from rfdeploy.runtime.tiling import Tile, to_image_coords, to_tile_coords
 
 FAST = settings(max_examples=120, deadline=None)
