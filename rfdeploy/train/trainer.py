@@ -14,9 +14,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rfdeploy.models import build
+from rfdeploy.core.boxes import pack_candidates
+from rfdeploy.core.preprocess import preprocess
+from rfdeploy.models import build, load
 from rfdeploy.models.checkpoint import save_checkpoint
 from rfdeploy.models.config import DetectorConfig, RankerConfig
+from rfdeploy.train.augment import collate_fn
 
 
 @dataclass
@@ -172,14 +175,11 @@ def train_detector(cfg: DetectorConfig, dataset, opts: TrainOptions, out_dir, *,
                    init_checkpoint=None, use_fsm: bool | None = None, use_sml: bool = True,
                    init_backbone=None) -> TrainResult:
     """Train RefineFace: L = L_STR + L_STC + L_FSM (SML inside the classification losses)."""
-    from rfdeploy.models.losses import RefineFaceLoss
-    from rfdeploy.train.augment import collate_fn
+    from rfdeploy.models.losses import RefineFaceLoss  # torchvision
 
     torch.manual_seed(opts.seed)
     model = build(cfg)
     if init_checkpoint is not None:
-        from rfdeploy.models import load
-
         model.load_state_dict(load(init_checkpoint).state_dict())
     elif init_backbone is not None:  # an imported, verified backbone (models.backbone_import)
         model.backbone.load_state_dict(init_backbone.state_dict())
@@ -262,9 +262,7 @@ def build_ranker_samples(images_and_boxes, detectors, cfg: RankerConfig, *, min_
 
     ``detectors``: callables rgb -> (boxes [K,4] xyxy image pixels, scores [K]).
     """
-    from rfdeploy.core.boxes import pack_candidates
-    from rfdeploy.core.preprocess import preprocess
-    from rfdeploy.models.losses import oracle_confidence
+    from rfdeploy.models.losses import oracle_confidence  # torchvision
 
     items = []
     for rgb, gt in images_and_boxes:
