@@ -6,7 +6,7 @@
 The detector runs on the bundled astronaut photo brought to VGA (scaled to 640 wide, centre-cropped
 to 640x480). Its fp16 / int8 candidates are paired with the fp32 ones by
 rfdeploy.export.verify.compare_candidates (robust to TopK order among near-ties). The ranker is fed
-the fp32 detector's candidates packed by rfdeploy.models.crface.pack_candidates; its refined scores
+the fp32 detector's candidates packed by rfdeploy.core.boxes.pack_candidates; its refined scores
 are compared on the real (non-padded) rows. Latency: median of --runs single-image runs of each
 precision in this one process, after two warm-up runs (onnxruntime CPU, default threads).
 INT8 files for both targets (``tensorrt``: Q/DQ; ``cpu``: onnxruntime's operator format), max

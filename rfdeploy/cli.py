@@ -1,4 +1,7 @@
-"""The `rfdeploy` command line. It only parses options and delegates to the library."""
+"""The `rfdeploy` command line. It only parses options and delegates to the library.
+
+Each command imports its stage when it runs, so a command pays only for its own stage's start-up
+(``infer`` never loads export, calibration, training, evaluation or serving code)."""
 
 from __future__ import annotations
 
@@ -9,7 +12,10 @@ from pathlib import Path
 import click
 
 from rfdeploy import __version__
+from rfdeploy.core.env import backend_versions
 from rfdeploy.core.errors import PARTIAL_FAILURE_EXIT_CODE, BackendUnavailableError, InputError, RfdeployError
+from rfdeploy.core.fsutil import atomic_write_bytes
+from rfdeploy.core.image_io import iter_image_paths
 from rfdeploy.engines.profiles import preset_names
 
 _PRESETS = preset_names()
@@ -97,8 +103,6 @@ def main():
 @main.command()
 def version():
     """Print rfdeploy's version and the versions of the backends it can use."""
-    from rfdeploy.core.env import backend_versions
-
     click.echo(f"rfdeploy {__version__}")
     for name, ver in backend_versions().items():
         click.echo(f"  {name:<14} {ver or 'not installed'}")
@@ -326,7 +330,6 @@ def _make_pipeline(detector, adapter, ranker, no_ranker, backend, device, fp16, 
 def infer(inputs, detector, adapter, ranker, no_ranker, backend, device, fp16, tile, score_thr, nms_iou, engine_cache, out, save_vis,
           overwrite, workers, recursive, quiet, cuda_graph):
     """Detect faces in images, folders or globs (works out of the box with the bundled models)."""
-    from rfdeploy.core.image_io import iter_image_paths
     from rfdeploy.runtime.infer import AtomicTextFile, run_files, save_visualisation
 
     paths = iter_image_paths(list(inputs), recursive=recursive)
@@ -520,8 +523,6 @@ def eval_cmd(gt, images, predictions, allow_missing, detector, adapter, ranker, 
         res = evaluate_pipeline(pipe, gt, images, plot)
     click.echo(res["report"])
     if json_out:
-        from rfdeploy.core.fsutil import atomic_write_bytes
-
         atomic_write_bytes(json_out, json.dumps({k: v for k, v in res.items() if k != "curves"}, indent=1, default=float).encode())
 
 

@@ -31,7 +31,7 @@ evenly spaced frames (rfdeploy.calib.images).
 
 Ranker models (a second input ``boxes`` [B, N, 5] in the ranker's own format: rows x, y, w, h
 normalised by the source image width/height, score; sorted by score descending, zero-padded, as
-made by rfdeploy.models.crface.pack_candidates) also need candidates: ``boxes_fn(tensor, letterbox)
+made by rfdeploy.core.boxes.pack_candidates) also need candidates: ``boxes_fn(tensor, letterbox)
 -> (N, 5)`` provides them in that format, or synthetic detector candidates are drawn in source-image
 pixels (face-like aspect, log-uniform sizes inside the image, low-skewed scores, a random number of
 them so the zero padding is seen too; seeded per image so runs repeat) and packed by
@@ -75,6 +75,7 @@ from rfdeploy.calib.qdq import (
     unshare_initializers,
 )
 from rfdeploy.calib.targets import Int8Target, get_target
+from rfdeploy.core.boxes import pack_candidates
 from rfdeploy.core.contract import PreprocessContract
 from rfdeploy.core.errors import BuildError, InputError, ModelFileError
 from rfdeploy.core.fsutil import atomic_write_bytes, sha256_file
@@ -148,7 +149,6 @@ def synthetic_candidates(width: float, height: float, n: int, seed: int) -> tupl
 def synthetic_boxes(letterbox: Letterbox, n: int, seed: int) -> np.ndarray:
     """A ranker ``boxes`` input (n, 5) for one image: synthetic candidates packed by
     ``pack_candidates`` (x, y, w, h normalised by the source image size, score; sorted, zero-padded)."""
-    from rfdeploy.core.boxes import pack_candidates
 
     w, h = letterbox.image_size
     boxes, scores = synthetic_candidates(w, h, n, seed)

@@ -15,14 +15,13 @@ from pathlib import Path
 import numpy as np
 
 from rfdeploy.core.errors import InputError
+from rfdeploy.core.image_io import IMAGE_EXTENSIONS, load_image
 
 VIDEO_SUFFIXES = frozenset({".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v"})
 DEFAULT_VIDEO_FRAMES = 64
 
 
 def _image_suffixes() -> frozenset[str]:
-    from rfdeploy.core.image_io import IMAGE_EXTENSIONS
-
     return IMAGE_EXTENSIONS
 
 
@@ -44,7 +43,6 @@ class CalibSource:
 
 def load_rgb(path: str | os.PathLike) -> np.ndarray:
     """Decode an image file to an HxWx3 uint8 RGB array, exactly as the runtime does."""
-    from rfdeploy.core.image_io import load_image
 
     return load_image(path).rgb
 

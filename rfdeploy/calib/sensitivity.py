@@ -37,7 +37,7 @@ import onnx
 from rfdeploy.calib.calibrate import CalibContext, quantize_model
 from rfdeploy.calib.images import CalibSource
 from rfdeploy.core.errors import BuildError
-from rfdeploy.core.fsutil import atomic_write_bytes
+from rfdeploy.core.fsutil import atomic_write_bytes, sha256_file
 from rfdeploy.export.graph_regions import remove_dead_nodes
 
 MODES = ("one_at_a_time", "leave_one_out")
@@ -264,7 +264,6 @@ def analyse(ctx: CalibContext, ranges: dict[str, tuple[float, float]], sources: 
             method: str, mode: str = "one_at_a_time", size: int | None = None,
             progress=None) -> tuple[SensitivityReport, Simulator]:
     """Rank the units of ``ctx``'s model by sensitivity on ``sources`` (see the module docstring)."""
-    from rfdeploy.core.fsutil import sha256_file
 
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")

@@ -10,6 +10,8 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
+from rfdeploy.core.errors import InputError
+
 
 def _default_mode() -> int:
     umask = os.umask(0)
@@ -55,7 +57,6 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 def read_json(path: str | os.PathLike, what: str, bad_content_error=None):
     """Parse a user's JSON file. Missing -> InputError; unreadable or not JSON -> ``bad_content_error``
     (InputError by default), each naming ``what`` the file was meant to be."""
-    from rfdeploy.core.errors import InputError
 
     bad = bad_content_error or InputError
     path = Path(path)

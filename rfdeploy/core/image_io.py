@@ -25,6 +25,7 @@ Decisions, so results are the same everywhere:
 from __future__ import annotations
 
 import glob
+import io
 import os
 import struct
 import threading
@@ -106,18 +107,48 @@ def load_image(path: str | os.PathLike, max_pixels: int | None | object = _USE_E
     ``max_pixels``: largest width*height accepted; ``None`` = no limit; left out = the value of
     ``RFDEPLOY_MAX_PIXELS`` or else ``DEFAULT_MAX_PIXELS``. Every failure raises :class:`InputError`.
     """
+    limit = _limit(max_pixels)
+    p = Path(path)
+    _check_file(p)
+    try:
+        with open(p, "rb") as fh:
+            return _load(fh, p, p, limit)
+    except PermissionError:
+        raise InputError(f"{p}: permission denied") from None
+
+
+def load_image_bytes(data: bytes | np.ndarray, name: str = "image payload",
+                     max_pixels: int | None | object = _USE_ENV) -> LoadedImage:
+    """Decode an encoded image held in memory (a request body, a file read from object storage)
+    with :func:`load_image`'s rules; errors name ``name`` (e.g. the file's URI)."""
+    limit = _limit(max_pixels)
+    raw = np.asarray(data).tobytes() if isinstance(data, np.ndarray) else bytes(data)
+    if not raw:
+        raise InputError(f"empty {name} (0 bytes)")
+    return _load(io.BytesIO(raw), name, Path(name), limit)
+
+
+def decode_image_bytes(data: bytes | np.ndarray, name: str = "image payload") -> np.ndarray:
+    """Encoded image bytes -> HxWx3 uint8 RGB (:func:`load_image_bytes`)."""
+    return load_image_bytes(data, name).rgb
+
+
+def _limit(max_pixels) -> int | None:
     limit = max_pixels_from_env() if max_pixels is _USE_ENV else max_pixels
     if limit is not None and (not isinstance(limit, int) or limit <= 0):
         raise ValueError(f"max_pixels must be a positive int or None, got {limit!r}")
-    p = Path(path)
-    _check_file(p)
+    return limit
+
+
+def _load(fh, p, path: Path, limit: int | None) -> LoadedImage:
+    """Decode the open binary file ``fh``; ``p`` names it in messages."""
     from PIL import Image, ImageFile, UnidentifiedImageError
 
     notes: list[str] = []
     try:
         # Pillow's warnings about odd metadata (corrupt EXIF, skipped TIFF tags) become notes on
         # the result rather than lines on stderr; the lock keeps other loads out of this capture.
-        with open(p, "rb") as fh, _PIL_LOCK, warnings.catch_warnings(record=True) as caught:
+        with _PIL_LOCK, warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             old_limit, old_truncated = Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES
             try:
@@ -147,7 +178,7 @@ def load_image(path: str | os.PathLike, max_pixels: int | None | object = _USE_E
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise InputError(f"{p}: {e}", hint=_limit_hint(limit)) from None
     except PermissionError:
-        raise InputError(f"{p}: permission denied") from None
+        raise
     except MemoryError:
         raise InputError(f"{p}: not enough memory to decode this image", hint=_limit_hint(limit)) from None
     except (OSError, SyntaxError, ValueError, EOFError, TypeError, struct.error, LookupError, ArithmeticError) as e:
@@ -156,7 +187,7 @@ def load_image(path: str | os.PathLike, max_pixels: int | None | object = _USE_E
         # ZeroDivisionError: all are the file's fault, not ours.
         raise InputError(f"{p}: cannot decode image ({type(e).__name__}: {e})",
                          hint="the file is probably truncated or corrupt") from None
-    return LoadedImage(rgb=rgb, path=p, notes=notes)
+    return LoadedImage(rgb=rgb, path=path, notes=notes)
 
 
 def _check_file(p: Path) -> None:
@@ -278,8 +309,6 @@ def _cmyk_to_rgb(im, notes: list[str]) -> np.ndarray:
     icc = im.info.get("icc_profile")
     if icc:
         try:
-            import io
-
             from PIL import ImageCms
 
             src = ImageCms.ImageCmsProfile(io.BytesIO(icc))

@@ -22,6 +22,7 @@ from typing import Any, Mapping
 
 from rfdeploy.core.contract import PreprocessContract
 from rfdeploy.core.errors import InputError, ModelFileError
+from rfdeploy.core.onnxinfo import load_onnx
 
 # -- the keys -------------------------------------------------------------------------------------
 
@@ -59,8 +60,6 @@ def onnx_metadata(source: Any) -> dict[str, str]:
     if hasattr(source, "get_modelmeta"):
         return dict(source.get_modelmeta().custom_metadata_map)
     if not hasattr(source, "metadata_props"):
-        from rfdeploy.core.onnxinfo import load_onnx
-
         source = load_onnx(source, weights=False)
     return {p.key: p.value for p in source.metadata_props}
 

@@ -15,11 +15,12 @@ from pathlib import Path
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from rfdeploy.core.image_io import decode_image_bytes
+from rfdeploy.runtime.facelogic import FaceLogicConfig, detect_faces
+
 
 class TritonPythonModel:
     def initialize(self, args):
-        from rfdeploy.runtime.facelogic import FaceLogicConfig
-
         model_dir = Path(args.get("model_repository") or Path(__file__).resolve().parent.parent)
         version = str(args.get("model_version") or "1")
         self.settings = json.loads((model_dir / version / "faces.json").read_text(encoding="utf-8"))
@@ -50,8 +51,6 @@ class TritonPythonModel:
         return scores.astype(np.float32)
 
     def execute(self, requests):
-        from rfdeploy.runtime.facelogic import decode_image_bytes, detect_faces
-
         responses = []
         for request in requests:
             try:

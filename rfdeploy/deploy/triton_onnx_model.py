@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from rfdeploy.runtime.backends.ort_runner import OrtRunner
+
 
 class TritonPythonModel:
     def initialize(self, args):
-        from rfdeploy.runtime.backends.ort_runner import OrtRunner
-
         here = Path(__file__).resolve().parent
         spec = json.loads((here / "network.json").read_text(encoding="utf-8"))
         self.inputs, self.outputs = spec["inputs"], spec["outputs"]

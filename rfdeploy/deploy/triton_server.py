@@ -33,6 +33,7 @@ import urllib.request
 from pathlib import Path
 
 from rfdeploy.core.errors import BackendUnavailableError, InputError, RfdeployError
+from rfdeploy.deploy.triton import server_site_packages
 
 LOOPBACK = "127.0.0.1"
 # Each stub's shared-memory pool starts at this size and grows in these steps; a batch of eight
@@ -62,8 +63,6 @@ class ServerInstall:
     """The pieces of an nvidia-pytriton installation (in a Python environment's site-packages)."""
 
     def __init__(self, server_env: str | os.PathLike):
-        from rfdeploy.deploy.triton import server_site_packages
-
         self.site = server_site_packages(server_env)
         root = self.site / "pytriton" / "tritonserver"
         self.binary = root / "bin" / "tritonserver"

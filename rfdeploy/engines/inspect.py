@@ -10,6 +10,7 @@ from typing import Any
 from rfdeploy.core import onnxinfo
 from rfdeploy.core.errors import InputError, ModelFileError
 from rfdeploy.core.metadata import manifest_path, onnx_metadata, safetensors_header, safetensors_metadata
+from rfdeploy.engines.backend import BuilderBackend, current_gpu
 from rfdeploy.engines.manifest import load_manifest
 from rfdeploy.engines.profiles import format_shape
 
@@ -68,7 +69,6 @@ def describe_engine(p: Path) -> dict[str, Any]:
 
 def _engine_inspector(p: Path, backend_name: str) -> Any:
     """TensorRT's own per-layer view; it needs the engine deserialized, hence a matching GPU."""
-    from rfdeploy.engines.backend import BuilderBackend, current_gpu
 
     if current_gpu() is None:
         return "unavailable: no CUDA GPU here (the engine inspector deserializes the plan)"

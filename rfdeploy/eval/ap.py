@@ -17,6 +17,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from rfdeploy.core.errors import InputError
+from rfdeploy.core.fsutil import read_json
 
 # RefineFace Table 3 reports AP at these IoU thresholds.
 DEFAULT_IOU_THRESHOLDS = (0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8)
@@ -47,8 +48,6 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def load_annotations(path: str | os.PathLike) -> list[GroundTruth]:
-    from rfdeploy.core.fsutil import read_json
-
     return parse_annotations(read_json(path, "annotation file"), source=str(path))
 
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from rfdeploy.core.errors import InputError
+from rfdeploy.core.image_io import load_image
 from rfdeploy.eval.ap import DEFAULT_IOU_THRESHOLDS, evaluate_detections, load_annotations
-from rfdeploy.eval.run import _finish
+from rfdeploy.eval.run import _finish, evaluate_prediction_file
 
 
 def evaluate_pipeline(pipeline, gt_json, images_dir=None, plot_path=None, iou_thresholds=DEFAULT_IOU_THRESHOLDS) -> dict:
     """All detections down to the pipeline's threshold are kept, so the whole PR curve is measured."""
-    from rfdeploy.core.image_io import load_image
 
     gt_json = Path(gt_json)
     folder = Path(images_dir) if images_dir else gt_json.parent
@@ -27,7 +27,6 @@ def evaluate_pipeline(pipeline, gt_json, images_dir=None, plot_path=None, iou_th
 
 def evaluate_predictions(gt_json, predictions_file, plot_path=None, images_dir=None, allow_missing=False) -> dict:
     """AP of a results file (e.g. `rfdeploy infer --out`'s JSON lines); see evaluate_prediction_file."""
-    from rfdeploy.eval.run import evaluate_prediction_file
 
     return evaluate_prediction_file(gt_json, predictions_file, plot_path=plot_path, images_dir=images_dir,
                                     allow_missing=allow_missing)

@@ -11,7 +11,11 @@ import numpy as np
 
 from rfdeploy.core.detections import Detections
 from rfdeploy.core.errors import InputError
+from rfdeploy.core.image_io import load_image
 from rfdeploy.eval.ap import DEFAULT_IOU_THRESHOLDS, evaluate_detections, format_report, load_annotations
+from rfdeploy.eval.plot import curves_from_result, save_pr_plot
+from rfdeploy.eval.wider import evaluate_wider
+from rfdeploy.runtime.adapters import OnnxDetector
 
 
 def _read_records(path: Path):
@@ -184,15 +188,12 @@ def evaluate_wider_folder(
     plot_path: str | os.PathLike | None = None,
 ) -> dict:
     """WIDER FACE Easy/Medium/Hard AP of a result folder (official protocol)."""
-    from rfdeploy.eval.wider import evaluate_wider
 
     result = evaluate_wider(pred_dir, gt_dir, iou_thresh=iou_thresh)
     result["report"] = "WIDER FACE val: " + ", ".join(f"{s} {result[s]:.4f}" for s in ("easy", "medium", "hard"))
     if result["missing"]:
         result["report"] += f" ({result['missing']} images had no result file)"
     if plot_path is not None:
-        from rfdeploy.eval.plot import curves_from_result, save_pr_plot
-
         save_pr_plot(curves_from_result(result), plot_path, title="WIDER FACE val")
     return result
 
@@ -212,10 +213,6 @@ def evaluate_onnx_detector(
     Images are read from ``images_dir`` (default: the annotation file's folder). All detections
     down to the adapter's candidate threshold are kept after NMS, so the whole PR curve is measured.
     """
-    from PIL import Image, UnidentifiedImageError
-
-    from rfdeploy.runtime.adapters import OnnxDetector
-
     gt_json = Path(gt_json)
     folder = Path(images_dir) if images_dir is not None else gt_json.parent
     options = {"long_side": long_side} if long_side is not None else {}
@@ -223,10 +220,9 @@ def evaluate_onnx_detector(
     predictions = {}
     for g in load_annotations(gt_json):
         try:
-            with Image.open(folder / g.file) as im:
-                rgb = np.asarray(im.convert("RGB"))
-        except (FileNotFoundError, UnidentifiedImageError, OSError) as e:
-            raise InputError(f"cannot read annotated image {folder / g.file}: {e}") from e
+            rgb = load_image(folder / g.file).rgb  # decoded as `rfdeploy eval` decodes it
+        except InputError as e:
+            raise InputError(f"cannot read annotated image {folder / g.file}: {e.args[0]}", hint=e.hint) from None
         predictions[g.file] = detector.detect(rgb, nms_iou=nms_iou, score_thr=detector.adapter.score_threshold)
     result = evaluate_detections(gt_json, predictions, iou_thresholds)
     result["detector"] = detector.name
@@ -236,8 +232,6 @@ def evaluate_onnx_detector(
 def _finish(result: dict, plot_path, title: str) -> dict:
     result["report"] = format_report(result, title)
     if plot_path is not None:
-        from rfdeploy.eval.plot import curves_from_result, save_pr_plot
-
         save_pr_plot(curves_from_result(result), plot_path,
                      title=f"{title}: {result['num_images']} images, {result['num_faces']} faces")
     return result

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rfdeploy.core.env import optional_import
 from rfdeploy.core.errors import InputError
 
 SUBSETS = ("easy", "medium", "hard")
@@ -56,8 +57,6 @@ def _cells(arr) -> list:
 
 
 def load_wider_ground_truth(gt_dir: str | os.PathLike) -> WiderGroundTruth:
-    from rfdeploy.core.env import optional_import
-
     sio = optional_import("scipy.io", "train")
     gt_dir = Path(gt_dir)
 

@@ -13,6 +13,7 @@ from rfdeploy.core.fsutil import sha256_file
 from rfdeploy.core.image_io import load_image
 from rfdeploy.core.precision import variant_path
 from rfdeploy.core.preprocess import preprocess
+from rfdeploy.models import load
 
 
 def verification_inputs(contract, sizes=((480, 640), (97, 255), (600, 512))) -> list[tuple[str, np.ndarray]]:
@@ -30,7 +31,6 @@ def export_checkpoint(checkpoint, dst, *, config=None, verify: bool = True, fp16
                       opset: int = 17) -> Iterator[str]:
     """Export one checkpoint; yields report lines (verification errors, FP16 comparison)."""
     from rfdeploy.export.onnx_export import export_model
-    from rfdeploy.models import load
 
     model = load(checkpoint, config=config)
     res = export_model(model, dst, source_sha256=sha256_file(checkpoint), opset=opset)

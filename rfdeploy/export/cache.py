@@ -15,6 +15,7 @@ from rfdeploy import __version__
 from rfdeploy.core.env import default_cache_dir, require_torch
 from rfdeploy.core.errors import ModelFileError
 from rfdeploy.core.fsutil import sha256_file
+from rfdeploy.models import load
 
 
 def cached_export_path(checkpoint: str | os.PathLike, cache_dir=None, sha256: str | None = None) -> Path:
@@ -34,7 +35,6 @@ def cached_export(checkpoint: str | os.PathLike, cache_dir=None, notes: list[str
         return out
     require_torch(f"exporting the checkpoint {checkpoint.name} to ONNX")
     from rfdeploy.export.onnx_export import export_model
-    from rfdeploy.models import load
 
     if notes is not None:
         notes.append(f"exported {checkpoint.name} to ONNX once: {out}")

@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, field
 
 import onnx
 
-from rfdeploy.core.errors import BuildError
+from rfdeploy.core.errors import BackendUnavailableError, BuildError
 from rfdeploy.core.metadata import FP16_METHOD, PRECISION, onnx_metadata, set_onnx_metadata
 from rfdeploy.core.onnxinfo import load_onnx
 from rfdeploy.export.graph_regions import (
@@ -73,8 +73,6 @@ def _resolve_method(method: str) -> str:
     if method == "auto":
         return "autocast" if modelopt_available() else "onnxconverter"
     if method == "autocast" and not modelopt_available():
-        from rfdeploy.core.errors import BackendUnavailableError
-
         raise BackendUnavailableError(
             "method='autocast' needs NVIDIA ModelOpt, which is not importable",
             hint="install nvidia-modelopt[onnx] in a separate environment (it replaces the CPU onnxruntime), "

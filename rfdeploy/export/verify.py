@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from rfdeploy.core.errors import BuildError
+from rfdeploy.models.config import DetectorConfig
 
 
 @dataclass
@@ -72,8 +73,6 @@ def verify_onnx(model: torch.nn.Module, onnx_path, inputs: list[tuple[str, np.nd
     boxes generated from a fixed seed.
     """
     import onnxruntime as ort
-
-    from rfdeploy.models.config import DetectorConfig
 
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     report = VerifyReport(tolerance=tolerance)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from rfdeploy.core.errors import ModelFileError
 from rfdeploy.models.config import (
     DetectorConfig,
     RankerConfig,
@@ -52,7 +53,6 @@ def load(path: str | os.PathLike, config=None):
     ``config`` (a preset name, dict or config) is needed only for plain state_dicts without a
     sidecar JSON; it must agree with a config stored in the file.
     """
-    from rfdeploy.core.errors import ModelFileError
     from rfdeploy.models.checkpoint import load_state_into, read_config, read_state_dict
 
     sd = read_state_dict(path)

@@ -26,6 +26,9 @@ import torch.nn as nn
 
 from rfdeploy.core.contract import PreprocessContract
 from rfdeploy.core.errors import InputError, ModelFileError
+from rfdeploy.core.examples import example_image
+from rfdeploy.core.image_io import load_image
+from rfdeploy.core.preprocess import preprocess
 from rfdeploy.models.backbones import Backbone
 
 
@@ -182,8 +185,6 @@ def _verify(model, bb: Backbone, outputs: list[str], contract: PreprocessContrac
     import onnx
     import onnxruntime as ort
 
-    from rfdeploy.core.preprocess import preprocess
-
     x, _ = preprocess(image, contract)
     # expose the conv outputs as graph outputs; drop the detector's own outputs
     m = onnx.ModelProto()
@@ -233,8 +234,6 @@ def import_backbone(onnx_path, *, source: str | None = None, verify_image=None) 
     Raises ModelFileError (exit code 3) when the file is not a known detector, a convolution does
     not match, or the verification fails.
     """
-    from rfdeploy.core.examples import example_image
-    from rfdeploy.core.image_io import load_image
 
     model = _load_onnx(onnx_path)
     source = source or detect_source(model)

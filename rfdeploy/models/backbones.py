@@ -14,6 +14,8 @@ import torch
 import torch.nn as nn
 import torchvision
 
+from rfdeploy.models.checkpoint import read_state_dict
+
 # MobileNetV2 feature indices at the end of each stride (4, 8, 16, 32)
 _MBV2_STAGES = ((0, 4), (4, 7), (7, 14), (14, 18))
 _MBV2_CHANNELS = (24, 32, 96, 320)
@@ -116,7 +118,6 @@ class Backbone(nn.Module):
 
     def load_imagenet(self, path: str) -> None:
         """Load torchvision ImageNet weights (a plain state_dict) without executing pickled code."""
-        from rfdeploy.models.checkpoint import read_state_dict
 
         sd = read_state_dict(path)
         own = self.net.state_dict()

@@ -21,7 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from rfdeploy.core.errors import BackendUnavailableError, InputError, RfdeployError
+from rfdeploy.core.errors import PARTIAL_FAILURE_EXIT_CODE, BackendUnavailableError, InputError, RfdeployError
+from rfdeploy.core.image_io import iter_image_paths
+from rfdeploy.runtime.pipeline import FacePipeline, error_record
 
 PipelineFactory = Callable[[], Any]  # -> an object with process_path(path) -> dict
 
@@ -51,8 +53,6 @@ def default_pipeline_factory(**options: Any) -> PipelineFactory:
     """``lambda: FacePipeline.create(**options)``, importable by Ray workers."""
 
     def make():
-        from rfdeploy.runtime.pipeline import FacePipeline
-
         return FacePipeline.create(**options)
 
     return make
@@ -94,9 +94,7 @@ class PipelineActor:
                 os.unlink(tmp)
             return {**rec, "file": path}
         except Exception as e:  # an unreadable image is a record, not the end of the job
-            from rfdeploy.runtime.pipeline import error_record  # the same record `infer` writes
-
-            rec = error_record(path, e)
+            rec = error_record(path, e)  # the same record `infer` writes
             return {**rec, "file": path}
 
     def __call__(self, batch: dict) -> dict:
@@ -175,8 +173,6 @@ def run_batch(
         raise InputError("mix of URIs and local paths; run them as separate jobs")
     paths: list[str] = []
     if local:
-        from rfdeploy.core.image_io import iter_image_paths
-
         paths = [str(p) for p in iter_image_paths(local, recursive=recursive)]
 
     factory = pipeline_factory or default_pipeline_factory(**(pipeline_options or {}))
@@ -235,7 +231,6 @@ def batch_cli(
     [--concurrency N] [--batch-size B]`` does; ``pipeline_options`` go to ``FacePipeline.create``
     (detector, ranker, use_ranker, backend, device, tile, score_thr, ...). Returns the report and
     the exit code (0, or PARTIAL_FAILURE_EXIT_CODE when some images failed)."""
-    from rfdeploy.core.errors import PARTIAL_FAILURE_EXIT_CODE
 
     report = run_batch(inputs, output, pipeline_options=pipeline_options, ray_address=ray_address,
                        num_gpus_per_worker=num_gpus_per_worker, concurrency=concurrency, batch_size=batch_size,

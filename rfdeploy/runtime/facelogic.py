@@ -18,19 +18,25 @@ NMS runs there too; only the small candidate arrays (K rows per tile) visit the 
 
 from __future__ import annotations
 
-import os
-import tempfile
 import time
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import numpy as np
 
-from rfdeploy.core.boxes import pack_candidates
+from rfdeploy.core.boxes import nms, pack_candidates
 from rfdeploy.core.contract import PreprocessContract
 from rfdeploy.core.detections import Detections
 from rfdeploy.core.errors import InputError, ModelFileError
-from rfdeploy.core.preprocess import Letterbox, padded_size, preprocess, target_scale
+from rfdeploy.core.preprocess import (
+    Letterbox,
+    padded_size,
+    preprocess,
+    preprocess_torch,
+    resize_torch,
+    target_scale,
+    to_input_torch,
+)
 from rfdeploy.runtime.tiling import (
     DEFAULT_AUTO_TILE,
     Pass,
@@ -222,8 +228,6 @@ def detector_batches(rgb, cfg: FaceLogicConfig, timer: Timer = _no_timer) -> Ite
         if on_host:
             x, lb = preprocess(rgb, cfg.detector_contract, cfg.min_input)
         else:
-            from rfdeploy.core.preprocess import preprocess_torch
-
             x, lb = preprocess_torch(rgb, cfg.detector_contract, cfg.min_input)
         timer("preprocess", time.perf_counter() - t0)
         yield x, [TileJob(None, None, lb)]
@@ -262,7 +266,6 @@ def _torch_tiles(rgb, p: Pass, cfg: FaceLogicConfig):
     """The same on the image's torch device: the pass is resized once, in uint8 as Pillow does it
     (the full-resolution pass is the image itself), then each tile is cut, normalised and padded.
     No float copy of a whole pass is made (at 8K one would be 0.4 GB)."""
-    from rfdeploy.core.preprocess import padded_size, resize_torch, to_input_torch
 
     contract = cfg.detector_contract
     scaled = resize_torch(rgb, p.width, p.height)
@@ -338,8 +341,6 @@ def rank_candidates(rgb, boxes: np.ndarray, scores: np.ndarray, infer_ranker: In
     else:
         import torch
 
-        from rfdeploy.core.preprocess import preprocess_torch
-
         image, _ = preprocess_torch(rgb, cfg.ranker_contract, cfg.ranker_min_input)
         packed = torch.from_numpy(packed).to(rgb.device)
     out = to_host(infer_ranker(image, packed[None]))
@@ -352,7 +353,6 @@ def detect_faces(rgb: np.ndarray, infer_detector: InferDetector, infer_ranker: I
                  cfg: FaceLogicConfig, timer: Timer = _no_timer, progress: Progress | None = None) -> Detections:
     """Faces in one HxWx3 uint8 RGB image: candidates, ranker (when given and configured), NMS,
     then the output score threshold."""
-    from rfdeploy.core.boxes import nms
 
     if not isinstance(rgb, np.ndarray) or rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
         raise InputError(f"expected an HxWx3 uint8 RGB image, got {getattr(rgb, 'shape', type(rgb))}")
@@ -380,24 +380,3 @@ def detect_faces(rgb: np.ndarray, infer_detector: InferDetector, infer_ranker: I
     det = det.filter(cfg.score_thr).sorted()
     timer("nms", time.perf_counter() - t0)
     return det
-
-
-def decode_image_bytes(data: bytes | np.ndarray, suffix: str = "") -> np.ndarray:
-    """Encoded image bytes -> HxWx3 uint8 RGB, with :func:`rfdeploy.core.image_io.load_image`'s
-    rules (EXIF orientation, alpha, bit depth, pixel limit). load_image reads paths, so the bytes
-    pass through a private temporary file."""
-    from rfdeploy.core.image_io import load_image
-
-    raw = np.asarray(data).tobytes() if isinstance(data, np.ndarray) else bytes(data)
-    if not raw:
-        raise InputError("empty image payload (0 bytes)")
-    fd, tmp = tempfile.mkstemp(prefix="rfdeploy-img-", suffix=suffix)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(raw)
-        try:
-            return load_image(tmp).rgb
-        except InputError as e:  # name the payload, not the temporary file
-            raise InputError(str(e.args[0]).replace(tmp, "image payload"), hint=e.hint) from None
-    finally:
-        os.unlink(tmp)

@@ -10,7 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
+from rfdeploy.core.detections import Detections
 from rfdeploy.core.errors import InputError
+from rfdeploy.core.image_io import load_image
 from rfdeploy.runtime.pipeline import FacePipeline, error_record
 
 
@@ -79,9 +81,6 @@ def save_visualisation(record: dict, src_path: Path, out_dir: Path, overwrite: b
     """Annotated copy of an input image (boxes and scores), written atomically as
     <out_dir>/<name> in the input's format."""
     import numpy as np
-
-    from rfdeploy.core.detections import Detections
-    from rfdeploy.core.image_io import load_image
 
     out_dir.mkdir(parents=True, exist_ok=True)
     suffix, fmt = _vis_format(src_path)

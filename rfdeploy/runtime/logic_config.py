@@ -15,6 +15,7 @@ import dataclasses
 from rfdeploy.core.contract import PreprocessContract
 from rfdeploy.core.errors import InputError
 from rfdeploy.core.sizes import DEFAULT_AUTO_MAX_INPUT, DEFAULT_TILE_BATCH
+from rfdeploy.engines.profiles import input_limits
 from rfdeploy.runtime.facelogic import FaceLogicConfig, tile_limit
 from rfdeploy.runtime.tiling import TilePolicy
 
@@ -46,7 +47,6 @@ def engine_limits(manifest, contract: PreprocessContract):
     torch take any shape)."""
     if manifest is None:
         return None
-    from rfdeploy.engines.profiles import input_limits
 
     return input_limits(manifest.profiles, contract.pad_multiple)
 

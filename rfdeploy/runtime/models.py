@@ -12,13 +12,13 @@ from rfdeploy.core.metadata import read_config, read_contract, read_kind
 from rfdeploy.core.preprocess import Letterbox
 from rfdeploy.models.config import config_from_dict
 from rfdeploy.runtime.backends.base import Runner
+from rfdeploy.runtime.facelogic import to_host
 
 
 def _feed(runner: Runner, x):
     """A batch for ``runner``: torch tensors pass to runners that take them, others get numpy."""
     if isinstance(x, np.ndarray) or runner.accepts_torch:
         return x
-    from rfdeploy.runtime.facelogic import to_host
 
     return to_host(x)
 
@@ -71,7 +71,6 @@ class ThirdPartyDetector:
 
     def run_batch(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """[B,3,H,W] preprocessed -> boxes [B,K,4] in input pixels, scores [B,K] (0-padded)."""
-        from rfdeploy.runtime.facelogic import to_host
 
         x = to_host(x)
         h, w = x.shape[2:]

@@ -5,13 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from rfdeploy.core.errors import InputError
+from rfdeploy.models import load
+from rfdeploy.models.config import detector_config
+from rfdeploy.train.augment import RefineFaceAugment
+from rfdeploy.train.recipes import default_detector_config, synthetic_dataset, train_default_ranker, with_labelled_sets
 
 
 def train_detector_cli(*, data, annotations, preset, out, steps, batch_size, size, lr, device, workers, time_budget,
                        use_fsm, imagenet, extra_annotations=(), extra_repeats=1, init_checkpoint=None, freeze_stages=0,
                        init_backbone=None):
-    from rfdeploy.models.config import detector_config
-    from rfdeploy.train.recipes import default_detector_config, synthetic_dataset, with_labelled_sets
     from rfdeploy.train.trainer import TrainOptions, train_detector
 
     d = Path(data)
@@ -22,8 +24,6 @@ def train_detector_cli(*, data, annotations, preset, out, steps, batch_size, siz
         if not Path(init_checkpoint).is_file():
             raise InputError(f"checkpoint not found: {init_checkpoint}")
         if preset == "default":  # continue with the checkpoint's own architecture
-            from rfdeploy.models import load
-
             cfg = load(init_checkpoint).cfg
     backbone = None
     if init_backbone is not None:
@@ -31,8 +31,7 @@ def train_detector_cli(*, data, annotations, preset, out, steps, batch_size, siz
             raise InputError("give --init or --init-backbone, not both")
         cfg, backbone = backbone_config(cfg, init_backbone)
     if annotations:
-        from rfdeploy.train.augment import RefineFaceAugment
-        from rfdeploy.train.datasets import DetectionDataset, read_annotations
+        from rfdeploy.train.datasets import DetectionDataset, read_annotations  # torch
 
         ds = DetectionDataset(read_annotations(annotations, d), contract=cfg.contract, transform=RefineFaceAugment(size=size))
     else:
@@ -75,8 +74,6 @@ def backbone_config(cfg, onnx_path):
 
 def train_ranker_cli(*, data, detectors, out, scenes, steps, batch_size, device, time_budget, lr=1e-3,
                      final_lr_ratio=1e-3):
-    from rfdeploy.train.recipes import train_default_ranker
-
     ckpts = [p for p in detectors if Path(p).suffix.lower() != ".onnx"]
     onnx = [p for p in detectors if Path(p).suffix.lower() == ".onnx"]
     if len(ckpts) != 1:

@@ -19,6 +19,7 @@ from torch.utils.data import Dataset
 
 from rfdeploy.core.contract import PreprocessContract
 from rfdeploy.core.errors import InputError
+from rfdeploy.core.image_io import load_image
 from rfdeploy.core.preprocess import preprocess
 from rfdeploy.train.augment import resize_long_side
 
@@ -146,14 +147,6 @@ def read_annotations(path: str | os.PathLike, images_dir: str | os.PathLike | No
     return read_wider(p, images_dir if images_dir is not None else p.parent / "images")
 
 
-def _load_rgb(path: Path) -> Image.Image:
-    try:
-        with Image.open(path) as im:
-            return im.convert("RGB")
-    except OSError as e:
-        raise InputError(f"cannot read training image {path} ({e})") from e
-
-
 def to_sample(
     image: Image.Image | np.ndarray,
     boxes: np.ndarray,
@@ -226,7 +219,7 @@ class DetectionDataset(Dataset, _EpochMixin):
         rec = self.records[index]
         rng = np.random.default_rng([self.seed, self.epoch, int(index)])
         return to_sample(
-            _load_rgb(rec.path), rec.boxes, rec.ignore,
+            load_image(rec.path).rgb, rec.boxes, rec.ignore,
             contract=self.contract, transform=self.transform, size=self.size, rng=rng,
         )
 

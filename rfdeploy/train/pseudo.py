@@ -19,6 +19,9 @@ from pathlib import Path
 import numpy as np
 
 from rfdeploy.core.errors import InputError
+from rfdeploy.core.fsutil import atomic_write_bytes
+from rfdeploy.core.image_io import iter_image_paths, load_image
+from rfdeploy.runtime import adapters
 
 VIDEO_SUFFIXES = {".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v"}
 
@@ -124,7 +127,6 @@ def iter_video_frames(path: Path, every: int = 10, max_frames: int | None = None
 
 def iter_sources(inputs: list[str], every: int, max_frames: int | None) -> Iterator[tuple[str, np.ndarray]]:
     """(name, rgb) over videos (sampled frames) and images (files, folders, globs)."""
-    from rfdeploy.core.image_io import iter_image_paths, load_image
 
     images: list[str] = []
     for item in inputs:
@@ -148,8 +150,6 @@ def pseudo_label(inputs: list[str], teachers: list[Teacher], out_dir, *, every: 
     The annotation file is written last and atomically, so an interrupted run leaves none.
     """
     from PIL import Image
-
-    from rfdeploy.core.fsutil import atomic_write_bytes
 
     if len(teachers) != 2:
         raise InputError(f"pseudo-labels need exactly two teachers, got {len(teachers)}")
@@ -185,10 +185,8 @@ def pseudo_label(inputs: list[str], teachers: list[Teacher], out_dir, *, every: 
 
 def onnx_teacher(path, adapter=None, nms_iou: float = 0.4, score_thr: float = 0.5) -> Teacher:
     """A third-party ONNX detector (rfdeploy.runtime.adapters) as a teacher: final detections."""
-    from rfdeploy.runtime.adapters import OnnxDetector, require_trainable
-
-    det = OnnxDetector(path, adapter=adapter)
-    require_trainable(det.adapter, "label training data")
+    det = adapters.OnnxDetector(path, adapter=adapter)
+    adapters.require_trainable(det.adapter, "label training data")
 
     def run(rgb: np.ndarray):
         d = det.detect(rgb, nms_iou=nms_iou, score_thr=score_thr)

