@@ -14,7 +14,7 @@ import click
 from rfdeploy import __version__
 from rfdeploy.core.env import backend_versions
 from rfdeploy.core.errors import PARTIAL_FAILURE_EXIT_CODE, BackendUnavailableError, InputError, RfdeployError
-from rfdeploy.core.fsutil import atomic_write_bytes
+from rfdeploy.core.fsutil import AtomicTextFile, atomic_write_bytes
 from rfdeploy.core.image_io import iter_image_paths
 from rfdeploy.engines.profiles import preset_names
 
@@ -330,7 +330,7 @@ def _make_pipeline(detector, adapter, ranker, no_ranker, backend, device, fp16, 
 def infer(inputs, detector, adapter, ranker, no_ranker, backend, device, fp16, tile, score_thr, nms_iou, engine_cache, out, save_vis,
           overwrite, workers, recursive, quiet, cuda_graph):
     """Detect faces in images, folders or globs (works out of the box with the bundled models)."""
-    from rfdeploy.runtime.infer import AtomicTextFile, run_files, save_visualisation
+    from rfdeploy.runtime.infer import run_files, save_visualisation
 
     paths = iter_image_paths(list(inputs), recursive=recursive)
     if out and Path(out).exists() and not overwrite:

@@ -1,4 +1,12 @@
-"""Atomic file output: a file appears complete, with normal permissions, or not at all."""
+"""Atomic file output: a file (or a folder) appears complete, with normal permissions, or not at
+all. Every output rfdeploy writes goes through here: results, annotated images, ONNX files,
+engines and manifests, checkpoints, calibration caches, Triton repositories, datasets.
+
+Each output is written to a temporary name beside its destination (same file system) and renamed
+into place on success; on any exception or interrupt the temporary is removed and the destination
+is left as it was. ``mkstemp``/``mkdtemp`` create private (0600/0700) temporaries, so outputs get
+the permissions an ordinary file or folder would get under the process umask.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +14,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -13,10 +22,30 @@ from typing import Iterator
 from rfdeploy.core.errors import InputError
 
 
-def _default_mode() -> int:
+def _umask() -> int:
     umask = os.umask(0)
     os.umask(umask)
-    return 0o666 & ~umask
+    return umask
+
+
+def _default_mode() -> int:
+    return 0o666 & ~_umask()
+
+
+def _default_dir_mode() -> int:
+    return 0o777 & ~_umask()
+
+
+def _temp_beside(dst: Path, suffix: str) -> Path:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=suffix, dir=dst.parent)
+    os.close(fd)
+    return Path(tmp)
+
+
+def _install(tmp: Path, dst: Path) -> None:
+    os.chmod(tmp, _default_mode())
+    os.replace(tmp, dst)
 
 
 @contextlib.contextmanager
@@ -26,13 +55,10 @@ def atomic_path(path: str | os.PathLike, suffix: str = ".part") -> Iterator[Path
     On any exception (or interrupt) the temporary file is removed and ``path`` is untouched.
     """
     dst = Path(path)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=suffix, dir=dst.parent)
-    os.close(fd)
+    tmp = _temp_beside(dst, suffix)
     try:
-        yield Path(tmp)
-        os.chmod(tmp, _default_mode())  # mkstemp creates 0600; outputs are ordinary files
-        os.replace(tmp, dst)
+        yield tmp
+        _install(tmp, dst)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -46,6 +72,84 @@ def atomic_write_bytes(path: str | os.PathLike, data) -> None:
         os.fsync(f.fileno())
 
 
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+class AtomicTextFile:
+    """A text file written line by line (results of a long run): the lines go to a temporary file
+    beside the target, renamed into place by :meth:`commit` (or leaving a ``with`` block without
+    an error); :meth:`abort` removes it, so an interrupted run never leaves a truncated file."""
+
+    def __init__(self, path: str | os.PathLike, overwrite: bool = False):
+        self.path = Path(path)
+        if self.path.exists() and not overwrite:
+            raise InputError(f"{self.path} exists", hint="pass --overwrite to replace it")
+        if self.path.is_dir():
+            raise InputError(f"{self.path} is a directory")
+        self.tmp = _temp_beside(self.path, ".part")
+        self.f = open(self.tmp, "w", encoding="utf-8")
+
+    def write_line(self, text: str) -> None:
+        self.f.write(text + "\n")
+
+    def commit(self) -> None:
+        self.f.close()
+        _install(self.tmp, self.path)
+
+    def abort(self) -> None:
+        self.f.close()
+        self.tmp.unlink(missing_ok=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            self.commit()
+        else:
+            self.abort()
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike, *, replace: bool = False) -> Iterator[Path]:
+    """Yield a temporary folder beside ``path``, filled by the caller; on success it becomes
+    ``path`` (an existing empty folder there is replaced; a non-empty one only with ``replace``,
+    and the old one is deleted once the new one is in place). On failure the temporary folder is
+    removed and ``path`` is left as it was."""
+    dst = Path(path)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
+    try:
+        yield tmp
+        for d, dirs, files in os.walk(tmp):
+            os.chmod(d, _default_dir_mode())
+            for f in files:
+                os.chmod(os.path.join(d, f), _default_mode())
+        _swap_dir(tmp, dst, replace)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _swap_dir(tmp: Path, dst: Path, replace: bool) -> None:
+    if dst.is_dir() and not any(dst.iterdir()):
+        dst.rmdir()
+    if not dst.exists():
+        os.replace(tmp, dst)
+        return
+    if not replace:
+        raise InputError(f"{dst} exists and is not an empty folder", hint="choose a new output folder")
+    old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
+    os.replace(dst, old)
+    try:
+        os.replace(tmp, dst)
+    except BaseException:
+        os.replace(old, dst)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -57,7 +161,6 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 def read_json(path: str | os.PathLike, what: str, bad_content_error=None):
     """Parse a user's JSON file. Missing -> InputError; unreadable or not JSON -> ``bad_content_error``
     (InputError by default), each naming ``what`` the file was meant to be."""
-
     bad = bad_content_error or InputError
     path = Path(path)
     try:

@@ -39,7 +39,6 @@ import os
 import shutil
 import sys
 import sysconfig
-import tempfile
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -49,6 +48,7 @@ import rfdeploy
 from rfdeploy.core import onnxinfo
 from rfdeploy.core.contract import PreprocessContract
 from rfdeploy.core.errors import InputError, ModelFileError
+from rfdeploy.core.fsutil import atomic_dir
 from rfdeploy.core.metadata import manifest_path, onnx_metadata, read_config, read_contract
 from rfdeploy.engines.manifest import IOTensor, load_manifest
 from rfdeploy.export.cache import cached_export
@@ -406,8 +406,7 @@ def write_triton_repo(
     settings = {"facelogic": logic.to_dict(), "detector": {"model": detector_name, **det_io},
                 "ranker": {"model": ranker_name, **rank_io} if rank is not None else None}
 
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_dir(out, replace=overwrite) as tmp:
         written = {}
         for name, net in ((detector_name, det), (ranker_name, rank)):
             if net is None:
@@ -422,12 +421,6 @@ def write_triton_repo(
         (fdir / "1" / "faces.json").write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
         _write_env(fdir / "1", env)
         written[faces_name] = fdir / "config.pbtxt"
-        for d in [tmp, *tmp.rglob("*")]:  # mkdtemp makes the folder private; a server user must read it
-            os.chmod(d, 0o755 if d.is_dir() else 0o644)
-        _swap_into_place(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return TritonRepo(out, {k: out / v.relative_to(tmp) for k, v in written.items()}, settings)
 
 
@@ -457,20 +450,6 @@ def _write_network(model_dir: Path, net: ServedNetwork, config_text: str, env: d
         _write_env(version, env)
     (model_dir / "config.pbtxt").write_text(config_text)
     return model_dir / "config.pbtxt"
-
-
-def _swap_into_place(tmp: Path, out: Path) -> None:
-    if not out.exists():
-        os.replace(tmp, out)
-        return
-    old = out.with_name(f".{out.name}.old-{os.getpid()}")
-    os.replace(out, old)
-    try:
-        os.replace(tmp, out)
-    except BaseException:
-        os.replace(old, out)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def triton_repo_cli(

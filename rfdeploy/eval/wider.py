@@ -27,6 +27,7 @@ import numpy as np
 
 from rfdeploy.core.env import optional_import
 from rfdeploy.core.errors import InputError
+from rfdeploy.core.fsutil import atomic_write_text
 
 SUBSETS = ("easy", "medium", "hard")
 THRESH_NUM = 1000
@@ -269,7 +270,5 @@ def write_results(pred_dir: str | os.PathLike, event: str, image_name: str, boxe
     for (x1, y1, x2, y2), s in zip(boxes.tolist(), scores.tolist()):
         lines.append(f"{x1:.1f} {y1:.1f} {x2 - x1:.1f} {y2 - y1:.1f} {s:.4f}")
     target = folder / f"{stem}.txt"
-    tmp = folder / f".{stem}.txt.tmp"
-    tmp.write_text("\n".join(lines) + "\n")
-    os.replace(tmp, target)
+    atomic_write_text(target, "\n".join(lines) + "\n")
     return target

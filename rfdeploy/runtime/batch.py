@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from rfdeploy.core.errors import PARTIAL_FAILURE_EXIT_CODE, BackendUnavailableError, InputError, RfdeployError
+from rfdeploy.core.fsutil import atomic_write_text
 from rfdeploy.core.image_io import iter_image_paths
 from rfdeploy.runtime.pipeline import FacePipeline, error_record
 
@@ -107,18 +108,7 @@ class PipelineActor:
 
 
 def _write_jsonl(out: Path, records: Sequence[dict]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=str(out.parent))
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for r in records:
-                f.write(json.dumps(r) + "\n")
-        os.replace(tmp, out)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    atomic_write_text(out, "".join(json.dumps(r) + "\n" for r in records))
 
 
 def _unwrap_ray_error(e: BaseException) -> BaseException:

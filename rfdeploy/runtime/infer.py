@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,6 +10,7 @@ from typing import Callable, Iterable
 
 from rfdeploy.core.detections import Detections
 from rfdeploy.core.errors import InputError
+from rfdeploy.core.fsutil import AtomicTextFile, atomic_path
 from rfdeploy.core.image_io import load_image
 from rfdeploy.runtime.pipeline import FacePipeline, error_record
 
@@ -27,41 +26,6 @@ class RunSummary:
     @property
     def faces(self) -> int:
         return sum(len(r.get("faces", ())) for r in self.records)
-
-
-class AtomicTextFile:
-    """Lines go to a temporary file beside the target, renamed into place only on success:
-    an interrupted run never leaves a truncated results file."""
-
-    def __init__(self, path: str | os.PathLike, overwrite: bool = False):
-        self.path = Path(path)
-        if self.path.exists() and not overwrite:
-            raise InputError(f"{self.path} exists", hint="pass --overwrite to replace it")
-        if self.path.is_dir():
-            raise InputError(f"{self.path} is a directory")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, self.tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".part", dir=self.path.parent)
-        self.f = os.fdopen(fd, "w", encoding="utf-8")
-
-    def write_line(self, text: str) -> None:
-        self.f.write(text + "\n")
-
-    def commit(self) -> None:
-        self.f.close()
-        os.replace(self.tmp, self.path)
-
-    def abort(self) -> None:
-        self.f.close()
-        Path(self.tmp).unlink(missing_ok=True)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, exc_type, exc, tb):
-        if exc_type is None:
-            self.commit()
-        else:
-            self.abort()
 
 
 def _vis_format(src_path: Path) -> tuple[str, str]:
@@ -93,13 +57,8 @@ def save_visualisation(record: dict, src_path: Path, out_dir: Path, overwrite: b
     faces = record["faces"]
     dets = Detections(np.array([f["box"] for f in faces]).reshape(-1, 4), np.array([f["score"] for f in faces]))
     options = {"quality": 92} if fmt in ("JPEG", "WEBP") else {}
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".part", dir=out_dir)
-    os.close(fd)
-    try:
+    with atomic_path(dst) as tmp:
         dets.draw(img).save(tmp, format=fmt, **options)
-        os.replace(tmp, dst)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
     return dst
 
 

@@ -37,8 +37,6 @@ import json
 import math
 import os
 import re
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import NamedTuple, Sequence
@@ -47,6 +45,7 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from rfdeploy.core.errors import InputError
+from rfdeploy.core.fsutil import atomic_dir
 from rfdeploy.core.image_io import load_image
 from rfdeploy.train.augment import apply_colour, colour_matrix
 
@@ -816,9 +815,7 @@ def write_wider(
         raise ValueError(f"event must be a plain folder name, got {event!r}")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise InputError(f"{out} exists and is not an empty folder", hint="choose a new output folder")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         (tmp / "images" / event).mkdir(parents=True)
         jobs = []
         for i in range(start, start + n):
@@ -837,10 +834,4 @@ def write_wider(
             records.append({"file": f"images/{rel}", "width": w, "height": h, "faces": faces})
         (tmp / gt_name).write_text("\n".join(gt_lines) + "\n")
         (tmp / json_name).write_text(json.dumps({"images": records}, indent=1))
-        if out.exists():
-            out.rmdir()
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out

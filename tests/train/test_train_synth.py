@@ -230,3 +230,18 @@ def test_shared_data_split_has_no_dev_crops(shared_data):
         assert not c.file.startswith("dev_") and c.source not in dev_sources
     s = g.generate(0)
     assert s.image.size == (512, 512)
+
+
+def test_written_dataset_is_readable_by_others(tiny_data, tmp_path):
+    # the folder is assembled in a private temporary folder: it must not keep mkdtemp's 0700
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        out = write_wider(tmp_path / "ds", 2, gen(tiny_data, out_size=(128, 128), seed=0))
+    finally:
+        os.umask(old)
+    modes = {p.relative_to(out).as_posix(): stat.S_IMODE(p.stat().st_mode) for p in [out, *out.rglob("*")]}
+    assert modes.pop(".") == 0o755 and modes, modes
+    assert all(m == (0o755 if (out / rel).is_dir() else 0o644) for rel, m in modes.items()), modes
