@@ -1,6 +1,6 @@
 """Calibration inputs: image files and frames of video files.
 
-Images are decoded by the runtime's own reader (rfdeploy.runtime.image_io: EXIF orientation,
+Images are decoded by the one image reader (rfdeploy.core.image_io: EXIF orientation,
 transparency, bit depth), so calibration sees what inference sees. A video file (in a folder or
 in a list) contributes ``video_frames`` frames evenly spaced over its length, decoded with PyAV
 (the ``train`` extra) in increasing order, one at a time.
