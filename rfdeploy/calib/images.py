@@ -21,10 +21,6 @@ VIDEO_SUFFIXES = frozenset({".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v"})
 DEFAULT_VIDEO_FRAMES = 64
 
 
-def _image_suffixes() -> frozenset[str]:
-    return IMAGE_EXTENSIONS
-
-
 @dataclass(frozen=True, order=True)
 class CalibSource:
     """One calibration picture: an image file, or frame ``frame`` of a video file."""
@@ -136,7 +132,7 @@ def list_sources(images: str | os.PathLike | list, video_frames: int = DEFAULT_V
     items = [images] if isinstance(images, (str, os.PathLike)) else list(images)
     if not items:
         raise InputError("the list of calibration images is empty")
-    suffixes = _image_suffixes() | VIDEO_SUFFIXES
+    suffixes = IMAGE_EXTENSIONS | VIDEO_SUFFIXES
     files: list[Path] = []
     missing = []
     for item in items:
