@@ -122,6 +122,11 @@ class RankerConfig:
     bpn_kernel: tuple[int, int] = (3, 5)
     num_boxes: int = 3840  # N: the paper uses 5000; TensorRT's TopK stops at 3840
     rank_pairs: int = 10
+    # Per-candidate head (not in the paper): each row's own BPN features plus the pooled image
+    # context give that row's residual. The paper's head (global average pool, then one FC to all
+    # N rows) cannot tie a row's output to that row's input, so its ranking loss stays near ln 2
+    # wherever the right order depends on the candidates (docs/benchmarks.md, "Ranker").
+    box_head: bool = False
     # The ranker sees the whole image downscaled so its long side is this (CRFace trains at 1024).
     contract: PreprocessContract = field(
         default_factory=lambda: PreprocessContract(resize="long_side", resize_to=1024)

@@ -38,6 +38,29 @@ class BoxProcessingNetwork(nn.Module):
         return taps
 
 
+class BoxHead(nn.Module):
+    """Per-candidate residual (``RankerConfig.box_head``): row i's last BPN features (its box and
+    score, with its sorted neighbours in the BPN's field of view) and the pooled image context
+    give row i's residual. In the paper's head a row's residual is a fixed linear read-out of one
+    pooled vector, so nothing there ties it to that row's own input."""
+
+    def __init__(self, bpn_channels: int, context_channels: int, kernel_width: int = 5):
+        super().__init__()
+        self.row = nn.Conv2d(bpn_channels, bpn_channels, (1, kernel_width))
+        self.context = nn.Linear(context_channels, bpn_channels)
+        self.hidden = nn.Conv2d(bpn_channels, bpn_channels, 1)
+        self.out = nn.Conv2d(bpn_channels, 1, 1)
+        # zero-initialised like the paper's FC: untrained, the ranker returns the detector's scores
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, rows: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """rows [B,C,N,5], context [B,K] -> residual [B,N]."""
+        h = F.leaky_relu(self.row(rows) + self.context(context)[:, :, None, None], 0.1)  # B,C,N,1
+        h = F.leaky_relu(self.hidden(h), 0.1)
+        return self.out(h)[:, 0, :, 0]
+
+
 class CRFace(nn.Module):
     def __init__(self, cfg: RankerConfig):
         super().__init__()
@@ -62,8 +85,12 @@ class CRFace(nn.Module):
         for fc in self.conf_fc:
             nn.init.zeros_(fc.weight)
             nn.init.zeros_(fc.bias)
+        self.box_head = BoxHead(cfg.bpn_channels, cfg.conf_channels) if cfg.box_head else None
 
-    def forward(self, image: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    def forward(self, image: torch.Tensor, boxes: torch.Tensor, clip: bool = True) -> torch.Tensor:
+        """Refined scores [B, N]. ``clip=False`` (training) skips the clip to [0, 1]: a clipped
+        score has no gradient and clipped neighbours tie, so rows pushed past 0 or 1 would leave
+        the ranking loss at ln 2 for good (see ``losses.ranker_loss``)."""
         dtype = self.lateral[0].weight.dtype  # callers may pass fp32 inputs to an fp16 model
         feats = self.backbone(image.to(dtype))[-len(self.lateral):]
         taps = self.bpn(boxes.to(dtype))
@@ -74,13 +101,17 @@ class CRFace(nn.Module):
         td = [lat[-1]]
         for x in reversed(lat[:-1]):
             td.insert(0, x + F.interpolate(td[0], size=x.shape[-2:], mode="nearest"))
-        residual = 0
+        residual, context = 0, 0
         for s, conv, fc, x in zip(self.smooth, self.conf_convs, self.conf_fc, td):
-            y = F.relu(conv(s(x)))
-            residual = residual + fc(y.mean(dim=(2, 3)))
+            pooled = F.relu(conv(s(x))).mean(dim=(2, 3))
+            residual = residual + fc(pooled)
+            context = context + pooled
         # score + residual + clip in float32 whatever the network's precision: fp16's spacing
         # near 1 (4.9e-4) would erase the fine re-ordering the ranker exists for
         residual = residual.float() / len(td)
+        if self.box_head is not None:
+            residual = residual + self.box_head(taps[-1], context / len(td)).float()
         scores = boxes[..., 4].float()
         valid = (scores > 0).float()
-        return (scores + residual).clamp(0.0, 1.0) * valid
+        refined = scores + residual
+        return (refined.clamp(0.0, 1.0) if clip else refined) * valid

@@ -244,6 +244,25 @@ def ranking_loss(refined, oracle, valid, pairs: int = 10, sigma: float = 20.0, e
     return total / max(1, used)
 
 
+def outside_unit_penalty(refined, valid):
+    """Mean distance of the valid unclipped refined scores from [0, 1]: pulls them back where the
+    output clip leaves their order intact, with a gradient (the clip itself has none)."""
+    out = F.relu(refined - 1.0) + F.relu(-refined)
+    return out[valid].mean() if valid.any() else refined.new_zeros(())
+
+
+def ranker_loss(raw, oracle, valid, pairs: int = 10, sigma: float = 20.0) -> dict:
+    """The ranker's training objective on its unclipped output (``CRFace(..., clip=False)``): the
+    ranking loss plus the range penalty. On clipped scores, rows pushed past 0 or 1 tie with their
+    clipped neighbours and get no gradient, and once all are there the loss is exactly ln 2 for
+    good (pre-NMS candidates crowd the score floor, one small negative residual from 0).
+    The penalty is weighted by ``sigma``: a row 0.05 outside the range is pulled back about as
+    hard as a pair 0.05 apart is pushed."""
+    rank = ranking_loss(raw, oracle, valid, pairs=pairs, sigma=sigma)
+    rng = sigma * outside_unit_penalty(raw, valid)
+    return {"total": rank + rng, "rank": rank, "range": rng}
+
+
 def oracle_confidence(boxes_xyxy, gt_xyxy):
     """IoU of each predicted box with its closest ground-truth box (0 when there is none)."""
     if gt_xyxy.numel() == 0:

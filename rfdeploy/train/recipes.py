@@ -39,10 +39,14 @@ def default_detector_config() -> DetectorConfig:
 
 
 def default_ranker_config() -> RankerConfig:
-    """The bundled small CRFace: MobileNetV2, 64-channel confidence module, whole image at 640."""
+    """The small CRFace that ``train ranker`` makes: MobileNetV2, 64-channel confidence module,
+    whole image at 640, and the per-candidate head (``box_head``): with the paper's head alone the
+    ranking loss stays at ln 2 (docs/benchmarks.md, "Ranker"). The bundled ranker predates the
+    head and was made without it."""
 
     return ranker_config(
-        "crface_small", num_boxes=1000, contract=PreprocessContract(resize="long_side", resize_to=640)
+        "crface_small", num_boxes=1000, box_head=True,
+        contract=PreprocessContract(resize="long_side", resize_to=640),
     )
 
 

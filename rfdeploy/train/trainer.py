@@ -235,16 +235,15 @@ class RankerSamples(torch.utils.data.Dataset):
 
 def _ranker_step(model, loss_fn, batch, device):
     x, cand, oracle = (t.to(device, non_blocking=True) for t in batch)
-    refined = model(x, cand).float()
-    valid = cand[..., 4] > 0
-    return {"total": loss_fn(refined, oracle, valid)}
+    raw = model(x, cand, clip=False).float()  # the clip has no gradient (losses.ranker_loss)
+    return loss_fn(raw, oracle, cand[..., 4] > 0)
 
 
 def train_ranker(cfg: RankerConfig, samples: RankerSamples, opts: TrainOptions, out_dir, *, imagenet_weights=None) -> TrainResult:
     """Train CRFace with the pairwise ranking loss (``cfg.rank_pairs`` pairs), detectors frozen."""
     from functools import partial
 
-    from rfdeploy.models.losses import ranking_loss
+    from rfdeploy.models.losses import ranker_loss
 
     torch.manual_seed(opts.seed)
     model = build(cfg)
@@ -254,7 +253,7 @@ def train_ranker(cfg: RankerConfig, samples: RankerSamples, opts: TrainOptions, 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "options.json").write_text(json.dumps({"config": cfg.to_dict(), "options": asdict(opts)}, indent=1, default=str))
-    return _loop(model, partial(ranking_loss, pairs=cfg.rank_pairs), loader, opts, out_dir, _ranker_step)
+    return _loop(model, partial(ranker_loss, pairs=cfg.rank_pairs), loader, opts, out_dir, _ranker_step)
 
 
 def build_ranker_samples(images_and_boxes, detectors, cfg: RankerConfig, *, min_score: float = 0.01) -> list:
