@@ -19,6 +19,7 @@ import json  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from rfdeploy.core.contract import PreprocessContract  # noqa: E402
+from rfdeploy.core.metadata import set_onnx_metadata  # noqa: E402
 
 TINY_K = 64  # detector candidates
 TINY_N = 32  # ranker boxes
@@ -86,9 +87,7 @@ def _export(module, args, path: Path, ins, outs, dyn, meta: dict) -> Path:
         torch.onnx.export(module, args, str(path), input_names=ins, output_names=outs, dynamic_axes=dyn,
                           opset_version=17, dynamo=False)
     m = onnx.load(str(path))
-    for k, v in meta.items():
-        p = m.metadata_props.add()
-        p.key, p.value = k, v
+    set_onnx_metadata(m, meta)
     onnx.save(m, str(path))
     return path
 

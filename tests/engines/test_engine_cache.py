@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from rfdeploy.core.errors import BuildError, InputError, ModelFileError
+from rfdeploy.core.metadata import set_onnx_metadata
 from rfdeploy.engines.default_profile import profile_for
 from rfdeploy.engines.engine_cache import default_engine_cache_dir, ensure_engine
 from rfdeploy.engines.manifest import check_manifest, load_manifest, manifest_path
@@ -70,12 +71,7 @@ def _with_metadata(src: Path, dst: Path, **props) -> Path:
     import onnx
 
     m = onnx.load(str(src))
-    for p in m.metadata_props:
-        if p.key in props:
-            p.value = props.pop(p.key)
-    for k, v in props.items():
-        e = m.metadata_props.add()
-        e.key, e.value = k, v
+    set_onnx_metadata(m, props)
     onnx.save(m, str(dst))
     return dst
 
