@@ -80,13 +80,14 @@ def images(tmp_path_factory) -> list[Path]:
 
 @pytest.fixture(scope="module")
 def infer_records(images, tmp_path_factory) -> dict[str, dict]:
-    """What ``rfdeploy infer`` prints for the same images (same bundled models, onnxruntime)."""
+    """What ``rfdeploy infer`` prints for the same images (same bundled models, onnxruntime; the
+    served repository holds the ranker, so infer runs it too)."""
     from click.testing import CliRunner
 
     from rfdeploy.cli import main
 
     out = tmp_path_factory.mktemp("infer") / "faces.jsonl"
-    res = CliRunner().invoke(main, ["infer", *map(str, images), "--backend", "onnxruntime", "--out", str(out)])
+    res = CliRunner().invoke(main, ["infer", *map(str, images), "--with-ranker", "--backend", "onnxruntime", "--out", str(out)])
     assert res.exit_code == 0, res.output
     records = [json.loads(line) for line in out.read_text().splitlines()]
     return {Path(r["file"]).name: r for r in records}
