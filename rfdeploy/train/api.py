@@ -54,7 +54,8 @@ def train_detector_cli(*, data, annotations, preset, out, steps, batch_size, siz
                         time_budget_s=time_budget, warmup_steps=min(500, max(1, steps // 10)), freeze_stages=freeze_stages,
                         # imported BN-folded backbones and continued phases keep their BN statistics:
                         # small CPU batches would overwrite them
-                        freeze_bn=backbone is not None or init_checkpoint is not None, save_every=100)
+                        freeze_bn=backbone is not None or init_checkpoint is not None, save_every=100,
+                        keep_every=500)
     return train_detector(cfg, ds, opts, out, imagenet_weights=None if backbone is not None else imagenet, use_fsm=use_fsm,
                           init_checkpoint=init_checkpoint, init_backbone=backbone)
 

@@ -42,6 +42,7 @@ class TrainOptions:
     amp: bool = True  # bf16 autocast on CUDA
     log_every: int = 20
     save_every: int = 1000
+    keep_every: int = 0  # also keep step{N}.safetensors every N steps (0: only last.safetensors)
     time_budget_s: float | None = None  # stop early (with a checkpoint) after this long
     seed: int = 0
     grad_clip: float = 10.0
@@ -131,6 +132,10 @@ def _loop(model, loss_fn, loader, opts: TrainOptions, out_dir: Path, step_fn, ex
                 over_time = opts.time_budget_s is not None and time.time() - start > opts.time_budget_s
                 if step % opts.save_every == 0 or step >= opts.steps or over_time:
                     save_checkpoint(model, ckpt)
+                if opts.keep_every and step % opts.keep_every == 0:
+                    # a phase's best point is not always its last (the schedule's decay can overfit
+                    # one source of data): keep snapshots for evaluation
+                    save_checkpoint(model, out_dir / f"step{step:06d}.safetensors")
                 if step >= opts.steps or over_time:
                     break
             epoch += 1

@@ -46,11 +46,13 @@ def test_detector_trains_a_few_steps_with_fsm(tiny_data, tmp_path):
     cfg = detector_config("refineface_mbv2", fpn_channels=16, head_channels=16, candidates=200)
     ds = synthetic_dataset(tiny_data, cfg, length=8, size=128)
     opts = TrainOptions(steps=3, batch_size=2, workers=0, lr=1e-3, warmup_steps=1, log_every=1, save_every=100,
-                        freeze_stages=2)
+                        keep_every=2, freeze_stages=2)
     torch.manual_seed(opts.seed)
     init = build(cfg).state_dict()
     res = train_detector(cfg, ds, opts, tmp_path / "det", use_fsm=True)
     assert res.steps == 3 and res.checkpoint.is_file()
+    # keep_every=2 keeps the step-2 snapshot beside last.safetensors, which holds step 3
+    assert sorted(p.name for p in (tmp_path / "det").glob("*.safetensors")) == ["last.safetensors", "step000002.safetensors"]
     log = [json.loads(line) for line in res.log.read_text().splitlines()]
     assert [r["step"] for r in log] == [1, 2, 3]
     for r in log:
