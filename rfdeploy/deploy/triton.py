@@ -326,7 +326,7 @@ def write_triton_repo(
     ranker: str | os.PathLike | None = None,
     *,
     cpu: bool = False,
-    use_ranker: bool = True,
+    use_ranker: bool | None = None,
     server_env: str | os.PathLike | None = None,
     max_batch: int = 8,
     instances: int = 1,
@@ -345,10 +345,12 @@ def write_triton_repo(
 ) -> TritonRepo:
     """Write a Triton model repository to ``out_dir`` (see the module docstring for the layout).
 
-    GPU (default): ``detector`` and ``ranker`` are engines (``.engine`` + manifest); no ranker
-    when ``ranker`` is None. CPU (``cpu``): ONNX files or checkpoints (exported once), default
-    the bundled models; the bundled ranker unless ``use_ranker`` is False. ``server_env``: the
-    Python environment holding nvidia-pytriton (its numpy < 2 is used by the stub; CPU only).
+    GPU (default): ``detector`` and ``ranker`` are engines (``.engine`` + manifest). CPU
+    (``cpu``): ONNX files or checkpoints (exported once), default the bundled detector. As
+    ``rfdeploy triton-repo`` (and ``infer``), the detector is served alone unless a ``ranker`` is
+    given or ``use_ranker`` is True (on CPU without ``ranker``: the bundled one); ``use_ranker``
+    False leaves out a given ranker. ``server_env``: the Python environment holding
+    nvidia-pytriton (its numpy < 2 is used by the stub; CPU only).
 
     ``max_batch``: Triton max_batch_size of the networks (capped by each engine's profile);
     ``instances``: instances per network model (GPU: per GPU in ``gpus``, default all);
@@ -363,6 +365,11 @@ def write_triton_repo(
         raise InputError("max_batch, instances and python_instances must be >= 1")
     if server_env is not None and not cpu:
         raise InputError("--server-env is for CPU repositories (--cpu)")
+    if use_ranker is None:
+        use_ranker = ranker is not None
+    if use_ranker and ranker is None and not cpu:
+        raise InputError("the bundled ranker is served by CPU repositories only: a GPU repository needs the "
+                         "ranker engine", hint="pass the ranker engine (--ranker), or cpu (--cpu)")
     out = Path(out_dir)
     if out.exists() and not overwrite:
         raise InputError(f"{out} already exists", hint="choose a new folder or pass overwrite (--force)")
@@ -380,7 +387,7 @@ def write_triton_repo(
         if detector is None:
             raise InputError("a GPU repository needs the detector engine", hint="or pass --cpu to serve ONNX files on CPUs")
         det = network_from_engine(detector, "detector", max_batch)
-        rank = network_from_engine(ranker, "ranker", max_batch) if ranker is not None and use_ranker else None
+        rank = network_from_engine(ranker, "ranker", max_batch) if use_ranker else None
         env = None
     names = [detector_name, faces_name] + ([ranker_name] if rank is not None else [])
     if len(set(names)) != len(names) or not all(n and "/" not in n and not n.startswith(".") for n in names):
@@ -458,7 +465,7 @@ def triton_repo_cli(
     ranker: str | None = None,
     *,
     cpu: bool = False,
-    no_ranker: bool = False,
+    no_ranker: bool | None = None,
     server_env: str | None = None,
     max_batch: int = 8,
     instances: int = 1,
@@ -469,7 +476,9 @@ def triton_repo_cli(
 ) -> TritonRepo:
     """What ``rfdeploy triton-repo OUT [DETECTOR] [--ranker RANKER] [--no-ranker] [--cpu]
     [--server-env DIR] [--max-batch B] [--instances N] [--python-instances N] [--tile auto|off|SIZE]
-    [--score-thr T] [--force]`` does."""
-    return write_triton_repo(out_dir, detector, ranker, cpu=cpu, use_ranker=not no_ranker, server_env=server_env,
+    [--score-thr T] [--force]`` does. ``no_ranker`` None: as ``write_triton_repo``'s ``use_ranker``
+    None (the ranker only when one is given)."""
+    use_ranker = None if no_ranker is None else not no_ranker
+    return write_triton_repo(out_dir, detector, ranker, cpu=cpu, use_ranker=use_ranker, server_env=server_env,
                              max_batch=max_batch, instances=instances, python_instances=python_instances, tile=tile,
                              score_thr=score_thr, overwrite=force)

@@ -222,7 +222,7 @@ def test_cpu_repository_of_the_bundled_models_serves_their_shipped_onnx(tmp_path
     from rfdeploy.models import DEFAULT_DETECTOR_ONNX, DEFAULT_RANKER_ONNX
 
     monkeypatch.setenv("RFDEPLOY_CACHE", str(tmp_path / "cache"))
-    repo = write_triton_repo(tmp_path / "repo", cpu=True, server_env=fake_server_env)
+    repo = write_triton_repo(tmp_path / "repo", cpu=True, use_ranker=True, server_env=fake_server_env)
     for name, shipped in (("rfdeploy_detector", DEFAULT_DETECTOR_ONNX), ("rfdeploy_ranker", DEFAULT_RANKER_ONNX)):
         assert (repo.path / name / "1" / "model.onnx").read_bytes() == shipped.read_bytes()
     assert not (tmp_path / "cache").exists()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from click.testing import CliRunner
 
 from rfdeploy.cli import main
@@ -31,4 +32,24 @@ def test_cpu_repository_without_the_ranker_by_default(tiny_onnx, tmp_path, fake_
 def test_with_ranker_needs_cpu_or_an_engine(tmp_path):
     res = CliRunner().invoke(main, ["triton-repo", str(tmp_path / "gpu"), "det.engine", "--with-ranker"])
     assert res.exit_code == 2 and "--with-ranker" in res.output and "--cpu" in res.output
+    assert not (tmp_path / "gpu").exists()
+
+
+def test_library_default_is_the_detector_alone_as_the_cli(tiny_onnx, tmp_path, fake_server_env):  # noqa: F811
+    from rfdeploy.core.errors import InputError
+    from rfdeploy.deploy.triton import write_triton_repo
+
+    plain = write_triton_repo(tmp_path / "plain", cpu=True, server_env=fake_server_env)
+    assert _models(plain.path) == ["rfdeploy_detector", "rfdeploy_faces"] and plain.settings["ranker"] is None
+    given = write_triton_repo(tmp_path / "given", tiny_onnx["detector"], tiny_onnx["ranker"], cpu=True,
+                              server_env=fake_server_env)
+    assert _models(given.path) == ["rfdeploy_detector", "rfdeploy_faces", "rfdeploy_ranker"]
+    bundled = write_triton_repo(tmp_path / "bundled", cpu=True, use_ranker=True, server_env=fake_server_env)
+    assert _models(bundled.path) == ["rfdeploy_detector", "rfdeploy_faces", "rfdeploy_ranker"]
+    left_out = write_triton_repo(tmp_path / "left_out", tiny_onnx["detector"], tiny_onnx["ranker"], cpu=True,
+                                 use_ranker=False, server_env=fake_server_env)
+    assert _models(left_out.path) == ["rfdeploy_detector", "rfdeploy_faces"]
+    # a GPU repository cannot serve the bundled ranker (it needs an engine): refused, nothing written
+    with pytest.raises(InputError, match="ranker engine"):
+        write_triton_repo(tmp_path / "gpu", "det.engine", use_ranker=True)
     assert not (tmp_path / "gpu").exists()

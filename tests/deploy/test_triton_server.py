@@ -51,7 +51,7 @@ def served(tmp_path_factory):
     from rfdeploy.deploy.triton_server import TritonServer
 
     env = _server_env()
-    repo = write_triton_repo(tmp_path_factory.mktemp("triton") / "repo", cpu=True, server_env=env,
+    repo = write_triton_repo(tmp_path_factory.mktemp("triton") / "repo", cpu=True, use_ranker=True, server_env=env,
                              python_instances=2)
     server = TritonServer(repo.path, env, startup_timeout=300)
     server.start()
