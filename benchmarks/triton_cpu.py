@@ -98,7 +98,7 @@ def main() -> int:
         image = vga_image(tmp)
         payload = np.fromfile(image, np.uint8)
         infer, faces = infer_ms(image, args.infer_runs)
-        repo = write_triton_repo(tmp / "repo", cpu=True, server_env=args.server_env,
+        repo = write_triton_repo(tmp / "repo", cpu=True, use_ranker=True, server_env=args.server_env,
                                  python_instances=args.python_instances, instances=args.instances)
         with TritonServer(repo.path, args.server_env) as server:
             serve_load(server.http_url, payload, 1, 2, args.timeout)  # warm-up
