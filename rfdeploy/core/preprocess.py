@@ -69,7 +69,8 @@ def preprocess(
     for c in range(3):
         dst = out[0, c, :nh, :nw]
         np.subtract(src[..., c], mean[c], out=dst, dtype=np.float32)
-        dst *= inv_std[c]
+        if inv_std[c] != 1.0:  # mean-only contracts (RetinaFace's BGR - mean) skip a pass
+            dst *= inv_std[c]
     return out, Letterbox(scale=scale if scale != 1.0 else 1.0, image_size=(w, h), input_size=(pw, ph))
 
 
