@@ -33,7 +33,8 @@ def matched_scores(pipe, gt_json: Path):
     return np.concatenate(scores), np.concatenate(labels), faces
 
 
-def f1_best_threshold(scores, labels, faces) -> tuple[float, float, float]:
+def f1_best_threshold(scores, labels, faces, beta: float = 1.0) -> tuple[float, float, float]:
+    """The score threshold with the best F-beta (beta < 1 weighs precision higher)."""
     keep = labels >= 0
     s, l = scores[keep], labels[keep]
     order = np.argsort(-s, kind="stable")
@@ -41,7 +42,8 @@ def f1_best_threshold(scores, labels, faces) -> tuple[float, float, float]:
     tp = np.cumsum(l == 1)
     fp = np.cumsum(l == 0)
     precision, recall = tp / np.maximum(tp + fp, 1), tp / max(faces, 1)
-    f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-9)
+    b2 = beta * beta
+    f1 = (1 + b2) * precision * recall / np.maximum(b2 * precision + recall, 1e-9)
     i = int(np.argmax(f1))
     return float(s[i]), float(precision[i]), float(recall[i])
 
@@ -57,6 +59,8 @@ def main():
     ap.add_argument("--out", default=None, help="where to write the bundled checkpoint (default: only report)")
     ap.add_argument("--data", type=Path, default=SHARED)
     ap.add_argument("--holdout", type=int, default=12)
+    ap.add_argument("--beta", type=float, default=1.0,
+                    help="pick the threshold by F-beta over the threshold sets (0.5: precision first)")
     ap.add_argument("--threshold-set", type=Path, action="append", default=[],
                     help="held-out labelled real photos (rfdeploy JSON, never the dev set) whose detections "
                          "join the composed scenes' when the threshold is picked; repeatable")
@@ -82,14 +86,14 @@ def main():
     # one threshold for every set together: real photos bring the body and clothing negatives
     # that composed scenes lack
     thr, p, r = f1_best_threshold(np.concatenate([x[0] for x in pooled]), np.concatenate([x[1] for x in pooled]),
-                                  sum(x[2] for x in pooled))
+                                  sum(x[2] for x in pooled), args.beta)
     thr = round(thr, 2)
-    if len(sets) > 1:
-        print(f"all threshold sets together: F1-best threshold {thr:.2f} (precision {p:.3f}, recall {r:.3f})")
+    if len(sets) > 1 or args.beta != 1.0:
+        print(f"all threshold sets together: F{args.beta:g}-best threshold {thr:.2f} (precision {p:.3f}, recall {r:.3f})")
     dev = args.data / "realfaces" / "dev" / "annotations.json"
     if dev.is_file():
         s, l, n = matched_scores(pipe, dev)
-        for t in sorted({0.5, thr}):
+        for t in sorted({0.5, 0.6, 0.7, 0.8, 0.9, thr}):
             tp, fp, faces = at_threshold(s, l, n, t)
             print(f"dev photos at {t:.2f}: {tp} of {faces} faces found, {fp} false positives "
                   f"({int(((l == 0) & (s >= max(t, 0.9))).sum())} of them >= 0.9)")
