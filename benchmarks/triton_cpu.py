@@ -39,7 +39,7 @@ def infer_ms(image: Path, runs: int) -> tuple[float, int]:
     """Median wall time of infer's per-image work (decode .. NMS), after two warm-up runs."""
     from rfdeploy.runtime.pipeline import FacePipeline
 
-    pipe = FacePipeline.create(backend="onnxruntime")
+    pipe = FacePipeline.create(backend="onnxruntime", use_ranker=True)
     for _ in range(2):
         rec = pipe.process_path(image)
     ts = []

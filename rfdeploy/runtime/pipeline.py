@@ -80,13 +80,15 @@ class FacePipeline:
         self.on_tiles = None
 
     @classmethod
-    def create(cls, *, detector=None, ranker=None, use_ranker: bool = True, backend: str = "auto", device: str = "cpu",
+    def create(cls, *, detector=None, ranker=None, use_ranker: bool | None = None, backend: str = "auto", device: str = "cpu",
                tile: str = "auto", score_thr: float | None = None, nms_iou: float = 0.4, max_det: int = 750,
                adapter=None, onnx_cache=None, fp16: bool = False, tile_batch: int = DEFAULT_TILE_BATCH, engine_cache=None,
                precision: str | None = None, cuda_graph: bool = False,
                torch_preprocess: bool | None = None) -> "FacePipeline":
         """Open the models. ``detector``/``ranker``: .safetensors/.pt checkpoints, rfdeploy .onnx, .engine,
         or (detector only) a third-party ONNX with an adapter. None: the bundled defaults.
+        ``use_ranker``: None (default) runs the ranker only when ``ranker`` is given, as ``infer``
+        does; True adds the bundled ranker when none is given; False runs the detector alone.
 
         With TensorRT (``backend="tensorrt"``, or ``auto`` where TensorRT and a CUDA GPU are present)
         checkpoints and ONNX files are built into engines for this GPU on first use, into
@@ -108,6 +110,8 @@ class FacePipeline:
             det = Detector(runner.activate())
             notes.append(f"detector {det.name}: {runner.describe()}")
         rank = None
+        if use_ranker is None:
+            use_ranker = ranker is not None
         if use_ranker:
             rank_path = Path(ranker) if ranker else bundled_model("ranker", backend)
             if not rank_path.is_file():

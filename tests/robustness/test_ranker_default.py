@@ -63,3 +63,13 @@ def test_help_says_the_default(tiny_ckpt):
         assert "--with-ranker" in text, cmd
     text = " ".join(run_cli("infer", "--help").stdout.split())
     assert "the detector runs alone" in text
+
+
+def test_library_default_matches_the_cli(tiny_ckpt, tiny_ranker_ckpt):
+    from rfdeploy.runtime.pipeline import FacePipeline
+
+    assert FacePipeline.create(detector=tiny_ckpt, backend="torch").ranker is None
+    assert FacePipeline.create(detector=tiny_ckpt, ranker=tiny_ranker_ckpt, backend="torch").ranker is not None
+    assert FacePipeline.create(detector=tiny_ckpt, ranker=tiny_ranker_ckpt, use_ranker=False, backend="torch").ranker is None
+    bundled = FacePipeline.create(detector=tiny_ckpt, use_ranker=True, backend="torch")
+    assert bundled.ranker is not None and any(n.startswith("ranker ") for n in bundled.notes)
