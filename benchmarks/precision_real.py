@@ -148,12 +148,11 @@ def ranker_report(rank: Path, out: Path, calib: list[Path], runs: int, candidate
 
 def export_defaults(out: Path) -> tuple[Path, Path]:
     from rfdeploy.export.onnx_export import export_model
-    from rfdeploy.models import load
+    from rfdeploy.models import DEFAULT_DETECTOR, DEFAULT_RANKER, load
 
-    weights = ROOT / "rfdeploy" / "models" / "weights"
     det, rank = out / "det.onnx", out / "rank.onnx"
-    export_model(load(weights / "refineface_mbv2_default.safetensors"), det)
-    export_model(load(weights / "crface_small_default.safetensors"), rank)
+    export_model(load(DEFAULT_DETECTOR), det)
+    export_model(load(DEFAULT_RANKER), rank)
     return det, rank
 
 

@@ -67,7 +67,7 @@ for i, name in enumerate(["astronaut.jpg", "grace_hopper.jpg"] * 4):
     im.crop((i * 7, i * 5, w - i * 3, h - i * 4)).save(f"calib/c{i}.jpg")
 EOF
 fi
-cp "$REPO/rfdeploy/models/weights/refineface_mbv2_default.safetensors" detector.safetensors
+cp "$REPO/rfdeploy/models/weights/refineface_mnet025_default.safetensors" detector.safetensors
 cp "$REPO/rfdeploy/models/weights/crface_small_default.safetensors" ranker.safetensors
 "${RF%rfdeploy}python" - <<'EOF'
 import json

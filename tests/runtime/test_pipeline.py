@@ -24,7 +24,9 @@ def default_onnx(tmp_path_factory):
 
 def test_bundled_models_load_with_their_contract():
     det, rank = load(DEFAULT_DETECTOR), load(DEFAULT_RANKER)
-    assert det.cfg.kind == "refineface" and det.cfg.backbone == "mobilenet_v2"
+    assert det.cfg.kind == "refineface" and det.cfg.backbone == "mobilenet_v1_025"
+    # the imported RetinaFace backbone's contract travels with the bundled detector
+    assert det.cfg.contract.channel_order == "BGR" and tuple(det.cfg.contract.mean) == (104.0, 117.0, 123.0)
     assert rank.cfg.kind == "crface" and rank.cfg.contract.resize == "long_side"
 
 
