@@ -33,7 +33,7 @@ def matched_scores(pipe, gt_json: Path):
     return np.concatenate(scores), np.concatenate(labels), faces
 
 
-def f1_best_threshold(scores, labels, faces, beta: float = 1.0) -> tuple[float, float, float]:
+def fbeta_best_threshold(scores, labels, faces, beta: float = 1.0) -> tuple[float, float, float]:
     """The score threshold with the best F-beta (beta < 1 weighs precision higher)."""
     keep = labels >= 0
     s, l = scores[keep], labels[keep]
@@ -81,11 +81,11 @@ def main():
     sets = [("held-out composed scenes", held)] + [(str(p), p) for p in args.threshold_set]
     pooled = [matched_scores(pipe, path) for _, path in sets]
     for (name, _), (s, l, n) in zip(sets, pooled):
-        t, p, r = f1_best_threshold(s, l, n)
+        t, p, r = fbeta_best_threshold(s, l, n)
         print(f"{name}: F1-best threshold {t:.2f} (precision {p:.3f}, recall {r:.3f})")
     # one threshold for every set together: real photos bring the body and clothing negatives
     # that composed scenes lack
-    thr, p, r = f1_best_threshold(np.concatenate([x[0] for x in pooled]), np.concatenate([x[1] for x in pooled]),
+    thr, p, r = fbeta_best_threshold(np.concatenate([x[0] for x in pooled]), np.concatenate([x[1] for x in pooled]),
                                   sum(x[2] for x in pooled), args.beta)
     thr = round(thr, 2)
     if len(sets) > 1 or args.beta != 1.0:
