@@ -307,13 +307,14 @@ _cuda_graph_option = click.option(
 
 
 def _use_ranker(ranker, with_ranker: bool, no_ranker: bool) -> bool:
-    """The ranker runs only when asked for (--ranker FILE or --with-ranker): measured on the dev
-    photos, the bundled one adds +0.002 AP@0.5 to the bundled detector, lowers the next detector's,
-    and costs about as much time as the detector (docs/benchmarks.md, "Ranker")."""
+    """The ranker flags as one decision (the rule itself is ``ranker_runs``): the ranker runs only
+    when asked for (--ranker FILE or --with-ranker)."""
+    from rfdeploy.runtime.logic_config import ranker_runs
+
     if no_ranker and (ranker or with_ranker):
         raise InputError("--no-ranker contradicts " + ("--ranker" if ranker else "--with-ranker"),
                          hint="the detector runs alone by default; --ranker FILE or --with-ranker adds the ranker")
-    return bool(ranker or with_ranker)
+    return ranker_runs(ranker, True if with_ranker else (False if no_ranker else None))
 
 
 def _make_pipeline(detector, adapter, ranker, with_ranker, no_ranker, backend, device, fp16, tile, score_thr, nms_iou,

@@ -54,7 +54,7 @@ from rfdeploy.engines.manifest import IOTensor, load_manifest
 from rfdeploy.export.cache import cached_export
 from rfdeploy.models import DEFAULT_DETECTOR_ONNX, DEFAULT_RANKER_ONNX
 from rfdeploy.models.config import config_from_dict
-from rfdeploy.runtime.logic_config import engine_limits, face_logic_config
+from rfdeploy.runtime.logic_config import engine_limits, face_logic_config, ranker_runs
 
 TRITON_DTYPES = {
     "float32": "TYPE_FP32", "float16": "TYPE_FP16", "bfloat16": "TYPE_BF16", "int8": "TYPE_INT8",
@@ -365,8 +365,7 @@ def write_triton_repo(
         raise InputError("max_batch, instances and python_instances must be >= 1")
     if server_env is not None and not cpu:
         raise InputError("--server-env is for CPU repositories (--cpu)")
-    if use_ranker is None:
-        use_ranker = ranker is not None
+    use_ranker = ranker_runs(ranker, use_ranker)
     if use_ranker and ranker is None and not cpu:
         raise InputError("the bundled ranker is served by CPU repositories only: a GPU repository needs the "
                          "ranker engine", hint="pass the ranker engine (--ranker), or cpu (--cpu)")

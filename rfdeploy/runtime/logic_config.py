@@ -30,6 +30,17 @@ _FALLBACK_SCORE_THR = 0.5
 _FALLBACK_CANDIDATE_THR = 0.02
 
 
+def ranker_runs(ranker, use_ranker: bool | None = None) -> bool:
+    """The one rule for whether the ranker runs, used by ``infer``/``batch``/``bench``/``eval``
+    (through the CLI and :class:`~rfdeploy.runtime.pipeline.FacePipeline`) and by Triton
+    repositories: ``use_ranker`` True or False decides; None runs it only when a ``ranker`` file is
+    given. Measured, the bundled ranker does not pay for its time on the bundled detector
+    (docs/benchmarks.md, "Ranker"), so the detector runs alone by default."""
+    if use_ranker is None:
+        return ranker is not None
+    return bool(use_ranker)
+
+
 def largest_face(detector_config) -> int:
     """The largest face (pixels at the detector's input scale) one tile must hold whole: the
     largest anchor, ``strides[-1] * max(anchor_scales)`` of a RefineFace config. Larger faces are

@@ -25,7 +25,7 @@ from rfdeploy.runtime.adapters import OnnxDetector
 from rfdeploy.runtime.backends.base import model_kind
 from rfdeploy.runtime.backends.selection import open_runner
 from rfdeploy.runtime.facelogic import FaceLogicConfig, detect_faces
-from rfdeploy.runtime.logic_config import engine_limits, face_logic_config
+from rfdeploy.runtime.logic_config import engine_limits, face_logic_config, ranker_runs
 from rfdeploy.runtime.models import Detector, Ranker, ThirdPartyDetector
 from rfdeploy.runtime.tiling import TilePolicy
 
@@ -110,8 +110,7 @@ class FacePipeline:
             det = Detector(runner.activate())
             notes.append(f"detector {det.name}: {runner.describe()}")
         rank = None
-        if use_ranker is None:
-            use_ranker = ranker is not None
+        use_ranker = ranker_runs(ranker, use_ranker)
         if use_ranker:
             rank_path = Path(ranker) if ranker else bundled_model("ranker", backend)
             if not rank_path.is_file():

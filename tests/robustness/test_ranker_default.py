@@ -48,6 +48,14 @@ def test_no_ranker_with_a_ranker_is_a_clear_error(tiny_ckpt, photo_dir, extra):
     assert_clean_failure(res, 2, "--no-ranker contradicts")
 
 
+def test_ranker_runs_is_the_one_rule():
+    from rfdeploy.runtime.logic_config import ranker_runs
+
+    assert ranker_runs(None) is False and ranker_runs("r.onnx") is True  # None: only when given
+    assert ranker_runs(None, True) is True  # the bundled ranker
+    assert ranker_runs("r.onnx", False) is False  # an explicit False wins over a given file
+
+
 def test_use_ranker_rules():
     assert _use_ranker(None, False, False) is False
     assert _use_ranker(None, False, True) is False
