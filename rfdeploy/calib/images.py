@@ -16,8 +16,7 @@ import numpy as np
 
 from rfdeploy.core.errors import InputError
 from rfdeploy.core.image_io import IMAGE_EXTENSIONS, load_image
-
-VIDEO_SUFFIXES = frozenset({".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v"})
+from rfdeploy.core.video_io import VIDEO_SUFFIXES, frame_count, is_video_file, iter_frames, open_video
 DEFAULT_VIDEO_FRAMES = 64
 
 
@@ -43,34 +42,6 @@ def load_rgb(path: str | os.PathLike) -> np.ndarray:
     return load_image(path).rgb
 
 
-def _open_video(path: Path):
-    try:
-        import av
-    except ImportError as e:
-        raise InputError(f"{path}: reading video frames needs PyAV", hint='pip install "rfdeploy[train]"') from e
-    try:
-        container = av.open(str(path))
-    except Exception as e:  # PyAV raises its own error types per container problem
-        raise InputError(f"{path}: not a readable video ({type(e).__name__}: {e})") from e
-    if not container.streams.video:
-        container.close()
-        raise InputError(f"{path}: has no video stream")
-    return container
-
-
-def video_frame_count(path: Path) -> int:
-    """Frames the decoder really gives (the count in a container's header can be larger)."""
-    container = _open_video(path)
-    try:
-        with container:
-            n = sum(1 for _ in container.decode(video=0))
-    except Exception as e:  # PyAV decode errors
-        raise InputError(f"{path}: cannot decode the video ({type(e).__name__}: {e})") from e
-    if n <= 0:
-        raise InputError(f"{path}: the video has no frames")
-    return n
-
-
 class FrameReader:
     """Frames of one video by index, decoding forward (reopened only if an earlier frame is asked for)."""
 
@@ -88,16 +59,13 @@ class FrameReader:
     def get(self, path: Path, index: int) -> np.ndarray:
         if self._path != path or index <= self._pos:
             self.close()
-            self._container = _open_video(path)
-            self._frames = self._container.decode(video=0)
+            self._container = open_video(path)
+            self._frames = iter_frames(path, self._container)
             self._path = path
-        try:
-            for frame in self._frames:
-                self._pos += 1
-                if self._pos == index:
-                    return frame.to_ndarray(format="rgb24")
-        except Exception as e:  # PyAV decode errors
-            raise InputError(f"{path}: cannot decode frame {index} ({type(e).__name__}: {e})") from e
+        for pos, rgb in self._frames:
+            self._pos = pos
+            if pos == index:
+                return rgb
         raise InputError(f"{path}: has no frame {index} (it ended after {self._pos + 1})")
 
 
@@ -115,8 +83,8 @@ def load_source(src: CalibSource, frames: FrameReader | None = None) -> np.ndarr
 def _expand(files: list[Path], video_frames: int) -> list[CalibSource]:
     out = []
     for p in files:
-        if p.suffix.lower() in VIDEO_SUFFIXES:
-            n = video_frame_count(p)
+        if is_video_file(p):
+            n = frame_count(p)
             k = min(video_frames, n)
             out += [CalibSource(p, int(i)) for i in dict.fromkeys(np.linspace(0, n - 1, k).round().astype(int))]
         else:

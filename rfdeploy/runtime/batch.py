@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,17 +82,7 @@ class PipelineActor:
 
     def _one(self, path: str, data: bytes | None) -> dict:
         try:
-            if data is None:
-                return self.pipeline.process_path(path)
-            suffix = Path(path.split("?")[0]).suffix
-            fd, tmp = tempfile.mkstemp(prefix="rfdeploy-batch-", suffix=suffix)
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    f.write(data)
-                rec = self.pipeline.process_path(tmp)
-            finally:
-                os.unlink(tmp)
-            return {**rec, "file": path}
+            return self.pipeline.process_path(path, data)
         except Exception as e:  # an unreadable image is a record, not the end of the job
             rec = error_record(path, e)  # the same record `infer` writes
             return {**rec, "file": path}

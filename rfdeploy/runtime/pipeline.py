@@ -17,7 +17,7 @@ import numpy as np
 
 from rfdeploy.core.detections import Detections
 from rfdeploy.core.errors import InputError, ModelFileError, RfdeployError
-from rfdeploy.core.image_io import load_image
+from rfdeploy.core.image_io import load_image, load_image_bytes
 from rfdeploy.core.metadata import CONTRACT, onnx_metadata
 from rfdeploy.core.sizes import DEFAULT_AUTO_MAX_INPUT, DEFAULT_TILE_BATCH
 from rfdeploy.models import DEFAULT_DETECTOR, DEFAULT_DETECTOR_ONNX, DEFAULT_RANKER, DEFAULT_RANKER_ONNX
@@ -181,11 +181,13 @@ class FacePipeline:
             self._logic, timings.add, self.on_tiles,
         )
 
-    def process_path(self, path) -> dict:
-        """Decode + detect one file -> the JSON record written by `infer --out`."""
+    def process_path(self, path, data: bytes | None = None) -> dict:
+        """Decode + detect one file -> the JSON record written by `infer --out`. ``data``: the
+        file's encoded bytes already in memory (a URI read from object storage); ``path`` then
+        only names it."""
         timings = Timings()
         t = time.perf_counter()
-        img = load_image(path)
+        img = load_image(path) if data is None else load_image_bytes(data, name=str(path))
         timings.add("decode", time.perf_counter() - t)
         dets = self.detect(img.rgb, timings)
         rec = {

@@ -21,9 +21,9 @@ import numpy as np
 from rfdeploy.core.errors import InputError
 from rfdeploy.core.fsutil import atomic_write_bytes
 from rfdeploy.core.image_io import iter_image_paths, load_image
+from rfdeploy.core.video_io import is_video_file, iter_frames
 from rfdeploy.runtime import adapters
 
-VIDEO_SUFFIXES = {".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v"}
 
 # rgb -> (boxes [M,4] x1,y1,x2,y2, scores [M]) after the teacher's own NMS
 Teacher = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
@@ -101,28 +101,21 @@ def agree(dets_a: tuple[np.ndarray, np.ndarray], dets_b: tuple[np.ndarray, np.nd
 
 
 def iter_video_frames(path: Path, every: int = 10, max_frames: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
-    """(frame index, HxWx3 uint8 RGB) for every ``every``-th decoded frame (PyAV)."""
-    try:
-        import av
-    except ImportError as e:
-        raise InputError("reading video needs PyAV", hint='pip install "rfdeploy[train]"') from e
+    """(frame index, HxWx3 uint8 RGB) for every ``every``-th decoded frame."""
     if every < 1:
         raise InputError(f"--every must be >= 1, got {every}")
-    try:
-        container = av.open(str(path))
-    except Exception as e:  # PyAV raises its own error types per container problem
-        raise InputError(f"{path}: not a readable video ({type(e).__name__}: {e})") from e
     n = 0
-    with container:
-        if not container.streams.video:
-            raise InputError(f"{path}: has no video stream")
-        for i, frame in enumerate(container.decode(video=0)):
+    frames = iter_frames(path)
+    try:
+        for i, rgb in frames:
             if i % every:
                 continue
-            yield i, frame.to_ndarray(format="rgb24")
+            yield i, rgb
             n += 1
             if max_frames is not None and n >= max_frames:
                 return
+    finally:
+        frames.close()  # closes the file now, not when the generator is collected
 
 
 def iter_sources(inputs: list[str], every: int, max_frames: int | None) -> Iterator[tuple[str, np.ndarray]]:
@@ -131,7 +124,7 @@ def iter_sources(inputs: list[str], every: int, max_frames: int | None) -> Itera
     images: list[str] = []
     for item in inputs:
         p = Path(item)
-        if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES:
+        if p.is_file() and is_video_file(p):
             for i, rgb in iter_video_frames(p, every, max_frames):
                 yield f"{p.stem}_f{i:06d}", rgb
         else:

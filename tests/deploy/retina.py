@@ -51,12 +51,12 @@ class RetinaPipeline:
         self.cfg = FaceLogicConfig(detector_contract=self.detector.contract, tile=tile, score_thr=score_thr,
                                    max_batch=4)
 
-    def process_path(self, path) -> dict:
-        from rfdeploy.core.image_io import load_image
+    def process_path(self, path, data: bytes | None = None) -> dict:
+        from rfdeploy.core.image_io import load_image, load_image_bytes
         from rfdeploy.runtime.facelogic import detect_faces
 
         t0 = time.perf_counter()
-        img = load_image(path)
+        img = load_image(path) if data is None else load_image_bytes(data, name=str(path))
         t1 = time.perf_counter()
         det = detect_faces(img.rgb, self.detector, None, self.cfg)
         t2 = time.perf_counter()
