@@ -65,6 +65,21 @@ def atomic_path(path: str | os.PathLike, suffix: str = ".part") -> Iterator[Path
         raise
 
 
+def publish_pair(primary_tmp: str | os.PathLike, primary: str | os.PathLike,
+                 companion_tmp: str | os.PathLike, companion: str | os.PathLike) -> None:
+    """Move two complete files that belong together (an engine and its manifest) into place so
+    that no reader pairs a new ``primary`` with an old ``companion``: the old companion goes first,
+    then the primary is renamed, then the companion. Between the steps a reader finds a primary
+    without its companion (an incomplete pair, to be rebuilt or waited for), never a wrong pair.
+    Both temporaries get the default file mode. Callers serialise publishers (a lock)."""
+    for tmp in (primary_tmp, companion_tmp):
+        os.chmod(tmp, _default_mode())
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(companion)
+    os.replace(primary_tmp, primary)
+    os.replace(companion_tmp, companion)
+
+
 def atomic_write_bytes(path: str | os.PathLike, data) -> None:
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         f.write(memoryview(data))

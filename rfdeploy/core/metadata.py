@@ -167,9 +167,20 @@ def read_contract(meta: Mapping[str, str], source: object) -> PreprocessContract
 def read_config(meta: Mapping[str, str], source: object) -> dict:
     """The model config a file carries, as the dict :func:`rfdeploy.models.config.config_from_dict`
     takes; ModelFileError naming ``source`` when it is missing or not a JSON object."""
-    raw = meta.get(CONFIG)
-    if not raw:
+    d = stored_config(meta, source)
+    if d is None:
         raise ModelFileError(f"{source} carries no model config ({CONFIG} metadata)")
+    return d
+
+
+def stored_config(meta: Mapping[str, str], source: object, sidecar: Path | None = None) -> dict | None:
+    """As :func:`read_config`, but None when ``meta`` has no config and ``sidecar`` (a JSON file
+    holding one, beside a checkpoint) is not given or absent."""
+    raw = meta.get(CONFIG)
+    if not raw and sidecar is not None and sidecar.is_file():
+        raw, source = sidecar.read_text(), sidecar
+    if not raw:
+        return None
     try:
         d = json.loads(raw)
     except ValueError as e:

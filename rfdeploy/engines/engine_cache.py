@@ -30,7 +30,7 @@ from rfdeploy import __version__
 from rfdeploy.core import metadata
 from rfdeploy.core.env import cuda_available, default_cache_dir
 from rfdeploy.core.errors import BackendUnavailableError, InputError, ModelFileError
-from rfdeploy.core.fsutil import sha256_file
+from rfdeploy.core.fsutil import publish_pair, sha256_file
 from rfdeploy.core.precision import cached_variant_name
 from rfdeploy.engines.backend import BuilderBackend, current_gpu
 from rfdeploy.engines.build import _default_command, build_engine
@@ -244,11 +244,7 @@ def ensure_engine(
         try:
             build_engine(build_src, tmp, [spec], compute_capabilities=ccs, prefer_backend=backend.name,
                          rebuild_command=command)
-            # Plan first: a reader between the renames sees a sha mismatch, never a wrong pairing.
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(manifest_path(engine))
-            os.replace(tmp, engine)
-            os.replace(manifest_path(tmp), manifest_path(engine))
+            publish_pair(tmp, engine, manifest_path(tmp), manifest_path(engine))
         except BaseException:
             for p in (tmp, manifest_path(tmp)):
                 with contextlib.suppress(FileNotFoundError):

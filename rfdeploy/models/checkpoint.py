@@ -73,14 +73,11 @@ def read_config(path: str | os.PathLike) -> DetectorConfig | RankerConfig | None
     """The config stored with a checkpoint (safetensors metadata or sidecar JSON), if any."""
     path = Path(path)
     meta = metadata.safetensors_metadata(path) if path.is_file() and metadata.is_safetensors(path) else {}
-    raw = meta.get(metadata.CONFIG)
-    sidecar = path.with_name(path.name + ".json")
-    if raw is None and sidecar.is_file():
-        raw = sidecar.read_text()
-    if raw is None:
+    d = metadata.stored_config(meta, path, sidecar=path.with_name(path.name + ".json"))
+    if d is None:
         return None
     try:
-        return config_from_dict(json.loads(raw))
+        return config_from_dict(d)
     except (ValueError, TypeError) as e:
         raise ModelFileError(f"the config stored with {path} is invalid: {e}") from e
 

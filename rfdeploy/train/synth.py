@@ -46,7 +46,7 @@ from PIL import Image, ImageFilter
 
 from rfdeploy.core.errors import InputError
 from rfdeploy.core.fsutil import atomic_dir
-from rfdeploy.core.image_io import load_image
+from rfdeploy.core.image_io import decode_image_bytes, load_image
 from rfdeploy.train.augment import apply_colour, colour_matrix
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -669,7 +669,8 @@ class SceneGenerator:
         if quality is not None:
             buf = io.BytesIO()
             rgb.save(buf, "JPEG", quality=quality)
-            rgb = Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+            # decoded as every input is, so the artefacts are the ones a real JPEG input carries
+            rgb = Image.fromarray(decode_image_bytes(buf.getvalue(), "a re-compressed face crop"))
         fcx, fcy = (fx1 + fx2) / 2, (fy1 + fy2) / 2
         a, b = (fx2 - fx1) / 2, (fy2 - fy1) / 2
         if p.angle != 0.0:
