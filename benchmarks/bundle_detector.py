@@ -5,6 +5,7 @@ the checkpoint with fp16 storage, and report what the threshold gives on the dev
 positives, misses) and on the example photo.
 
     python benchmarks/bundle_detector.py RUN/last.safetensors [--out rfdeploy/models/weights/X.safetensors]
+        [--beta 0.5] [--threshold-set HELD_OUT.json ...] [--tile-faces MIN:MAX]
 """
 
 from __future__ import annotations
@@ -64,7 +65,11 @@ def main():
     ap.add_argument("--threshold-set", type=Path, action="append", default=[],
                     help="held-out labelled real photos (rfdeploy JSON, never the dev set) whose detections "
                          "join the composed scenes' when the threshold is picked; repeatable")
+    ap.add_argument("--tile-faces", default=None, metavar="MIN:MAX",
+                    help="store the tiling face range in the config (sizes one pyramid pass covers, "
+                         "see DetectorConfig.tile_max_face); measure it with benchmarks/eval_8k.py --tile-faces")
     args = ap.parse_args()
+    tile_faces = tuple(int(v) for v in args.tile_faces.split(":")) if args.tile_faces else None
 
     from rfdeploy.core.examples import example_image
     from rfdeploy.core.image_io import load_image
@@ -102,6 +107,8 @@ def main():
     if args.out:
         model = load(args.checkpoint)
         model.cfg = dataclasses.replace(model.cfg, output_score_threshold=thr)
+        if tile_faces:
+            model.cfg = dataclasses.replace(model.cfg, tile_min_face=tile_faces[0], tile_max_face=tile_faces[1])
         save_checkpoint(model, args.out, dtype=__import__("torch").float16)
         print(f"wrote {args.out}")
 

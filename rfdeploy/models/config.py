@@ -61,6 +61,12 @@ class DetectorConfig:
     nms_iou: float = 0.4
     max_detections: int = 750
     output_score_threshold: float = 0.5  # what `infer` reports by default
+    # Tiling of large images: faces up to tile_max_face px (at the detector's input scale) are
+    # found whole in full-resolution tiles, larger ones in downscaled passes, each pass covering
+    # sizes tile_min_face..tile_max_face. None: the largest anchor, and the face logic's 16 px.
+    # Set per model from measurement (smaller overlaps mean fewer tiles).
+    tile_max_face: int | None = None
+    tile_min_face: int | None = None
     sml_alpha: float = 15.0
     focal_alpha: float = 0.25
     focal_gamma: float = 2.0
@@ -82,6 +88,10 @@ class DetectorConfig:
             raise ValueError("stc_threshold must be in (0, 1]")
         if self.rfe_layout not in ("paper", "stacked"):
             raise ValueError(f"rfe_layout must be 'paper' or 'stacked', got {self.rfe_layout!r}")
+        lo, hi = self.tile_min_face, self.tile_max_face
+        if (hi is not None and hi < 2) or (lo is not None and lo < 1) or (
+                lo is not None and hi is not None and lo >= hi):
+            raise ValueError(f"need 1 <= tile_min_face < tile_max_face, got {lo}, {hi}")
         if self.head_convs < 2 or (self.use_rfe and self.head_convs < 3):
             raise ValueError("head_convs must be >= 2 (>= 3 with RFE, which replaces the middle convs)")
 

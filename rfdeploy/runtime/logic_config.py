@@ -43,8 +43,12 @@ def ranker_runs(ranker, use_ranker: bool | None = None) -> bool:
 
 def largest_face(detector_config) -> int:
     """The largest face (pixels at the detector's input scale) one tile must hold whole: the
-    largest anchor, ``strides[-1] * max(anchor_scales)`` of a RefineFace config. Larger faces are
-    found in a downscaled pass of the pyramid."""
+    config's ``tile_max_face`` where the model sets one, else its largest anchor,
+    ``strides[-1] * max(anchor_scales)``. Larger faces are found in a downscaled pass of the
+    pyramid."""
+    chosen = getattr(detector_config, "tile_max_face", None)
+    if chosen:
+        return int(chosen)
     strides = getattr(detector_config, "strides", None)
     scales = getattr(detector_config, "anchor_scales", None)
     if not strides or not scales:
@@ -125,6 +129,9 @@ def face_logic_config(
         face = largest_face(detector_config)
         size = policy.size if policy.mode == "size" else (
             policy.tile_size(1 << 30, 1 << 30, tile_limit(cfg)) if policy.mode == "auto" else None)
-        return dataclasses.replace(cfg, tile_max_face=face if size is not None and size > 2 * face else None)
+        min_face = getattr(detector_config, "tile_min_face", None) or cfg.tile_min_face
+        fits = size is not None and size > 2 * face
+        return dataclasses.replace(cfg, tile_max_face=face if fits else None,
+                                   tile_min_face=min(min_face, face - 1) if fits else cfg.tile_min_face)
     except ValueError as e:  # e.g. a tile larger than the engine's input
         raise InputError(str(e)) from None

@@ -121,3 +121,29 @@ def test_tile_policy_parses_once_and_writes_back():
     for bad in ("12", "big", ""):
         with pytest.raises(ValueError):
             TilePolicy.parse(bad)
+
+
+def test_a_models_tile_face_range_sets_the_plan():
+    """DetectorConfig.tile_max_face / tile_min_face (measured per model) replace the largest
+    anchor: smaller overlaps, fewer tiles; the range is validated where the config is made."""
+    from rfdeploy.core.contract import PreprocessContract
+    from rfdeploy.models.config import DetectorConfig
+    from rfdeploy.runtime.logic_config import face_logic_config, largest_face
+
+    contract = PreprocessContract()
+    plain, ranged = DetectorConfig(), DetectorConfig(tile_max_face=192, tile_min_face=24)
+    assert largest_face(plain) == round(128 * 2 * 2 ** 0.5) and largest_face(ranged) == 192
+    by_anchor = face_logic_config(detector_contract=contract, detector_config=plain)
+    chosen = face_logic_config(detector_contract=contract, detector_config=ranged)
+    assert (by_anchor.tile_max_face, by_anchor.tile_min_face) == (362, 16)
+    assert (chosen.tile_max_face, chosen.tile_min_face) == (192, 24)
+    wide, narrow = plan_for(*UHD_8K, by_anchor), plan_for(*UHD_8K, chosen)
+    assert {p.overlap for p in narrow.passes} == {192 + 2 * chosen.seam_margin}
+    assert sum(len(p.tiles) for p in narrow.passes) < sum(len(p.tiles) for p in wide.passes)
+    # each pass covers sizes min..max at its scale: consecutive passes differ by at most 192 / 24
+    scales = [p.scale_x for p in narrow.passes]
+    assert all(a / b <= 192 / 24 + 1e-6 for a, b in zip(scales, scales[1:]))
+    for bad in (dict(tile_max_face=100, tile_min_face=100), dict(tile_max_face=1), dict(tile_min_face=0)):
+        with pytest.raises(ValueError, match="tile_min_face"):
+            DetectorConfig(**bad)
+    assert DetectorConfig.from_dict(ranged.to_dict()) == ranged
