@@ -60,9 +60,10 @@ class TrtRunner(Runner):
         return int(best[2]), int(best[3])
 
     def min_input(self) -> tuple[int, int]:
-        """(width, height) inputs are padded up to, so small images and passes fit a profile."""
+        """Smallest (height, width) of the profiles: inputs are padded up to it, so small images
+        and passes fit a profile. The same order as ``max_input``."""
         least = min((p.shapes["image"].min for p in self.manifest.profiles), key=lambda s: s[2] * s[3])
-        return int(least[3]), int(least[2])
+        return int(least[2]), int(least[3])
 
     def activate(self):
         with self._activating:  # workers may call infer before anyone activated
