@@ -11,6 +11,12 @@ from rfdeploy.train.augment import RefineFaceAugment
 from rfdeploy.train.recipes import default_detector_config, synthetic_dataset, train_default_ranker, with_labelled_sets
 
 
+def _require_scene_folders(d: Path, hint: str) -> None:
+    """Composed scenes need face crops and backgrounds (``synth-data``'s input layout)."""
+    if not (d / "facecrops").is_dir() or not (d / "backgrounds").is_dir():
+        raise InputError(f"{d} has no facecrops/ and backgrounds/", hint=hint)
+
+
 def train_detector_cli(*, data, annotations, preset, out, steps, batch_size, size, lr, device, workers, time_budget,
                        use_fsm, imagenet, extra_annotations=(), extra_repeats=1, init_checkpoint=None, freeze_stages=0,
                        init_backbone=None):
@@ -35,8 +41,7 @@ def train_detector_cli(*, data, annotations, preset, out, steps, batch_size, siz
 
         ds = DetectionDataset(read_annotations(annotations, d), contract=cfg.contract, transform=RefineFaceAugment(size=size))
     else:
-        if not (d / "facecrops").is_dir() or not (d / "backgrounds").is_dir():
-            raise InputError(f"{d} has no facecrops/ and backgrounds/", hint="or give --annotations for a labelled dataset")
+        _require_scene_folders(d, hint="or give --annotations for a labelled dataset")
         ds = synthetic_dataset(d, cfg, length=batch_size * 200, size=size)
     if extra_annotations:
         for ann in extra_annotations:
@@ -81,8 +86,7 @@ def train_ranker_cli(*, data, detectors, out, scenes, steps, batch_size, device,
     from rfdeploy.train.recipes import default_ranker_config, small_ranker_config
 
     d = Path(data)
-    if not (d / "facecrops").is_dir() or not (d / "backgrounds").is_dir():
-        raise InputError(f"{d} has no facecrops/ and backgrounds/", hint="the ranker trains on composed scenes")
+    _require_scene_folders(d, hint="the ranker trains on composed scenes")
     ckpts = [p for p in detectors if Path(p).suffix.lower() != ".onnx"]
     onnx = [p for p in detectors if Path(p).suffix.lower() == ".onnx"]
     if len(ckpts) != 1:

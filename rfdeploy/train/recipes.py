@@ -6,6 +6,7 @@ own WIDER FACE / JSON datasets. Nothing here trains on WIDER FACE unless the use
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from pathlib import Path
@@ -104,14 +105,22 @@ def train_default_detector(data_dir, out_dir, *, device="cpu", steps=20000, batc
                           init_checkpoint=init_checkpoint, use_fsm=use_fsm)
 
 
-def candidate_source(detector_path, device="cpu", min_score: float = 0.01, tile: str = "off"):
+def candidate_source(detector, device="cpu", min_score: float = 0.01, tile: str = "off"):
     """rgb -> (boxes, scores): a detector's full candidate set on the fastest backend available
     (onnxruntime on CPU), through the same face logic as inference; ``tile="auto"`` merges the
-    tiled pyramid passes as ``infer`` does on large images."""
+    tiled pyramid passes as ``infer`` does on large images. ``detector``: a model file, or an
+    opened :class:`Detector` (so several sources share one session)."""
 
-    det = Detector(open_runner(detector_path, device=device).activate())
+    det = detector if isinstance(detector, Detector) else Detector(open_runner(detector, device=device).activate())
     logic = face_logic_config(detector_contract=det.contract, detector_config=det.cfg, tile=tile, candidate_thr=min_score)
     return lambda rgb: detect_candidates(rgb, det.run_batch, logic)
+
+
+def composed_scenes(gen: SceneGenerator, count: int):
+    """(rgb uint8, face boxes without the ignore-flagged ones) for scenes 0..count-1 of ``gen``."""
+    for i in range(count):
+        sc = gen.generate(i)
+        yield np.asarray(sc.image.convert("RGB")), sc.boxes[~sc.ignore]
 
 
 def labelled_images(annotation_files, limit: int | None = None):
@@ -146,31 +155,21 @@ def train_default_ranker(data_dir, detector_ckpt, out_dir, *, device="cpu", scen
     cfg = cfg or default_ranker_config()
     d = Path(data_dir)
     gen = SceneGenerator(d / "facecrops", d / "backgrounds", out_size=((640, 480), (1920, 1440)), seed=7, exclude_crops=NOISY_CROPS)
-    detectors = [candidate_source(detector_ckpt, device)]
+    ours = Detector(open_runner(detector_ckpt, device=device).activate())
+    detectors = [candidate_source(ours)]
     for onnx_path in extra_onnx_detectors:
         det = OnnxDetector(onnx_path)
         require_trainable(det.adapter, "train the ranker")
         detectors.append(det.detect_candidates)
     t = time.time()
 
-    def scenes_iter():
-        for i in range(scenes):
-            sc = gen.generate(i)
-            yield np.asarray(sc.image.convert("RGB")), sc.boxes[~sc.ignore]
-        for rgb, boxes in labelled_images(extra_annotations, extra_images):
-            yield rgb, boxes
-
-    items = build_ranker_samples(scenes_iter(), detectors, cfg)
+    images = itertools.chain(composed_scenes(gen, scenes), labelled_images(extra_annotations, extra_images))
+    items = build_ranker_samples(images, detectors, cfg)
     if large_scenes:
         big = SceneGenerator(d / "facecrops", d / "backgrounds", out_size=tuple(large_size), faces_per_image=(4, 16),
                              face_size=(12, 1200), seed=11, exclude_crops=NOISY_CROPS)
-
-        def large_iter():
-            for i in range(large_scenes):
-                sc = big.generate(i)
-                yield np.asarray(sc.image.convert("RGB")), sc.boxes[~sc.ignore]
-
-        items += build_ranker_samples(large_iter(), [candidate_source(detector_ckpt, device, tile="auto")] + detectors[1:], cfg)
+        tiled = [candidate_source(ours, tile="auto")] + detectors[1:]
+        items += build_ranker_samples(composed_scenes(big, large_scenes), tiled, cfg)
     prep_s = time.time() - t
     opts = TrainOptions(steps=steps, batch_size=batch_size, device=device, workers=workers, optimizer="adam", lr=lr,
                         final_lr_ratio=final_lr_ratio, warmup_steps=0, time_budget_s=time_budget_s, log_every=10, save_every=100,

@@ -229,8 +229,11 @@ class RankerSamples(torch.utils.data.Dataset):
         x, cand, oracle = self.items[i]
         x, cand, oracle = torch.from_numpy(x), torch.from_numpy(cand), torch.from_numpy(oracle)
         rng = np.random.default_rng([self.seed, self.epoch, i])
+        flip = self.flip and rng.random() < 0.5
+        if not (flip or self.augment):
+            return x, cand, oracle
         valid_h, valid_w = self._valid_hw(x)
-        if self.flip and rng.random() < 0.5:
+        if flip:
             # horizontal flip of the image content; padding stays bottom/right, so flip the
             # valid width only (candidates are normalised by the valid image size)
             x = x.clone()
