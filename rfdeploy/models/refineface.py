@@ -202,20 +202,88 @@ class RefineFace(nn.Module):
             setattr(self, n, t.to(device=getattr(self, n).device, dtype=torch.float32))
         return out
 
-    def forward_raw(self, images: torch.Tensor) -> dict:
-        """Head outputs and anchors per level: what the losses and the decoder consume."""
+    def forward_raw(self, images: torch.Tensor, anchors: bool = True) -> dict:
+        """Head outputs (and, with ``anchors``, the anchors) per level: what the losses and the
+        decoder consume."""
         cfg = self.cfg
         images = images.to(self.fpn.lateral[0].weight.dtype)  # callers may pass fp32 to an fp16 model
         first, second = self.fpn(self.backbone(images))
-        anchors = [self._anchors(l, f) for l, f in enumerate(second)]
-        return {
-            "anchors": anchors,
+        b = images.shape[0]
+        cls1, cls2 = {}, []
+        for l, p in enumerate(second):
+            if l in cfg.stc_levels:
+                # both STC steps share the classification module and, per level, the feature size:
+                # one call on the two maps stacked in the batch instead of two (fewer graph nodes)
+                both = self.cls_head(torch.cat([first[l], p], 0))[..., 0]
+                cls1[l], score = both[:b], both[b:]
+            else:
+                score = self.cls_head(p)[..., 0]
+            cls2.append(score)
+        out = {
             "features": second,
-            "cls1": {l: self.cls_head(first[l])[..., 0] for l in cfg.stc_levels},
+            "cls1": cls1,
             "reg1": {l: self.box_head_first(first[l]) for l in cfg.str_levels},
-            "cls2": [self.cls_head(p)[..., 0] for p in second],
+            "cls2": cls2,
             "reg2": [self.box_head(p) for p in second],
         }
+        if anchors:
+            out["anchors"] = [self._anchors(l, f) for l, f in enumerate(second)]
+        return out
+
+    def _grid(self, feats: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """What maps a flat candidate index to its anchor, per level plus one padding level:
+        first flat index (int64 [L+1]; the last is where the padding rows start), feature width
+        (int64 [L+1]), stride (float32 [L+1], 0 for padding) and anchor sizes (float32
+        [(L+1)*A, 2], zeros for padding). Built from the traced shapes when exporting, so the
+        graph stays valid for any input size; cached per feature size otherwise."""
+        a = self.cfg.num_anchors
+        dev = feats[0].device
+        wh = torch.cat([getattr(self, f"anchor_wh{l}") for l in range(len(feats))]
+                       + [getattr(self, "anchor_wh0").new_zeros((a, 2))], 0)
+        if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+            shapes = [torch._shape_as_tensor(f) for f in feats]
+            counts = [s[2] * s[3] * a for s in shapes]
+            starts = [counts[0] * 0]
+            for n in counts:
+                starts.append(starts[-1] + n)
+            widths = torch.stack([s[3] for s in shapes] + [starts[0] + 1])
+            strides = torch.tensor([float(s) for s in self.cfg.strides] + [0.0], device=dev)
+            return torch.stack(starts), widths, strides, wh
+        key = ("grid", tuple((int(f.shape[-2]), int(f.shape[-1])) for f in feats), dev)
+        cached = self._anchor_cache.get(key + ("starts",))
+        if cached is None:
+            if len(self._anchor_cache) > 64:
+                self._anchor_cache.clear()
+            counts = [int(f.shape[-2]) * int(f.shape[-1]) * a for f in feats]
+            starts = [0]
+            for n in counts:
+                starts.append(starts[-1] + n)
+            self._anchor_cache[key + ("starts",)] = torch.tensor(starts, device=dev)
+            self._anchor_cache[key + ("widths",)] = torch.tensor([int(f.shape[-1]) for f in feats] + [1], device=dev)
+            self._anchor_cache[key + ("strides",)] = torch.tensor([float(s) for s in self.cfg.strides] + [0.0],
+                                                                 device=dev)
+            self._anchor_cache[key + ("wh",)] = wh
+        return tuple(self._anchor_cache[key + (n,)] for n in ("starts", "widths", "strides", "wh"))
+
+    def _anchors_at(self, idx: torch.Tensor, feats: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Anchors (cx, cy, w, h) [B,K,4] of flat candidate indices (levels concatenated, then the
+        padding rows), the same values as ``level_anchors``, and each index's level [B,K]
+        (``len(feats)`` for padding). Computed from the indices alone: the full anchor grids
+        cost more graph nodes than the network's small levels."""
+        starts, widths, strides, wh = self._grid(feats)
+        a = self.cfg.num_anchors
+        level = (idx.unsqueeze(-1) >= starts[1:]).sum(-1)  # [B,K] in 0..L
+        local = idx - starts[level]
+        cell = torch.div(local, a, rounding_mode="floor")
+        anchor = local - cell * a
+        w = widths[level]
+        y = torch.div(cell, w, rounding_mode="floor")
+        x = cell - y * w
+        stride = strides[level]
+        cx = (x.to(torch.float32) + 0.5) * stride
+        cy = (y.to(torch.float32) + 0.5) * stride
+        size = wh[level * a + anchor]  # [B,K,2]
+        return torch.cat([cx.unsqueeze(-1), cy.unsqueeze(-1), size], -1), level
 
     def decode_levels(self, raw: dict) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Per level: boxes [B, n_l, 4] (x1, y1, x2, y2 input pixels) and scores [B, n_l]."""
@@ -240,35 +308,34 @@ class RefineFace(nn.Module):
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """boxes [B,K,4], scores [B,K]: the same candidates as ``decode_levels`` + ``select_candidates``,
-        but only the K selected anchors are decoded (decoding every anchor costs more than the
+        but only the K selected anchors are built and decoded (every anchor costs more than the
         selection on a CPU)."""
-        raw = self.forward_raw(images)
+        raw = self.forward_raw(images, anchors=False)
         cfg = self.cfg
         cv, sv = cfg.center_variance, cfg.size_variance
-        scores, anchors, deltas = [], [], []
-        for l, a in enumerate(raw["anchors"]):
+        scores, first_deltas, deltas = [], [], []
+        for l, reg2 in enumerate(raw["reg2"]):
             score = torch.sigmoid(raw["cls2"][l].float())
             if l in raw["cls1"]:
                 neg = 1.0 - torch.sigmoid(raw["cls1"][l].float())
                 score = torch.where(neg > cfg.stc_threshold, torch.zeros_like(score), score)
-            a = a.float().unsqueeze(0)
-            if l in raw["reg1"]:  # STR levels (P5-P7) hold few anchors: refine them all
-                a = decode(raw["reg1"][l].float(), a, cv, sv)
-            else:
-                a = a.expand(score.shape[0], -1, -1)
             scores.append(score)
-            anchors.append(a)
-            deltas.append(raw["reg2"][l].float())
+            deltas.append(reg2.float())
+            # STR levels refine their anchors first; elsewhere zero deltas decode to the anchor
+            # itself, exactly (a + 0 * w, w * exp(0))
+            first_deltas.append(raw["reg1"][l].float() if l in raw["reg1"] else torch.zeros_like(deltas[-1]))
         k = cfg.candidates
         b = scores[0].shape[0]
         # k padding rows (score -1, empty anchor) keep the selection valid for any input size;
         # a padding row decodes to the empty box at the origin and scores 0
         s = torch.cat(scores + [scores[0].new_full((b, k), -1.0)], 1)
-        a = torch.cat(anchors + [anchors[0].new_zeros((b, k, 4))], 1)
+        d1 = torch.cat(first_deltas + [deltas[0].new_zeros((b, k, 4))], 1)
         d = torch.cat(deltas + [deltas[0].new_zeros((b, k, 4))], 1)
         top, idx = _topk_chunked(s, k)
         pick = idx.unsqueeze(-1).expand(-1, -1, 4)
-        boxes = cxcywh_to_xyxy(decode(torch.gather(d, 1, pick), torch.gather(a, 1, pick), cv, sv))
+        anchors, _ = self._anchors_at(idx, raw["features"])
+        anchors = decode(torch.gather(d1, 1, pick), anchors, cv, sv)
+        boxes = cxcywh_to_xyxy(decode(torch.gather(d, 1, pick), anchors, cv, sv))
         return boxes, top.clamp(min=0.0)
 
 

@@ -39,6 +39,7 @@ def test_graph_is_inference_only(exported_detector, det_cfg):
     assert "RoiAlign" not in ops  # FSM is training-only
     assert {"TopK", "Sigmoid", "Exp"} <= ops  # decode + candidate selection live in the graph
     assert "NonMaxSuppression" not in ops  # NMS stays outside
+    assert "Range" not in ops  # no full anchor grid: anchors are built for the selected indices only
     assert [o.name for o in m.graph.output] == ["boxes", "scores"]
     assert [i.name for i in m.graph.input] == ["image"]
     # no FSM / loss parameters: the FSM head's weight shapes appear nowhere in the initializers

@@ -241,3 +241,33 @@ def test_forward_decodes_only_the_selected_anchors_with_the_same_result(tiny_det
         rb, rs = select_candidates(*m.decode_levels(m.forward_raw(x)), tiny_det_cfg.candidates)
     assert torch.equal(s, rs)
     assert torch.allclose(b, rb, atol=1e-4)
+
+
+@pytest.mark.parametrize("hw", [(96, 128), (97, 255)])
+def test_anchors_from_indices_equal_the_anchor_grids(tiny_det_cfg, hw):
+    # forward builds anchors only for the selected indices; every index (padding included) must
+    # give exactly what the full grids (level_anchors, used by training and decode_levels) hold
+    m = build(tiny_det_cfg).eval()
+    with torch.no_grad():
+        raw = m.forward_raw(torch.zeros(1, 3, *hw))
+    grids = torch.cat(raw["anchors"])
+    pad = 7
+    idx = torch.arange(grids.shape[0] + pad).unsqueeze(0)
+    anchors, level = m._anchors_at(idx, raw["features"])
+    assert torch.equal(anchors[0, :grids.shape[0]], grids)
+    assert torch.equal(anchors[0, grids.shape[0]:], torch.zeros(pad, 4))
+    sizes = torch.tensor([a.shape[0] for a in raw["anchors"]])
+    assert torch.equal(level[0], torch.repeat_interleave(torch.arange(len(sizes) + 1), torch.cat([sizes, torch.tensor([pad])])))
+
+
+def test_stc_levels_share_one_classification_call_per_level(tiny_det_cfg):
+    # the two STC steps run the shared classifier once on both maps stacked in the batch: the
+    # result must equal two separate calls
+    m = build(tiny_det_cfg).eval()
+    x = torch.rand(2, 3, 96, 128) * 255
+    with torch.no_grad():
+        raw = m.forward_raw(x)
+        first, second = m.fpn(m.backbone(x))
+        for l in tiny_det_cfg.stc_levels:
+            assert torch.allclose(raw["cls1"][l], m.cls_head(first[l])[..., 0], atol=1e-5)
+            assert torch.allclose(raw["cls2"][l], m.cls_head(second[l])[..., 0], atol=1e-5)
