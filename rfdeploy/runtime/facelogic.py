@@ -39,6 +39,7 @@ from rfdeploy.core.preprocess import (
 )
 from rfdeploy.runtime.tiling import (
     DEFAULT_AUTO_TILE,
+    MIN_TILE,
     Pass,
     Tile,
     TilePlan,
@@ -74,6 +75,7 @@ class FaceLogicConfig:
     ``ranker_min_input``: the same for the ranker's input.
     ``tile``: a :class:`~rfdeploy.runtime.tiling.TilePolicy` (``auto|off|SIZE`` as in ``rfdeploy infer
     --tile``; a string is parsed once, here, and ``to_dict`` writes it back as one).
+    ``auto_tile``: the tile side ``tile=auto`` cuts images too large to run whole into.
     ``tile_max_face``: largest face (px at tile scale) a tile must hold whole; default tile // 4.
     ``ranker_boxes``: the ranker's N (rows of its boxes input); 0 = no ranker.
     ``device``: None = pre/post-processing in numpy on the host; a torch device (``cuda:0``,
@@ -89,6 +91,7 @@ class FaceLogicConfig:
     max_input_size: tuple[int, int] | None = None
     ranker_min_input: tuple[int, int] | None = None
     tile: TilePolicy | str = "auto"
+    auto_tile: int = DEFAULT_AUTO_TILE
     tile_max_face: int | None = None
     tile_min_face: int = 16
     seam_margin: int = 2
@@ -117,6 +120,8 @@ class FaceLogicConfig:
             if v is not None:
                 object.__setattr__(self, name, (int(v[0]), int(v[1])))
         object.__setattr__(self, "tile", TilePolicy.parse(self.tile))  # ValueError for a bad spec
+        if self.auto_tile < MIN_TILE:
+            raise ValueError(f"auto_tile must be >= {MIN_TILE}, got {self.auto_tile}")
         self.tile.tile_size(1, 1, tile_limit(self))  # ValueError for a tile larger than the input
 
     def to_dict(self) -> dict:
@@ -170,15 +175,16 @@ def plan_for(width: int, height: int, cfg: FaceLogicConfig) -> TilePlan | None:
         if pw <= cfg.max_input_size[0] and ph <= cfg.max_input_size[1] and (
                 cfg.max_input is None or max(width, height) <= cfg.max_input):
             return None
-        policy = TilePolicy("size", min(DEFAULT_AUTO_TILE, limit))  # too large (or the wrong way round) to run whole
-    tile = policy.tile_size(width, height, limit)
+        policy = TilePolicy("size", min(cfg.auto_tile, limit))  # too large (or the wrong way round) to run whole
+    tile = policy.tile_size(width, height, limit, cfg.auto_tile)
     if tile is None:
         return None
     max_face = cfg.tile_max_face or tile // 4
     if max_face + 2 * cfg.seam_margin >= tile:
         # a small engine input: smaller faces per tile, more (downscaled) passes cover the rest
         max_face = tile // 4
-    return plan_pyramid(width, height, tile, max_face, min(cfg.tile_min_face, max_face - 1), cfg.seam_margin)
+    return plan_pyramid(width, height, tile, max_face, min(cfg.tile_min_face, max_face - 1), cfg.seam_margin,
+                        cfg.detector_contract.pad_multiple)
 
 
 def detector_input_shapes(width: int, height: int, cfg: FaceLogicConfig) -> list[tuple[int, int, int, int]]:
@@ -233,33 +239,44 @@ def detector_batches(rgb, cfg: FaceLogicConfig, timer: Timer = _no_timer) -> Ite
         yield x, [TileJob(None, None, lb)]
         return
     if on_host:
-        tiles, concat = _host_tiles, np.concatenate
-    else:
-        import torch
+        yield from _host_batches(rgb, plan, cfg, timer)
+        return
+    import torch
 
-        tiles, concat = _torch_tiles, torch.cat
     for p in plan.passes:
         t0 = time.perf_counter()
         rows, jobs = [], []
-        for x, lb, t in tiles(rgb, p, cfg):
+        for x, lb, t in _torch_tiles(rgb, p, cfg):
             rows.append(x)
             jobs.append(TileJob(p, t, lb))
             if len(rows) == cfg.max_batch:
                 timer("preprocess", time.perf_counter() - t0)
-                yield concat(rows), jobs
+                yield torch.cat(rows), jobs
                 rows, jobs = [], []
                 t0 = time.perf_counter()
         if rows:
             timer("preprocess", time.perf_counter() - t0)
-            yield concat(rows), jobs
+            yield torch.cat(rows), jobs
 
 
-def _host_tiles(rgb: np.ndarray, p: Pass, cfg: FaceLogicConfig):
-    """(1x3xHxW input, letterbox, tile) per tile of one pass, in numpy."""
-    scaled = _resize(rgb, p.width, p.height)
-    for t in p.tiles:
-        x, lb = preprocess(np.ascontiguousarray(t.crop(scaled)), cfg.detector_contract, cfg.min_input)
-        yield x, lb, t
+def _host_batches(rgb: np.ndarray, plan: TilePlan, cfg: FaceLogicConfig, timer: Timer):
+    """The tiled batches in numpy: each pass resized once, each tile normalised straight from
+    its view of the pass into its row of the batch (no per-tile copies, no concatenation)."""
+    for p in plan.passes:
+        t0 = time.perf_counter()
+        scaled = _resize(rgb, p.width, p.height)
+        th, tw = p.tile_shape
+        pw, ph = input_size(tw, th, cfg)
+        for i in range(0, len(p.tiles), cfg.max_batch):
+            chunk = p.tiles[i:i + cfg.max_batch]
+            batch = np.zeros((len(chunk), 3, ph, pw), np.float32)
+            jobs = []
+            for row, t in zip(batch, chunk):
+                _, lb = preprocess(t.crop(scaled), cfg.detector_contract, cfg.min_input, out=row)
+                jobs.append(TileJob(p, t, lb))
+            timer("preprocess", time.perf_counter() - t0)
+            yield batch, jobs
+            t0 = time.perf_counter()
 
 
 def _torch_tiles(rgb, p: Pass, cfg: FaceLogicConfig):

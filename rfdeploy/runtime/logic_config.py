@@ -14,7 +14,13 @@ import dataclasses
 
 from rfdeploy.core.contract import PreprocessContract
 from rfdeploy.core.errors import InputError
-from rfdeploy.core.sizes import DEFAULT_AUTO_MAX_INPUT, DEFAULT_TILE_BATCH
+from rfdeploy.core.sizes import (
+    DEFAULT_AUTO_MAX_INPUT,
+    DEFAULT_AUTO_TILE,
+    DEFAULT_TILE_BATCH,
+    HOST_AUTO_TILE,
+    HOST_BATCH_PIXELS,
+)
 from rfdeploy.engines.profiles import input_limits
 from rfdeploy.runtime.facelogic import FaceLogicConfig, tile_limit
 from rfdeploy.runtime.tiling import TilePolicy
@@ -92,7 +98,8 @@ def face_logic_config(
     :class:`~rfdeploy.engines.profiles.InputLimits` (see :func:`engine_limits`), None for runners
     that take any shape; then images whose long side fits ``max_untiled`` run whole.
     ``network_max_batch``: a fixed batch size of a network without limits (None: any).
-    ``tile_batch``: most tiles per detector call asked for (capped by the engine). ``score_thr``
+    ``tile_batch``: most tiles per detector call asked for (capped by the engine; without one, also
+    by ``HOST_BATCH_PIXELS`` per call, as ``tile=auto`` then cuts ``HOST_AUTO_TILE``-px tiles). ``score_thr``
     and ``candidate_thr``: None = the detector config's. Raises InputError for bad settings.
     """
     try:
@@ -102,11 +109,17 @@ def face_logic_config(
     if tile_batch < 1:
         raise InputError(f"the tile batch must be >= 1, got {tile_batch}")
     limit = detector_limits.max_batch if detector_limits is not None else network_max_batch
+    # engines: the 1024-px tiles their default profile is tuned for, batched; any-shape runners:
+    # the largest untiled input as the tile, and a pixel budget per call
+    auto_tile = DEFAULT_AUTO_TILE if detector_limits is not None else min(HOST_AUTO_TILE, max_untiled)
     if score_thr is None:
         score_thr = getattr(detector_config, "output_score_threshold", _FALLBACK_SCORE_THR)
     if candidate_thr is None:
         candidate_thr = getattr(detector_config, "score_threshold", _FALLBACK_CANDIDATE_THR)
     try:
+        if detector_limits is None:
+            side = policy.size if policy.mode == "size" else auto_tile
+            tile_batch = min(tile_batch, max(1, HOST_BATCH_PIXELS // (side * side)))
         cfg = FaceLogicConfig(
             detector_contract=detector_contract,
             ranker_contract=ranker_contract,
@@ -117,6 +130,7 @@ def face_logic_config(
             min_input=detector_limits.min_size if detector_limits is not None else None,
             ranker_min_input=ranker_limits.min_size if ranker_limits is not None else None,
             tile=policy,
+            auto_tile=max(auto_tile, 64),
             candidate_thr=float(candidate_thr),
             max_candidates=max(MERGED_CANDIDATES, ranker_boxes),
             nms_iou=nms_iou,
@@ -128,7 +142,7 @@ def face_logic_config(
         # small input) fall back to the face logic's tile // 4 and take more downscaled passes.
         face = largest_face(detector_config)
         size = policy.size if policy.mode == "size" else (
-            policy.tile_size(1 << 30, 1 << 30, tile_limit(cfg)) if policy.mode == "auto" else None)
+            policy.tile_size(1 << 30, 1 << 30, tile_limit(cfg), cfg.auto_tile) if policy.mode == "auto" else None)
         min_face = getattr(detector_config, "tile_min_face", None) or cfg.tile_min_face
         fits = size is not None and size > 2 * face
         return dataclasses.replace(cfg, tile_max_face=face if fits else None,

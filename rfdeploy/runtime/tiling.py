@@ -65,32 +65,42 @@ class Tile:
         return image[self.y0 : self.y1, self.x0 : self.x1]
 
 
-def _axis_starts(length: int, tile: int, overlap: int) -> list[int]:
-    """Tile starts along one axis: first at 0, last at ``length - tile``, steps ``<= tile - overlap``."""
+def _axis_tiling(length: int, tile: int, overlap: int, multiple: int = 1) -> tuple[int, list[int]]:
+    """(tile side, tile starts) along one axis: the fewest tiles of at most ``tile`` that overlap
+    by ``>= overlap``, then the smallest side (a multiple of ``multiple``, or ``tile``) with which
+    that many tiles still do. First start 0, last ``length - side``, steps ``<= side - overlap``."""
     if length <= tile:
-        return [0]
+        return length, [0]
     n = 1 + -(-(length - tile) // (tile - overlap))  # fewest tiles whose steps fit
-    span = length - tile
-    # Integer steps floor/ceil(span / (n-1)) <= tile - overlap, spread evenly.
-    return [(i * span) // (n - 1) for i in range(n)]
+    # n tiles of side T cover the axis with steps <= T - overlap iff n*T >= length + (n-1)*overlap
+    side = -(-(length + (n - 1) * overlap) // n)
+    side = min(tile, -(-side // multiple) * multiple)
+    span = length - side
+    # Integer steps floor/ceil(span / (n-1)) <= side - overlap, spread evenly.
+    return side, [(i * span) // (n - 1) for i in range(n)]
 
 
-def plan_tiles(width: int, height: int, tile: int, overlap: int) -> list[Tile]:
-    """Cover a ``width`` x ``height`` image with ``tile`` x ``tile`` crops overlapping by ``>= overlap``.
+def plan_tiles(width: int, height: int, tile: int, overlap: int, multiple: int = 1) -> list[Tile]:
+    """Cover a ``width`` x ``height`` image with crops of at most ``tile`` x ``tile`` overlapping by
+    ``>= overlap``.
 
-    Every tile has the same shape ``min(tile, width)`` x ``min(tile, height)`` (no slivers: edge tiles
-    are shifted inward), so all tiles of an image can share one batch. Row-major order.
+    Every tile has the same shape (no slivers: edge tiles are shifted inward), so all tiles of an
+    image can share one batch. Per axis: the fewest tiles of side ``tile``, then the side shrunk
+    to the smallest multiple of ``multiple`` (the detector's padding) that still covers the axis
+    with that many tiles, so the overlap is not larger than it must be. Row-major order.
     """
-    for name, v in (("width", width), ("height", height), ("tile", tile), ("overlap", overlap)):
+    for name, v in (("width", width), ("height", height), ("tile", tile), ("overlap", overlap),
+                    ("multiple", multiple)):
         if not isinstance(v, (int, np.integer)) or isinstance(v, bool):
             raise TypeError(f"{name} must be an int, got {type(v).__name__}")
     if width < 1 or height < 1:
         raise ValueError(f"image size must be positive, got {width}x{height}")
     if not (0 <= overlap < tile):
         raise ValueError(f"need 0 <= overlap < tile, got overlap={overlap}, tile={tile}")
-    tw, th = min(tile, width), min(tile, height)
-    xs = _axis_starts(width, tile, overlap)
-    ys = _axis_starts(height, tile, overlap)
+    if multiple < 1:
+        raise ValueError(f"multiple must be >= 1, got {multiple}")
+    tw, xs = _axis_tiling(width, tile, overlap, multiple)
+    th, ys = _axis_tiling(height, tile, overlap, multiple)
     return [Tile(x, y, x + tw, y + th) for y in ys for x in xs]
 
 
@@ -171,6 +181,7 @@ def plan_pyramid(
     max_face_at_tile: int,
     min_face_at_tile: int = 16,
     margin: int = 2,
+    multiple: int = 1,
 ) -> TilePlan:
     """Plan tiled passes over a large image (see :class:`TilePlan` for what is guaranteed).
 
@@ -180,7 +191,8 @@ def plan_pyramid(
     by at most ``min_face_at_tile / max_face_at_tile``, so a face too big for one pass is at least
     ``min_face_at_tile`` in the next. A larger ratio costs more passes but keeps faces away from
     the ends of the detector's range. Passes stop once the image's shorter side is at most
-    ``max_face_at_tile`` (any face fits).
+    ``max_face_at_tile`` (any face fits). ``multiple``: the detector's padding multiple, to which
+    tiles are fitted (see :func:`plan_tiles`).
     """
     if margin < 0:
         raise ValueError("margin must be >= 0")
@@ -214,7 +226,7 @@ def plan_pyramid(
                 scale_y=float(sy),
                 width=w,
                 height=h,
-                tiles=tuple(plan_tiles(w, h, tile, overlap)),
+                tiles=tuple(plan_tiles(w, h, tile, overlap, multiple)),
                 overlap=overlap,
                 min_face=None if not passes else float(min_face_at_tile),
                 max_face=None if done else float(max_face_at_tile),
@@ -293,12 +305,13 @@ class TilePolicy:
     def __hash__(self) -> int:
         return hash((self.mode, self.size))
 
-    def tile_size(self, width: int, height: int, max_input: int | None = None) -> int | None:
+    def tile_size(self, width: int, height: int, max_input: int | None = None,
+                  auto_tile: int = DEFAULT_AUTO_TILE) -> int | None:
         """The tile size for one image, or ``None`` for no tiling.
 
         * ``off``: never tile.
         * ``auto``: no tiling when the long side fits ``max_input`` (the engine's largest input side;
-          default 2048), else tiles of 1024 (or ``max_input`` when that is smaller).
+          default 2048), else tiles of ``auto_tile`` (default 1024; ``max_input`` when that is smaller).
         * a size: tiles of that size (at most ``max_input`` when given).
         """
         if width < 1 or height < 1:
@@ -311,7 +324,7 @@ class TilePolicy:
             limit = max_input if max_input is not None else DEFAULT_AUTO_MAX_INPUT
             if max(width, height) <= limit:
                 return None
-            return min(DEFAULT_AUTO_TILE, limit)
+            return min(auto_tile, limit)
         if max_input is not None and self.size > max_input:
             raise ValueError(f"tile size {self.size} exceeds the engine's largest input side {max_input}")
         return self.size

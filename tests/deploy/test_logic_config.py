@@ -139,7 +139,10 @@ def test_a_models_tile_face_range_sets_the_plan():
     assert (chosen.tile_max_face, chosen.tile_min_face) == (192, 24)
     wide, narrow = plan_for(*UHD_8K, by_anchor), plan_for(*UHD_8K, chosen)
     assert {p.overlap for p in narrow.passes} == {192 + 2 * chosen.seam_margin}
-    assert sum(len(p.tiles) for p in narrow.passes) < sum(len(p.tiles) for p in wide.passes)
+    def pixels(plan):
+        return sum(len(p.tiles) * p.tile_shape[0] * p.tile_shape[1] for p in plan.passes)
+
+    assert pixels(narrow) < pixels(wide)  # smaller overlaps: fewer pixels through the detector
     # each pass covers sizes min..max at its scale: consecutive passes differ by at most 192 / 24
     scales = [p.scale_x for p in narrow.passes]
     assert all(a / b <= 192 / 24 + 1e-6 for a, b in zip(scales, scales[1:]))
@@ -147,3 +150,25 @@ def test_a_models_tile_face_range_sets_the_plan():
         with pytest.raises(ValueError, match="tile_min_face"):
             DetectorConfig(**bad)
     assert DetectorConfig.from_dict(ranged.to_dict()) == ranged
+
+
+def test_any_shape_runners_tile_large_and_feed_a_pixel_budget_per_call():
+    """Without an engine (onnxruntime, torch) `tile=auto` cuts the largest untiled input and a call
+    holds at most HOST_BATCH_PIXELS; with an engine, its profile's 1024-px tiles in batches."""
+    from rfdeploy.core.contract import PreprocessContract
+    from rfdeploy.core.sizes import HOST_AUTO_TILE, HOST_BATCH_PIXELS
+    from rfdeploy.engines.profiles import InputLimits
+    from rfdeploy.models.config import DetectorConfig
+    from rfdeploy.runtime.logic_config import face_logic_config
+
+    contract, det = PreprocessContract(), DetectorConfig(tile_max_face=192, tile_min_face=24)
+    host = face_logic_config(detector_contract=contract, detector_config=det)
+    assert host.auto_tile == HOST_AUTO_TILE and host.max_batch == max(1, HOST_BATCH_PIXELS // HOST_AUTO_TILE ** 2)
+    first = plan_for(*UHD_8K, host).passes[0]
+    assert max(first.tile_shape) <= HOST_AUTO_TILE and len(first.tiles) == 15  # 5 x 3 fitted tiles
+    fixed = face_logic_config(detector_contract=contract, detector_config=det, tile="1024")
+    assert fixed.max_batch == HOST_BATCH_PIXELS // 1024 ** 2  # an asked-for tile size keeps the pixel budget
+    limits = InputLimits(index=0, max_batch=8, min_size=(64, 64), max_size=(2048, 2048), max_tile=2048)
+    engine = face_logic_config(detector_contract=contract, detector_config=det, detector_limits=limits)
+    assert engine.auto_tile == 1024 and engine.max_batch == 8
+    assert max(plan_for(*UHD_8K, engine).passes[0].tile_shape) <= 1024

@@ -46,22 +46,38 @@ def _axis(tiles, lo, hi):
     return sorted({(getattr(t, lo), getattr(t, hi)) for t in tiles})
 
 
-@given(grid_params())
+@given(grid_params(), st.sampled_from([1, 8, 32]))
 @settings(max_examples=300, deadline=None)
-def test_tiles_cover_overlap_and_have_one_shape(p):
+def test_tiles_cover_overlap_and_have_one_shape(p, multiple):
     w, h, tile, overlap = p
-    tiles = plan_tiles(w, h, tile, overlap)
+    tiles = plan_tiles(w, h, tile, overlap, multiple)
     # Same shape everywhere: no slivers, one batch shape.
-    assert {(t.width, t.height) for t in tiles} == {(min(tile, w), min(tile, h))}
-    for length, (lo, hi) in ((w, ("x0", "x1")), (h, ("y0", "y1"))):
+    shapes = {(t.width, t.height) for t in tiles}
+    assert len(shapes) == 1
+    for length, side, (lo, hi) in ((w, tiles[0].width, ("x0", "x1")), (h, tiles[0].height, ("y0", "y1"))):
         spans = _axis(tiles, lo, hi)
         assert spans[0][0] == 0 and spans[-1][1] == length  # covers both ends, stays inside
         for (a0, a1), (b0, b1) in zip(spans, spans[1:]):
             assert a0 < b0 and a1 - b0 >= overlap  # neighbours overlap by at least `overlap`
-        if len(spans) > 1:  # the fewest tiles that can do it
-            assert (len(spans) - 2) * (tile - overlap) < length - tile
+        n = len(spans)
+        if n == 1:
+            assert side == length <= tile
+        else:
+            assert (n - 2) * (tile - overlap) < length - tile  # the fewest tiles of side `tile`
+            # fitted: a multiple of the padding (or the full tile), and one multiple less
+            # could not cover the axis with n tiles
+            assert side <= tile and (side == tile or side % multiple == 0)
+            assert side == tile or n * (side - multiple) < length + (n - 1) * overlap
     # Row-major product grid.
     assert len(tiles) == len(_axis(tiles, "x0", "x1")) * len(_axis(tiles, "y0", "y1"))
+
+
+def test_tiles_are_fitted_to_the_image():
+    # 8K with 1024 tiles overlapping by 196: 10 x 5 tiles; fitted to 32-px padding they shrink to
+    # 960 x 1024 (the 10 columns need only 945 px each), 6% fewer pixels than 1024 x 1024
+    tiles = plan_tiles(7680, 4320, 1024, 196, 32)
+    assert len(tiles) == 50 and (tiles[0].width, tiles[0].height) == (960, 1024)
+    assert plan_tiles(7680, 4320, 1024, 196)[0].width == 945  # ceil((7680 + 9 * 196) / 10)
 
 
 @given(grid_params(max_dim=300))
@@ -182,7 +198,7 @@ def test_pyramid_full_resolution_pass_keeps_max_size_faces_at_every_position(fma
 
 def test_pyramid_for_8k_is_small():
     plan = plan_pyramid(7680, 4320, 1024, 256, 16, margin=2)
-    assert plan.passes[0].tile_shape == (1024, 1024)
+    assert plan.passes[0].tile_shape == (937, 1002)  # 6 x 10 tiles of at most 1024, fitted
     assert plan.passes[0].overlap == 260
     assert len(plan.passes) <= 3
     assert sum(len(p.tiles) for p in plan.passes[1:]) <= 3  # downscaled passes are single frames
@@ -251,6 +267,7 @@ def test_single_tile_drops_nothing():
         ((100, 100, 64, -1), "overlap < tile"),
         ((0, 100, 64, 8), "positive"),
         ((100, 100, 64.0, 8), "must be an int"),
+        ((100, 100, 64, 8, 0), "multiple must be >= 1"),
     ],
 )
 def test_plan_tiles_validates(args, message):
