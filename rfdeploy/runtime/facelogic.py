@@ -212,14 +212,6 @@ class TileJob:
     letterbox: Letterbox
 
 
-def _resize(rgb: np.ndarray, width: int, height: int) -> np.ndarray:
-    if (rgb.shape[1], rgb.shape[0]) == (width, height):
-        return rgb
-    from PIL import Image
-
-    return np.asarray(Image.fromarray(rgb).resize((width, height), Image.BILINEAR))
-
-
 def detector_batches(rgb, cfg: FaceLogicConfig, timer: Timer = _no_timer) -> Iterator[tuple[object, list[TileJob]]]:
     """Preprocessed detector batches (at most ``max_batch`` rows, one tile shape per batch).
 
@@ -262,9 +254,16 @@ def detector_batches(rgb, cfg: FaceLogicConfig, timer: Timer = _no_timer) -> Ite
 def _host_batches(rgb: np.ndarray, plan: TilePlan, cfg: FaceLogicConfig, timer: Timer):
     """The tiled batches in numpy: each pass resized once, each tile normalised straight from
     its view of the pass into its row of the batch (no per-tile copies, no concatenation)."""
+    pil = None  # the image as Pillow holds it, made once for all downscaled passes (100 MB at 8K)
     for p in plan.passes:
         t0 = time.perf_counter()
-        scaled = _resize(rgb, p.width, p.height)
+        if (p.width, p.height) == (rgb.shape[1], rgb.shape[0]):
+            scaled = rgb
+        else:
+            from PIL import Image
+
+            pil = pil or Image.fromarray(rgb)
+            scaled = np.asarray(pil.resize((p.width, p.height), Image.BILINEAR))
         th, tw = p.tile_shape
         pw, ph = input_size(tw, th, cfg)
         for i in range(0, len(p.tiles), cfg.max_batch):
