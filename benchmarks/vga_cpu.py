@@ -1,12 +1,15 @@
 """CPU, onnxruntime, default model, VGA end-to-end (decode..NMS) vs RetinaFace-MobileNet0.25's
 network alone, measured in the same run on the same machine.
 
-The configurations run interleaved: each round times every configuration once, in an order that
-rotates from round to round, so a machine whose speed drifts (shared hosts, frequency changes)
-slows all of them alike. Reported: each configuration's median, and the median over rounds of its
-time divided by RetinaFace's time in the same round (the ratio to trust).
+The configurations run interleaved in blocks: each round runs every configuration for ``--block``
+back-to-back calls (as a video or a batch job calls it), in an order that rotates from round to
+round, so a machine whose speed drifts (shared hosts, frequency changes) slows all of them alike.
+Per-call interleaving is not used: a session's worker threads spin for a while after each call and
+would slow whichever session runs next. Reported: the median over rounds of each configuration's
+block median, and the median over rounds of its block median divided by RetinaFace's in the same
+round (the ratio to trust).
 
-    python benchmarks/vga_cpu.py [--runs 20] [--retinaface PATH] [--detector X] [--ranker Y]
+    python benchmarks/vga_cpu.py [--runs 12] [--block 15] [--retinaface PATH] [--detector X] [--ranker Y]
 """
 
 from __future__ import annotations
@@ -21,25 +24,28 @@ import numpy as np
 from PIL import Image
 
 
-def interleaved_ms(fns: dict, runs: int, warmup: int = 3) -> dict[str, list[float]]:
-    """Times (ms) per configuration over ``runs`` rounds; each round runs every configuration once,
-    the order rotated by one each round."""
+def interleaved_ms(fns: dict, rounds: int, block: int, warmup: int = 3) -> dict[str, list[float]]:
+    """Per configuration, the median time (ms) of each round's block of ``block`` back-to-back
+    calls (after ``warmup`` untimed ones); the order of configurations rotates by one each round."""
     names = list(fns)
-    for _ in range(warmup):
-        for n in names:
-            fns[n]()
     times: dict[str, list[float]] = {n: [] for n in names}
-    for r in range(runs):
+    for r in range(rounds):
         for n in names[r % len(names):] + names[:r % len(names)]:
-            t = time.perf_counter()
-            fns[n]()
-            times[n].append((time.perf_counter() - t) * 1000)
+            for _ in range(warmup):
+                fns[n]()
+            ts = []
+            for _ in range(block):
+                t = time.perf_counter()
+                fns[n]()
+                ts.append((time.perf_counter() - t) * 1000)
+            times[n].append(statistics.median(ts))
     return times
 
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--runs", type=int, default=20)
+    ap.add_argument("--runs", type=int, default=12, help="rounds")
+    ap.add_argument("--block", type=int, default=15, help="back-to-back calls per configuration and round")
     ap.add_argument("--detector", default=None, help="detector checkpoint/ONNX (default: the bundled one)")
     ap.add_argument("--ranker", default=None, help="ranker checkpoint/ONNX (default: the bundled one)")
     ap.add_argument("--no-ranker-row", action="store_true", help="time the detector alone only")
@@ -73,7 +79,7 @@ def main():
         name = sess.get_inputs()[0].name
         x = (rgb[..., ::-1].astype(np.float32) - np.float32([104, 117, 123])).transpose(2, 0, 1)[None].copy()
         fns[ref] = lambda: sess.run(None, {name: x})
-    times = interleaved_ms(fns, args.runs)
+    times = interleaved_ms(fns, args.runs, args.block)
     print(f"{'configuration (VGA 640x480, CPU, onnxruntime)':<48} {'median ms':>10} {'x RetinaFace':>13}")
     for label, ts in times.items():
         if ref in times:
