@@ -238,8 +238,11 @@ class RefineFace(nn.Module):
         graph stays valid for any input size; cached per feature size otherwise."""
         a = self.cfg.num_anchors
         dev = feats[0].device
-        wh = torch.cat([getattr(self, f"anchor_wh{l}") for l in range(len(feats))]
-                       + [getattr(self, "anchor_wh0").new_zeros((a, 2))], 0)
+
+        def sizes() -> torch.Tensor:
+            return torch.cat([getattr(self, f"anchor_wh{l}") for l in range(len(feats))]
+                             + [self.anchor_wh0.new_zeros((a, 2))], 0)
+
         if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
             shapes = [torch._shape_as_tensor(f) for f in feats]
             counts = [s[2] * s[3] * a for s in shapes]
@@ -248,7 +251,7 @@ class RefineFace(nn.Module):
                 starts.append(starts[-1] + n)
             widths = torch.stack([s[3] for s in shapes] + [starts[0] + 1])
             strides = torch.tensor([float(s) for s in self.cfg.strides] + [0.0], device=dev)
-            return torch.stack(starts), widths, strides, wh
+            return torch.stack(starts), widths, strides, sizes()
         key = ("grid", tuple((int(f.shape[-2]), int(f.shape[-1])) for f in feats), dev)
         cached = self._anchor_cache.get(key + ("starts",))
         if cached is None:
@@ -262,7 +265,7 @@ class RefineFace(nn.Module):
             self._anchor_cache[key + ("widths",)] = torch.tensor([int(f.shape[-1]) for f in feats] + [1], device=dev)
             self._anchor_cache[key + ("strides",)] = torch.tensor([float(s) for s in self.cfg.strides] + [0.0],
                                                                  device=dev)
-            self._anchor_cache[key + ("wh",)] = wh
+            self._anchor_cache[key + ("wh",)] = sizes()
         return tuple(self._anchor_cache[key + (n,)] for n in ("starts", "widths", "strides", "wh"))
 
     def _anchors_at(self, idx: torch.Tensor, feats: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
