@@ -17,7 +17,7 @@ ranker) on the dev photos and on held-out composed scenes (crops and backgrounds
 split, seed 123, as benchmarks/eval_dev.py), for the fp32 file and every INT8 file. The
 TensorRT-target files are evaluated on onnxruntime (Q/DQ arithmetic; no GPU here to run TensorRT).
 Speed: fp32 vs each INT8 file on onnxruntime's CPU EP at VGA (640x480, the bundled photo),
-alternating sessions in this one process, medians of ``--runs`` after warm-up, with the default
+in rotating blocks of back-to-back calls in this one process, medians of ``--runs`` rounds, with the default
 thread count and with one thread. Ranker (optional): its INT8 files are compared with fp32 on the
 fp32 detector's candidates (max abs score error) and timed the same way.
 """
@@ -118,22 +118,17 @@ def vga_feed(model: Path) -> dict[str, np.ndarray]:
 
 
 def latency(models: dict[str, Path], feeds: dict[str, dict], runs: int, threads: int) -> dict[str, float]:
-    """Median ms per model, sessions alternated run by run (same machine state for all)."""
+    """Median ms per model over ``runs`` rounds of back-to-back blocks, the order rotating
+    (rfdeploy.runtime.bench.interleaved_blocks: the same machine state for all)."""
     import onnxruntime as ort
+
+    from rfdeploy.runtime.bench import interleaved_blocks
 
     so = ort.SessionOptions()
     if threads:
         so.intra_op_num_threads = threads
     sess = {k: ort.InferenceSession(str(p), so, providers=["CPUExecutionProvider"]) for k, p in models.items()}
-    for k, s in sess.items():
-        for _ in range(2):
-            s.run(None, feeds[k])
-    times: dict[str, list[float]] = {k: [] for k in sess}
-    for _ in range(runs):
-        for k, s in sess.items():
-            t = time.perf_counter()
-            s.run(None, feeds[k])
-            times[k].append((time.perf_counter() - t) * 1000)
+    times = interleaved_blocks({k: (lambda s=s, f=feeds[k]: s.run(None, f)) for k, s in sess.items()}, runs, block=10)
     return {k: statistics.median(v) for k, v in times.items()}
 
 
@@ -169,11 +164,11 @@ def main() -> None:
     ap.add_argument("--methods", default="max,percentile,entropy")
     ap.add_argument("--targets", default="tensorrt,cpu")
     ap.add_argument("--mixed-method", default="max", help="method of the mixed (analysed) models")
-    ap.add_argument("--max-nmse", type=float, default=0.002, help="goal of the mixed models (see calibrate --max-nmse)")
+    ap.add_argument("--max-nmse", type=float, default=0.0005, help="goal of the mixed models (see calibrate --max-nmse)")
     ap.add_argument("--analyse-num", type=int, default=8)
     ap.add_argument("--analyse-size", type=int, default=320)
     ap.add_argument("--holdout", type=int, default=12)
-    ap.add_argument("--runs", type=int, default=15)
+    ap.add_argument("--runs", type=int, default=8, help="rounds of timing blocks")
     ap.add_argument("--out-dir", type=Path, default=None, help="keep the INT8 files and logs here")
     ap.add_argument("--skip-accuracy", action="store_true")
     args = ap.parse_args()

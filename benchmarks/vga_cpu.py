@@ -17,29 +17,10 @@ from __future__ import annotations
 import argparse
 import io
 import statistics
-import time
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
-
-
-def interleaved_ms(fns: dict, rounds: int, block: int, warmup: int = 3) -> dict[str, list[float]]:
-    """Per configuration, the median time (ms) of each round's block of ``block`` back-to-back
-    calls (after ``warmup`` untimed ones); the order of configurations rotates by one each round."""
-    names = list(fns)
-    times: dict[str, list[float]] = {n: [] for n in names}
-    for r in range(rounds):
-        for n in names[r % len(names):] + names[:r % len(names)]:
-            for _ in range(warmup):
-                fns[n]()
-            ts = []
-            for _ in range(block):
-                t = time.perf_counter()
-                fns[n]()
-                ts.append((time.perf_counter() - t) * 1000)
-            times[n].append(statistics.median(ts))
-    return times
 
 
 def main():
@@ -55,6 +36,7 @@ def main():
     import onnxruntime as ort
 
     from rfdeploy.core.examples import example_image
+    from rfdeploy.runtime.bench import interleaved_blocks, round_ratio
     from rfdeploy.runtime.pipeline import FacePipeline
 
     rgb = np.asarray(Image.open(example_image()).convert("RGB").resize((640, 480)))
@@ -79,11 +61,11 @@ def main():
         name = sess.get_inputs()[0].name
         x = (rgb[..., ::-1].astype(np.float32) - np.float32([104, 117, 123])).transpose(2, 0, 1)[None].copy()
         fns[ref] = lambda: sess.run(None, {name: x})
-    times = interleaved_ms(fns, args.runs, args.block)
+    times = interleaved_blocks(fns, args.runs, args.block)
     print(f"{'configuration (VGA 640x480, CPU, onnxruntime)':<48} {'median ms':>10} {'x RetinaFace':>13}")
     for label, ts in times.items():
         if ref in times:
-            ratio = f"{statistics.median(t / r for t, r in zip(ts, times[ref])):.2f}x"
+            ratio = f"{round_ratio(ts, times[ref]):.2f}x"
         else:
             ratio = "-"
         print(f"{label:<48} {statistics.median(ts):>10.1f} {ratio:>13}")

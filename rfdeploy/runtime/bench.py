@@ -60,6 +60,32 @@ def run_bench(pipeline, rgb: np.ndarray, *, label: str, size: str, runs: int = 1
     return BenchResult(label, size, runs, med, round(statistics.median(totals) * 1000, 2), len(dets))
 
 
+def interleaved_blocks(fns: dict, rounds: int, block: int, warmup: int = 3) -> dict[str, list[float]]:
+    """Same-run timing of several configurations: per configuration, the median time (ms) of each
+    round's block of ``block`` back-to-back calls (after ``warmup`` untimed ones). The order of
+    configurations rotates by one each round, so a machine whose speed drifts slows all alike.
+    Blocks rather than one call each: onnxruntime's worker threads spin for a while after a call
+    and would slow whichever session ran next."""
+    names = list(fns)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(rounds):
+        for n in names[r % len(names):] + names[:r % len(names)]:
+            for _ in range(warmup):
+                fns[n]()
+            ts = []
+            for _ in range(block):
+                t = time.perf_counter()
+                fns[n]()
+                ts.append((time.perf_counter() - t) * 1000)
+            times[n].append(statistics.median(ts))
+    return times
+
+
+def round_ratio(times: list[float], ref: list[float]) -> float:
+    """The median over rounds of a configuration's time over the reference's in the same round."""
+    return statistics.median(t / r for t, r in zip(times, ref))
+
+
 def _encode_jpeg(rgb):
     import io
 
