@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from rfdeploy.core.metadata import INT8_TARGET, PRECISION
+from rfdeploy.core.precision import int8_cpu_note
 
 
 @dataclass(frozen=True)
@@ -67,14 +67,5 @@ def get_target(name: str) -> Int8Target:
         raise ValueError(f"target must be one of {sorted(TARGETS)}, got {name!r}") from None
 
 
-def cpu_note(metadata: dict[str, str], providers: list[str]) -> str | None:
-    """A warning for running an INT8 file made for TensorRT on onnxruntime's CPU EP, else None."""
-    if metadata.get(PRECISION) != "int8":
-        return None
-    if not providers or providers[0] != "CPUExecutionProvider":
-        return None
-    target = metadata.get(INT8_TARGET, "tensorrt")  # files made before targets existed were Q/DQ for TensorRT
-    if target == "cpu":
-        return None
-    return ("this INT8 file was made for TensorRT (explicit Q/DQ): on onnxruntime's CPU EP it runs slower "
-            "than the fp32 model; for CPU inference make one with `rfdeploy calibrate --target cpu`")
+cpu_note = int8_cpu_note  # the runtime warns with it when it opens such a file
+

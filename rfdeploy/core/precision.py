@@ -41,3 +41,17 @@ def cached_variant_name(stem: str, source_sha256: str, version: str, precision: 
     version (the conversion rules belong to the version)."""
     _check(precision)
     return f"{stem}-{source_sha256[:16]}-v{version}.{precision}.onnx"
+
+
+def int8_cpu_note(metadata: dict[str, str], providers: list[str]) -> str | None:
+    """A warning for running an INT8 file made for TensorRT on onnxruntime's CPU EP, else None."""
+    from rfdeploy.core.metadata import INT8_TARGET, PRECISION
+
+    if metadata.get(PRECISION) != "int8":
+        return None
+    if not providers or providers[0] != "CPUExecutionProvider":
+        return None
+    if metadata.get(INT8_TARGET, "tensorrt") == "cpu":  # files made before targets existed were Q/DQ for TensorRT
+        return None
+    return ("this INT8 file was made for TensorRT (explicit Q/DQ): on onnxruntime's CPU EP it runs slower "
+            "than the fp32 model; for CPU inference make one with `rfdeploy calibrate --target cpu`")

@@ -462,3 +462,15 @@ def test_cpu_note_for_tensorrt_files_on_the_cpu():
     assert cpu_note(trt, ["TensorrtExecutionProvider", "CPUExecutionProvider"]) is None
     assert cpu_note({**trt, "rfdeploy.int8.target": "cpu"}, ["CPUExecutionProvider"]) is None
     assert cpu_note({"rfdeploy.precision": "fp32"}, ["CPUExecutionProvider"]) is None
+
+
+def test_opening_a_tensorrt_int8_file_on_the_cpu_says_it_is_slow(setup, cpu_int8):
+    from rfdeploy.runtime.backends.selection import open_runner
+
+    trt_file = next(iter(setup["reports"].values())).dst
+    notes: list[str] = []
+    open_runner(trt_file, backend="onnxruntime", notes=notes)
+    assert any("made for TensorRT" in n and "--target cpu" in n for n in notes), notes
+    notes = []
+    open_runner(cpu_int8["det_all"].dst, backend="onnxruntime", notes=notes)
+    assert not any("made for TensorRT" in n for n in notes), notes

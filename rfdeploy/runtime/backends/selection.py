@@ -9,6 +9,7 @@ from pathlib import Path
 from rfdeploy.core.env import require_torch
 from rfdeploy.core.errors import BackendUnavailableError, BuildError, InputError
 from rfdeploy.core.metadata import KIND, onnx_metadata
+from rfdeploy.core.precision import int8_cpu_note
 from rfdeploy.engines.backend import current_gpu, installed_backends
 from rfdeploy.engines.engine_cache import engines_usable_here, ensure_engine
 from rfdeploy.engines.runner import parse_device
@@ -73,7 +74,11 @@ def open_runner(path: str | os.PathLike, *, backend: str = "auto", device: str =
     if kind == "onnx":
         if backend == "torch":
             raise InputError(f"{path} is an ONNX file; the torch backend needs a checkpoint")
-        return OrtRunner(path, device=device)
+        runner = OrtRunner(path, device=device)
+        note = int8_cpu_note(runner.metadata, runner.session.get_providers())
+        if note:
+            notes.append(f"{path.name}: {note}")
+        return runner
 
     # a checkpoint
     if backend == "torch":
