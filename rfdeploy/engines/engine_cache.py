@@ -264,9 +264,10 @@ def ensure_engine(
         return engine
 
 
-def engines_usable_here(prefer_backend: str | None = None) -> str | None:
-    """None when engines can be built and run here (a TensorRT module imports, a CUDA GPU is
-    visible and the TensorRT flavour can target it); otherwise the reason, for ``--backend auto``."""
+def engines_usable_here(prefer_backend: str | None = None, device_index: int = 0) -> str | None:
+    """None when engines can be built and run here (a TensorRT module imports, CUDA GPU
+    ``device_index`` is visible and the TensorRT flavour can target it); otherwise the reason, for
+    ``--backend auto``."""
     # The GPU first: it is the cheaper question, and importing TensorRT is pointless without one.
     if not cuda_available():
         return "no CUDA GPU is visible"
@@ -274,9 +275,9 @@ def engines_usable_here(prefer_backend: str | None = None) -> str | None:
         backend = BuilderBackend.load(prefer_backend)
     except BackendUnavailableError:
         return "no TensorRT module imports"
-    gpu = current_gpu()
+    gpu = current_gpu(device_index)
     if gpu is None:
-        return "no CUDA GPU is visible"
+        return f"no CUDA GPU {device_index} is visible" if device_index else "no CUDA GPU is visible"
     if backend.supports_compute_capability_targets:
         targets = {normalize_cc(n) for n in backend.module.ComputeCapability.__members__ if n.startswith("SM")}
         if gpu["compute_capability"] not in targets:

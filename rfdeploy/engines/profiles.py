@@ -200,15 +200,18 @@ def specs_from_cli(
 ) -> list[ProfileSpec]:
     """All profiles the command line asks for.
 
-    Explicit shapes form one profile if they include the image input. Explicit shapes for other
-    inputs (e.g. a ranker's ``boxes``) also apply to every preset profile.
+    Explicit shapes form one profile if they include the image input (unnamed, or by one of its
+    names, ``image:...``). Explicit shapes for other inputs only (e.g. a ranker's ``boxes``) apply
+    to every preset profile instead.
     """
+    presets = list(presets)  # read twice below
     explicit = spec_from_shape_args(min_shapes, opt_shapes, max_shapes)
     specs: list[ProfileSpec] = []
     extra: Mapping[str, ShapeRange] = {}
     extra_args: tuple[str, ...] = ()
     if explicit is not None:
-        if explicit.image is not None or not list(presets):
+        names_image = any(n in IMAGE_INPUT_NAMES for n in explicit.named)
+        if explicit.image is not None or names_image or not presets:
             specs.append(explicit)
         else:
             extra, extra_args = explicit.named, explicit.cli_args

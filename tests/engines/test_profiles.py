@@ -76,6 +76,19 @@ def test_several_profiles_from_cli():
     assert [p.shapes["input"].opt for p in profiles] == [(1, 3, 64, 64), (1, 3, 480, 640), (4, 3, 1024, 1024)]
 
 
+def test_a_named_image_shape_with_presets_is_its_own_profile():
+    # `--min-shape image:... --profile vga` is an explicit profile beside the preset, as the same
+    # shapes given unnamed are; presets may come as any iterable
+    specs = specs_from_cli(["image:1x3x64x64"], ["image:4x3x1024x1024"], ["image:8x3x2048x2048"],
+                           presets=iter(["vga"]))
+    assert [s.preset for s in specs] == [None, "vga"]
+    profiles = resolve_profiles(specs, {"image": (-1, 3, -1, -1)})
+    assert [p.shapes["image"].opt for p in profiles] == [(4, 3, 1024, 1024), (1, 3, 480, 640)]
+    # shapes of other inputs only still join every preset
+    only_boxes = specs_from_cli(["boxes:1x3840x5"], ["boxes:1x3840x5"], ["boxes:1x3840x5"], presets=["vga"])
+    assert len(only_boxes) == 1 and "boxes" in only_boxes[0].named
+
+
 def test_resolution_errors():
     with pytest.raises(InputError, match="rank 3 but the model's input has rank 4"):
         resolve_profile(spec_from_shape_args(opt_shapes=["3x64x64"]), DET)

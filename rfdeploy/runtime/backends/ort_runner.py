@@ -12,8 +12,9 @@ from rfdeploy.core.metadata import CONTRACT, onnx_metadata
 from rfdeploy.runtime.backends.base import Runner
 
 
-def pick_providers(device: str, available: list[str]) -> list[str]:
-    """Providers in preference order for a device; CPU always last as the fallback."""
+def pick_providers(device: str, available: list[str]) -> list:
+    """Providers in preference order for a device; CPU always last as the fallback. The GPU ones
+    carry the device's index (onnxruntime's GPU providers run on GPU 0 unless told)."""
     if device.startswith("cuda"):
         wanted = [p for p in ("TensorrtExecutionProvider", "CUDAExecutionProvider") if p in available]
         if not wanted:
@@ -21,7 +22,10 @@ def pick_providers(device: str, available: list[str]) -> list[str]:
                 f"device {device} requested but onnxruntime here has only {available}",
                 hint="pip install 'rfdeploy[gpu]' (onnxruntime-gpu) or use --device cpu",
             )
-        return wanted + ["CPUExecutionProvider"]
+        from rfdeploy.engines.runner import parse_device  # InputError for a device that is not cuda[:N]
+
+        index = parse_device(device)
+        return [(p, {"device_id": index}) for p in wanted] + ["CPUExecutionProvider"]
     return ["CPUExecutionProvider"]
 
 
@@ -71,7 +75,7 @@ class OrtRunner(Runner):
         available = ort.get_available_providers()
         if providers is None:
             providers = pick_providers(self.device, available)
-        missing = [p for p in providers if p not in available]
+        missing = [n for n in (p[0] if isinstance(p, tuple) else p for p in providers) if n not in available]
         if missing:
             raise BackendUnavailableError(f"onnxruntime providers {missing} are not available here (available: {available})")
         opts = ort.SessionOptions()

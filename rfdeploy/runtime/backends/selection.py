@@ -60,7 +60,7 @@ def open_runner(path: str | os.PathLike, *, backend: str = "auto", device: str =
     if backend == "tensorrt":
         return _engine_runner(path, kind, trt_device, onnx_cache, engine_cache, engine_precision, notes)
     if backend == "auto":
-        why_not = engines_usable_here()
+        why_not = engines_usable_here(device_index=parse_device(trt_device))
         if why_not is None and kind == "onnx" and not _is_rfdeploy_onnx(path):
             why_not = f"{path.name} has no rfdeploy metadata (no engine profile)"
         if why_not is None:
