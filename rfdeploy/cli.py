@@ -345,10 +345,13 @@ def infer(inputs, detector, adapter, ranker, with_ranker, no_ranker, backend, de
           overwrite, workers, recursive, quiet, cuda_graph):
     """Detect faces in images, folders or globs (works out of the box with the bundled models)."""
     from rfdeploy.runtime.infer import run_files, save_visualisation
+    from rfdeploy.runtime.pipeline import error_record
 
     paths = iter_image_paths(list(inputs), recursive=recursive)
     if out and Path(out).exists() and not overwrite:
         raise InputError(f"{out} exists", hint="pass --overwrite to replace it")
+    if out and any(Path(out).resolve() == Path(p).resolve() for p in paths):
+        raise InputError(f"--out {out} is one of the input images", hint="write the results to another file")
     pipe = _make_pipeline(detector, adapter, ranker, with_ranker, no_ranker, backend, device, fp16, tile, score_thr,
                           nms_iou, engine_cache, cuda_graph)
     if not quiet:
@@ -364,7 +367,7 @@ def infer(inputs, detector, adapter, ranker, with_ranker, no_ranker, backend, de
             try:
                 save_visualisation(rec, Path(rec["file"]), Path(save_vis), overwrite)
             except RfdeployError as e:
-                rec.update({"error": str(e), "error_type": type(e).__name__})
+                rec.update({k: v for k, v in error_record(rec["file"], e).items() if k != "file"})
         line = json.dumps(rec, ensure_ascii=False)
         if sink:
             sink.write_line(line)
@@ -417,8 +420,9 @@ class _TileBar:
 @click.option("--size", "sizes", multiple=True, default=["vga"], show_default=True, help="vga, 720p, 1080p, 4k, 8k (repeatable).")
 @click.option("--image", type=click.Path(dir_okay=False), default=None,
               help="Photo to time, resized to --size (default: the bundled example photo).")
-@click.option("--runs", default=10, show_default=True, help="Timed runs per size (the median is reported).")
-@click.option("--warmup", default=2, show_default=True, help="Untimed runs first.")
+@click.option("--runs", default=10, show_default=True, type=click.IntRange(min=1),
+              help="Timed runs per size (the median is reported).")
+@click.option("--warmup", default=2, show_default=True, type=click.IntRange(min=0), help="Untimed runs first.")
 @click.option("--compare", default=None,
               help="Second configuration, e.g. 'with-ranker', 'detector=other.onnx,backend=torch' or 'cuda-graph'.")
 @_cuda_graph_option
@@ -447,6 +451,12 @@ def bench(detector, adapter, ranker, with_ranker, no_ranker, backend, device, fp
                 elif k == "with_ranker" and other[k]:
                     other["no_ranker"] = False
             elif k in other and v:
+                # numbers stay numbers (score_thr=0.5); paths and names stay text
+                if isinstance(base.get(k), float) or k in ("score_thr", "nms_iou"):
+                    try:
+                        v = float(v)
+                    except ValueError:
+                        raise InputError(f"--compare: {k} takes a number, got {v!r}") from None
                 other[k] = v
             else:
                 raise InputError(f"--compare: cannot parse {item!r}")
@@ -469,13 +479,15 @@ def bench(detector, adapter, ranker, with_ranker, no_ranker, backend, device, fp
 @click.option("--concurrency", default=1, show_default=True, help="Actors, each loading the models once.")
 @click.option("--batch-size", default=4, show_default=True, help="Images per actor call.")
 @click.option("--recursive", is_flag=True, help="Descend into sub-folders.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing OUTPUT file.")
 def batch(inputs, output, detector, adapter, ranker, with_ranker, no_ranker, backend, device, fp16, tile, score_thr, nms_iou, engine_cache,
-          ray_address, num_gpus_per_worker, concurrency, batch_size, recursive):
+          ray_address, num_gpus_per_worker, concurrency, batch_size, recursive, overwrite):
     """Batch inference with Ray Data: JSON lines, one record per image (extra: scale)."""
     from rfdeploy.runtime.batch import batch_cli
 
     report, code = batch_cli(inputs, output, ray_address=ray_address, num_gpus_per_worker=num_gpus_per_worker,
-                             concurrency=concurrency, batch_size=batch_size, recursive=recursive, detector=detector,
+                             concurrency=concurrency, batch_size=batch_size, recursive=recursive,
+                             overwrite=overwrite, detector=detector,
                              adapter=adapter, ranker=ranker, use_ranker=_use_ranker(ranker, with_ranker, no_ranker),
                              backend=backend, device=device,
                              fp16=fp16, tile=tile, score_thr=score_thr, nms_iou=nms_iou, engine_cache=engine_cache)

@@ -36,9 +36,16 @@ def _default_dir_mode() -> int:
     return 0o777 & ~_umask()
 
 
+def _unwritable(dst: Path, e: OSError) -> InputError:
+    return InputError(f"cannot write {dst}: {e.strerror or e}", hint="choose an output path in a writable folder")
+
+
 def _temp_beside(dst: Path, suffix: str) -> Path:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=suffix, dir=dst.parent)
+    try:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=suffix, dir=dst.parent)
+    except OSError as e:  # a parent that is a file, a read-only or missing mount: a user error
+        raise _unwritable(dst, e) from None
     os.close(fd)
     return Path(tmp)
 
@@ -133,8 +140,11 @@ def atomic_dir(path: str | os.PathLike, *, replace: bool = False) -> Iterator[Pa
     and the old one is deleted once the new one is in place). On failure the temporary folder is
     removed and ``path`` is left as it was."""
     dst = Path(path)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
+    try:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
+    except OSError as e:
+        raise _unwritable(dst, e) from None
     try:
         yield tmp
         for d, dirs, files in os.walk(tmp):

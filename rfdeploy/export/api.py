@@ -9,7 +9,7 @@ from typing import Iterator
 import numpy as np
 
 from rfdeploy.core.examples import example_image
-from rfdeploy.core.fsutil import sha256_file
+from rfdeploy.core.fsutil import atomic_path, sha256_file
 from rfdeploy.core.image_io import load_image
 from rfdeploy.core.precision import variant_path
 from rfdeploy.core.preprocess import preprocess
@@ -33,21 +33,23 @@ def export_checkpoint(checkpoint, dst, *, config=None, verify: bool = True, fp16
     from rfdeploy.export.onnx_export import export_model
 
     model = load(checkpoint, config=config)
-    res = export_model(model, dst, source_sha256=sha256_file(checkpoint), opset=opset)
-    yield f"wrote {res.path} ({res.kind}, opset {opset})"
-    if verify:
-        from rfdeploy.export.verify import verify_onnx
+    dst = Path(dst)
+    lines: list[str] = []
+    # exported and verified beside dst, then renamed onto it: a failed or interrupted export or
+    # verification leaves whatever file was there before untouched
+    with atomic_path(dst, suffix=".onnx") as tmp:
+        res = export_model(model, tmp, source_sha256=sha256_file(checkpoint), opset=opset)
+        lines.append(f"wrote {dst} ({res.kind}, opset {opset})")
+        if verify:
+            from rfdeploy.export.verify import verify_onnx
 
-        try:
-            rep = verify_onnx(model, res.path, verification_inputs(model.cfg.contract))
-        except BaseException:
-            Path(res.path).unlink(missing_ok=True)  # an export that fails verification is not kept
-            raise
-        yield "verify (onnxruntime vs torch, fp32):"
-        yield from ("  " + ln for ln in rep.lines())
+            rep = verify_onnx(model, tmp, verification_inputs(model.cfg.contract))
+            lines.append("verify (onnxruntime vs torch, fp32):")
+            lines += ["  " + ln for ln in rep.lines()]
+    yield from lines
     if fp16:
         from rfdeploy.export.fp16 import convert_fp16
 
-        fp = variant_path(res.path, "fp16")
-        rep16 = convert_fp16(res.path, fp)
+        fp = variant_path(dst, "fp16")
+        rep16 = convert_fp16(dst, fp)
         yield f"wrote {fp} (fp16, {rep16.method}; {len(rep16.fp32_nodes)} nodes kept in fp32)"

@@ -65,7 +65,10 @@ def load(path: str | os.PathLike, config=None):
         )
     # a training checkpoint may include the FSM head (loss.fsm.*): inference never uses it
     sd = {k: v for k, v in sd.items() if not k.startswith("loss.")}
-    model = build(cfg)
+    try:
+        model = build(cfg)
+    except (ValueError, TypeError, RuntimeError) as e:  # a stored config no network can be built from
+        raise ModelFileError(f"{path}: its model config cannot be built ({e})") from None
     load_state_into(model, sd, str(path))
     return model.eval()
 

@@ -126,6 +126,7 @@ def run_batch(
     batch_size: int = 4,
     recursive: bool = False,
     ray_init_kwargs: dict | None = None,
+    overwrite: bool = False,
 ) -> BatchReport:
     """Run the pipeline over ``inputs`` on Ray and write one JSON line per image to ``output``.
 
@@ -134,7 +135,8 @@ def run_batch(
     ``FacePipeline.create(**pipeline_options)``). ``ray_address``: ``local`` (start a local Ray in
     this process), ``auto`` (join the running cluster) or ``ray://host:port``; when Ray is already
     initialised in this process it is used as is. ``concurrency``: actors; ``num_gpus_per_worker``:
-    GPUs per actor (fractions share a GPU); ``batch_size``: images per actor call.
+    GPUs per actor (fractions share a GPU); ``batch_size``: images per actor call. An existing
+    ``output`` is replaced only with ``overwrite``, and never when it is one of the inputs.
     """
     if concurrency < 1 or batch_size < 1:
         raise InputError("--concurrency and --batch-size must be >= 1")
@@ -143,6 +145,8 @@ def run_batch(
     out = Path(output)
     if not out.parent.is_dir():
         raise InputError(f"output folder does not exist: {out.parent}")
+    if out.is_dir():
+        raise InputError(f"output {out} is a folder; give the results file's path")
     items = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
     if not items:
         raise InputError("no inputs given")
@@ -153,6 +157,11 @@ def run_batch(
     paths: list[str] = []
     if local:
         paths = [str(p) for p in iter_image_paths(local, recursive=recursive)]
+        if any(Path(p).resolve() == out.resolve() for p in paths):
+            raise InputError(f"output {out} is one of the input images",
+                             hint="the results file comes last: rfdeploy batch INPUT... OUTPUT.jsonl")
+    if out.exists() and not overwrite:
+        raise InputError(f"{out} exists", hint="pass --overwrite to replace it")
 
     factory = pipeline_factory or default_pipeline_factory(**(pipeline_options or {}))
     ray = _import_ray()
@@ -204,6 +213,7 @@ def batch_cli(
     concurrency: int = 1,
     batch_size: int = 4,
     recursive: bool = False,
+    overwrite: bool = False,
     **pipeline_options: Any,
 ) -> tuple[BatchReport, int]:
     """What ``rfdeploy batch INPUT... OUTPUT [--ray-address auto|ray://...|local] [--num-gpus-per-worker F]
@@ -213,5 +223,5 @@ def batch_cli(
 
     report = run_batch(inputs, output, pipeline_options=pipeline_options, ray_address=ray_address,
                        num_gpus_per_worker=num_gpus_per_worker, concurrency=concurrency, batch_size=batch_size,
-                       recursive=recursive)
+                       recursive=recursive, overwrite=overwrite)
     return report, (PARTIAL_FAILURE_EXIT_CODE if report.failures else 0)

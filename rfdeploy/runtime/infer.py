@@ -46,9 +46,15 @@ def save_visualisation(record: dict, src_path: Path, out_dir: Path, overwrite: b
     <out_dir>/<name> in the input's format."""
     import numpy as np
 
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InputError(f"cannot write into {out_dir}: {e.strerror or e}") from None
     suffix, fmt = _vis_format(src_path)
     dst = out_dir / f"{src_path.stem}{suffix}"
+    if dst.resolve() == src_path.resolve():
+        raise InputError(f"the annotated copy of {src_path} would replace the image itself",
+                         hint="give --save-vis a folder other than the input's")
     if dst.exists() and not overwrite:
         raise InputError(f"{dst} exists", hint="pass --overwrite to replace it")
     from PIL import Image
@@ -57,8 +63,11 @@ def save_visualisation(record: dict, src_path: Path, out_dir: Path, overwrite: b
     faces = record["faces"]
     dets = Detections(np.array([f["box"] for f in faces]).reshape(-1, 4), np.array([f["score"] for f in faces]))
     options = {"quality": 92} if fmt in ("JPEG", "WEBP") else {}
-    with atomic_path(dst) as tmp:
-        dets.draw(img).save(tmp, format=fmt, **options)
+    try:
+        with atomic_path(dst) as tmp:
+            dets.draw(img).save(tmp, format=fmt, **options)
+    except (OSError, ValueError) as e:  # an encoder's limit (WebP's 16383 px), a full disk
+        raise InputError(f"cannot write the annotated copy {dst}: {e}") from None
     return dst
 
 
