@@ -362,10 +362,12 @@ def infer(inputs, detector, adapter, ranker, with_ranker, no_ranker, backend, de
     if not quiet and workers == 1 and _is_tty(sys.stderr):
         pipe.on_tiles = _TileBar()
 
+    vis_written: set = set()
+
     def on_record(rec):
         if save_vis and "error" not in rec:
             try:
-                save_visualisation(rec, Path(rec["file"]), Path(save_vis), overwrite)
+                save_visualisation(rec, Path(rec["file"]), Path(save_vis), overwrite, vis_written)
             except RfdeployError as e:
                 rec.update({k: v for k, v in error_record(rec["file"], e).items() if k != "file"})
         line = json.dumps(rec, ensure_ascii=False)

@@ -41,9 +41,12 @@ def _vis_format(src_path: Path) -> tuple[str, str]:
     return suffix, fmt
 
 
-def save_visualisation(record: dict, src_path: Path, out_dir: Path, overwrite: bool) -> Path:
+def save_visualisation(record: dict, src_path: Path, out_dir: Path, overwrite: bool,
+                       written: set | None = None) -> Path:
     """Annotated copy of an input image (boxes and scores), written atomically as
-    <out_dir>/<name> in the input's format."""
+    <out_dir>/<name> in the input's format. ``written``: the copies this run has made so far
+    (updated here), so two inputs of the same name from different folders never replace each
+    other's copy, even with ``overwrite``."""
     import numpy as np
 
     try:
@@ -55,6 +58,9 @@ def save_visualisation(record: dict, src_path: Path, out_dir: Path, overwrite: b
     if dst.resolve() == src_path.resolve():
         raise InputError(f"the annotated copy of {src_path} would replace the image itself",
                          hint="give --save-vis a folder other than the input's")
+    if written is not None and dst.resolve() in written:
+        raise InputError(f"{dst} already holds the annotated copy of another input of the same name",
+                         hint="run inputs of the same name from different folders separately")
     if dst.exists() and not overwrite:
         raise InputError(f"{dst} exists", hint="pass --overwrite to replace it")
     from PIL import Image
@@ -68,6 +74,8 @@ def save_visualisation(record: dict, src_path: Path, out_dir: Path, overwrite: b
             dets.draw(img).save(tmp, format=fmt, **options)
     except (OSError, ValueError) as e:  # an encoder's limit (WebP's 16383 px), a full disk
         raise InputError(f"cannot write the annotated copy {dst}: {e}") from None
+    if written is not None:
+        written.add(dst.resolve())
     return dst
 
 

@@ -115,3 +115,21 @@ def test_a_checkpoint_whose_config_cannot_be_built_is_a_model_file_error(tiny_ck
     with pytest.raises(ModelFileError):
         load(bad)
     assert os.path.exists(bad)
+
+
+def test_same_named_inputs_never_replace_each_others_annotated_copy(tiny_ckpt, photo_dir, tmp_path):
+    import json
+    import shutil
+
+    a, b = tmp_path / "c1", tmp_path / "c2"
+    a.mkdir()
+    b.mkdir()
+    shutil.copy(photo_dir / "a_hopper.jpg", a / "x.jpg")
+    shutil.copy(photo_dir / "d_astronaut.jpg", b / "x.jpg")
+    vis, out = tmp_path / "vis", tmp_path / "r.jsonl"
+    run_cli("infer", a / "x.jpg", b / "x.jpg", "--save-vis", vis, "--overwrite", "--out", out, *tiny_args(tiny_ckpt))
+    recs = [json.loads(line) for line in out.read_text().splitlines()]
+    assert "error" not in recs[0] and "another input of the same name" in recs[1]["error"]
+    from PIL import Image
+
+    assert Image.open(vis / "x.jpg").size == Image.open(a / "x.jpg").size  # the first copy is kept
