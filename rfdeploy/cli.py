@@ -267,6 +267,15 @@ def info(path, as_json):
 
 # -- inference ---------------------------------------------------------------------------------------
 
+def _check_device(ctx, param, value):
+    """--device: cpu or cuda[:i]; anything else is a usage error (exit 2), not a later surprise."""
+    import re
+
+    if value is not None and not re.fullmatch(r"cpu|cuda(:\d+)?", value.strip()):
+        raise click.BadParameter(f"{value!r} is not cpu or cuda[:i]")
+    return value.strip() if value else value
+
+
 def _pipeline_options(f):
     opts = [
         click.option("--detector", "--checkpoint", "--onnx", "--engine", "detector", cls=_OneName,
@@ -286,7 +295,7 @@ def _pipeline_options(f):
         click.option("--backend", type=click.Choice(["auto", "tensorrt", "onnxruntime", "torch"]), default="auto",
                      show_default=True,
                      help="auto: an engine when given, or TensorRT with a CUDA GPU, else onnxruntime, else torch."),
-        click.option("--device", default="cpu", show_default=True, help="cpu or cuda[:i]."),
+        click.option("--device", default="cpu", show_default=True, callback=_check_device, help="cpu or cuda[:i]."),
         click.option("--fp16", is_flag=True, help="Half precision: the torch backend on CUDA, engines built on first use."),
         click.option("--tile", default="auto", show_default=True,
                      help="auto (tile images too large to run whole), off, or a tile size in pixels."),
@@ -335,7 +344,8 @@ def _make_pipeline(detector, adapter, ranker, with_ranker, no_ranker, backend, d
 @click.option("--save-vis", type=click.Path(file_okay=False), default=None,
               help="Write annotated copies of the images (boxes and scores, same format) into this folder.")
 @click.option("--overwrite", is_flag=True, help="Replace existing output files.")
-@click.option("--workers", default=1, show_default=True, help="Files processed in parallel (results keep input order).")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Files processed in parallel (results keep input order).")
 @click.option("--recursive", is_flag=True, help="Descend into sub-folders.")
 @click.option("-q", "--quiet", is_flag=True,
               help="No notes, progress or summary on stderr (errors still print; records of failed files go "

@@ -169,9 +169,20 @@ class RankerConfig:
 
 
 def _reject_unknown(cls, d: dict) -> None:
+    """Unknown fields, and scalar fields of the wrong type (a stored config edited by hand: a
+    threshold "hi" would otherwise fail much later, far from its cause), are ValueErrors."""
     unknown = set(d) - {f.name for f in fields(cls)}
     if unknown:
         raise ValueError(f"unknown {cls.__name__} fields: {sorted(unknown)}")
+    for f in fields(cls):
+        if f.name not in d or d[f.name] is None or not isinstance(f.default, (bool, int, float, str)):
+            continue
+        v, want = d[f.name], type(f.default)
+        ok = (isinstance(v, bool) if want is bool else
+              isinstance(v, (int, float)) and not isinstance(v, bool) if want is float else
+              isinstance(v, int) and not isinstance(v, bool) if want is int else isinstance(v, str))
+        if not ok:
+            raise ValueError(f"{cls.__name__}.{f.name} must be a {want.__name__}, got {v!r}")
 
 
 _DETECTOR_PRESETS = {

@@ -133,3 +133,16 @@ def test_same_named_inputs_never_replace_each_others_annotated_copy(tiny_ckpt, p
     from PIL import Image
 
     assert Image.open(vis / "x.jpg").size == Image.open(a / "x.jpg").size  # the first copy is kept
+
+
+def test_bad_device_workers_and_config_types_are_usage_or_model_errors(tiny_ckpt, photo_dir):
+    from rfdeploy.models.config import config_from_dict, detector_config
+
+    img = photo_dir / "a_hopper.jpg"
+    for extra in (["--device", "foo"], ["--workers", "-3"]):
+        res = run_cli("infer", img, *tiny_args(tiny_ckpt), *extra)
+        assert res.exit_code == 2 and "Traceback" not in res.output, res.output
+    d = detector_config("refineface_mnet025").to_dict()
+    with pytest.raises(ValueError, match="output_score_threshold must be a float"):
+        config_from_dict({**d, "output_score_threshold": "hi"})
+    assert config_from_dict({**d, "output_score_threshold": 1}).output_score_threshold == 1  # ints are numbers
