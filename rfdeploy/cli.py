@@ -14,7 +14,7 @@ import click
 from rfdeploy import __version__
 from rfdeploy.core.env import backend_versions
 from rfdeploy.core.errors import PARTIAL_FAILURE_EXIT_CODE, BackendUnavailableError, InputError, RfdeployError
-from rfdeploy.core.fsutil import AtomicTextFile, atomic_write_bytes
+from rfdeploy.core.fsutil import AtomicTextFile, atomic_write_bytes, is_among
 from rfdeploy.core.image_io import iter_image_paths
 from rfdeploy.engines.profiles import preset_names
 
@@ -269,11 +269,15 @@ def info(path, as_json):
 
 def _check_device(ctx, param, value):
     """--device: cpu or cuda[:i]; anything else is a usage error (exit 2), not a later surprise."""
-    import re
+    from rfdeploy.engines.runner import parse_device
 
-    if value is not None and not re.fullmatch(r"cpu|cuda(:\d+)?", value.strip()):
-        raise click.BadParameter(f"{value!r} is not cpu or cuda[:i]")
-    return value.strip() if value else value
+    value = value.strip()
+    if value != "cpu":
+        try:
+            parse_device(value)
+        except InputError:
+            raise click.BadParameter(f"{value!r} is not cpu or cuda[:i]") from None
+    return value
 
 
 def _pipeline_options(f):
@@ -360,7 +364,7 @@ def infer(inputs, detector, adapter, ranker, with_ranker, no_ranker, backend, de
     paths = iter_image_paths(list(inputs), recursive=recursive)
     if out and Path(out).exists() and not overwrite:
         raise InputError(f"{out} exists", hint="pass --overwrite to replace it")
-    if out and any(Path(out).resolve() == Path(p).resolve() for p in paths):
+    if out and is_among(out, paths):
         raise InputError(f"--out {out} is one of the input images", hint="write the results to another file")
     pipe = _make_pipeline(detector, adapter, ranker, with_ranker, no_ranker, backend, device, fp16, tile, score_thr,
                           nms_iou, engine_cache, cuda_graph)
@@ -464,7 +468,7 @@ def bench(detector, adapter, ranker, with_ranker, no_ranker, backend, device, fp
                     other["no_ranker"] = False
             elif k in other and v:
                 # numbers stay numbers (score_thr=0.5); paths and names stay text
-                if isinstance(base.get(k), float) or k in ("score_thr", "nms_iou"):
+                if k in ("score_thr", "nms_iou"):
                     try:
                         v = float(v)
                     except ValueError:

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from rfdeploy.core.precision import int8_cpu_note
-
 
 @dataclass(frozen=True)
 class Int8Target:
@@ -65,7 +63,3 @@ def get_target(name: str) -> Int8Target:
         return TARGETS[name]
     except KeyError:
         raise ValueError(f"target must be one of {sorted(TARGETS)}, got {name!r}") from None
-
-
-cpu_note = int8_cpu_note  # the runtime warns with it when it opens such a file
-

@@ -36,6 +36,13 @@ def _default_dir_mode() -> int:
     return 0o777 & ~_umask()
 
 
+def is_among(path: str | os.PathLike, others) -> bool:
+    """Whether ``path`` names the same file as one of ``others`` (an output that would replace an
+    input), whatever the spelling (relative, ``..``, symlinks)."""
+    target = Path(path).resolve()
+    return any(Path(o).resolve() == target for o in others)
+
+
 def _unwritable(dst: Path, e: OSError) -> InputError:
     return InputError(f"cannot write {dst}: {e.strerror or e}", hint="choose an output path in a writable folder")
 

@@ -175,14 +175,22 @@ def _reject_unknown(cls, d: dict) -> None:
     if unknown:
         raise ValueError(f"unknown {cls.__name__} fields: {sorted(unknown)}")
     for f in fields(cls):
-        if f.name not in d or d[f.name] is None or not isinstance(f.default, (bool, int, float, str)):
+        want = type(f.default)
+        v = d.get(f.name)
+        if want not in _SCALAR_OK or v is None:
             continue
-        v, want = d[f.name], type(f.default)
-        ok = (isinstance(v, bool) if want is bool else
-              isinstance(v, (int, float)) and not isinstance(v, bool) if want is float else
-              isinstance(v, int) and not isinstance(v, bool) if want is int else isinstance(v, str))
-        if not ok:
+        if not _SCALAR_OK[want](v):
             raise ValueError(f"{cls.__name__}.{f.name} must be a {want.__name__}, got {v!r}")
+
+
+# what a stored value may be for a field whose default is of this type (bool is an int in Python,
+# so it is excluded from the numbers; an int is a valid float)
+_SCALAR_OK = {
+    bool: lambda v: isinstance(v, bool),
+    int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+    float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+    str: lambda v: isinstance(v, str),
+}
 
 
 _DETECTOR_PRESETS = {

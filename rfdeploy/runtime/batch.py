@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from rfdeploy.core.errors import PARTIAL_FAILURE_EXIT_CODE, BackendUnavailableError, InputError, RfdeployError
-from rfdeploy.core.fsutil import atomic_write_text
+from rfdeploy.core.fsutil import atomic_write_text, is_among
 from rfdeploy.core.image_io import iter_image_paths
 from rfdeploy.runtime.pipeline import FacePipeline, error_record
 
@@ -157,7 +157,7 @@ def run_batch(
     paths: list[str] = []
     if local:
         paths = [str(p) for p in iter_image_paths(local, recursive=recursive)]
-        if any(Path(p).resolve() == out.resolve() for p in paths):
+        if is_among(out, paths):
             raise InputError(f"output {out} is one of the input images",
                              hint="the results file comes last: rfdeploy batch INPUT... OUTPUT.jsonl")
     if out.exists() and not overwrite:

@@ -10,7 +10,7 @@ from typing import Callable, Iterable
 
 from rfdeploy.core.detections import Detections
 from rfdeploy.core.errors import InputError
-from rfdeploy.core.fsutil import AtomicTextFile, atomic_path
+from rfdeploy.core.fsutil import AtomicTextFile, atomic_path, is_among
 from rfdeploy.core.image_io import load_image
 from rfdeploy.runtime.pipeline import FacePipeline, error_record
 
@@ -55,7 +55,7 @@ def save_visualisation(record: dict, src_path: Path, out_dir: Path, overwrite: b
         raise InputError(f"cannot write into {out_dir}: {e.strerror or e}") from None
     suffix, fmt = _vis_format(src_path)
     dst = out_dir / f"{src_path.stem}{suffix}"
-    if dst.resolve() == src_path.resolve():
+    if is_among(dst, [src_path]):
         raise InputError(f"the annotated copy of {src_path} would replace the image itself",
                          hint="give --save-vis a folder other than the input's")
     if written is not None and dst.resolve() in written:

@@ -20,6 +20,7 @@ from rfdeploy.core.sizes import (
     DEFAULT_TILE_BATCH,
     HOST_AUTO_TILE,
     HOST_BATCH_PIXELS,
+    MIN_TILE,
 )
 from rfdeploy.engines.profiles import input_limits
 from rfdeploy.runtime.facelogic import FaceLogicConfig, tile_limit
@@ -111,7 +112,7 @@ def face_logic_config(
     limit = detector_limits.max_batch if detector_limits is not None else network_max_batch
     # engines: the 1024-px tiles their default profile is tuned for, batched; any-shape runners:
     # the largest untiled input as the tile, and a pixel budget per call
-    auto_tile = DEFAULT_AUTO_TILE if detector_limits is not None else min(HOST_AUTO_TILE, max_untiled)
+    auto_tile = DEFAULT_AUTO_TILE if detector_limits is not None else max(MIN_TILE, min(HOST_AUTO_TILE, max_untiled))
     if score_thr is None:
         score_thr = getattr(detector_config, "output_score_threshold", _FALLBACK_SCORE_THR)
     if candidate_thr is None:
@@ -130,7 +131,7 @@ def face_logic_config(
             min_input=detector_limits.min_size if detector_limits is not None else None,
             ranker_min_input=ranker_limits.min_size if ranker_limits is not None else None,
             tile=policy,
-            auto_tile=max(auto_tile, 64),
+            auto_tile=auto_tile,
             candidate_thr=float(candidate_thr),
             max_candidates=max(MERGED_CANDIDATES, ranker_boxes),
             nms_iou=nms_iou,

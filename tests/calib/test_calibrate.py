@@ -454,7 +454,7 @@ def test_unshare_initializers_gives_each_conv_its_own_copy():
 
 
 def test_cpu_note_for_tensorrt_files_on_the_cpu():
-    from rfdeploy.calib.targets import cpu_note
+    from rfdeploy.core.precision import int8_cpu_note as cpu_note
 
     trt = {"rfdeploy.precision": "int8", "rfdeploy.int8.target": "tensorrt"}
     assert "slower" in cpu_note(trt, ["CPUExecutionProvider"])
