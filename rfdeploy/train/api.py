@@ -7,7 +7,7 @@ from pathlib import Path
 from rfdeploy.core.errors import InputError
 from rfdeploy.models import load
 from rfdeploy.models.config import detector_config
-from rfdeploy.train.augment import RefineFaceAugment
+from rfdeploy.train.augment import GREY_SHARE, RefineFaceAugment
 from rfdeploy.train.recipes import default_detector_config, synthetic_dataset, train_default_ranker, with_labelled_sets
 
 
@@ -39,7 +39,7 @@ def train_detector_cli(*, data, annotations, preset, out, steps, batch_size, siz
     if annotations:
         from rfdeploy.train.datasets import DetectionDataset, read_annotations  # torch
 
-        ds = DetectionDataset(read_annotations(annotations, d), contract=cfg.contract, transform=RefineFaceAugment(size=size))
+        ds = DetectionDataset(read_annotations(annotations, d), contract=cfg.contract, transform=RefineFaceAugment(size=size, p_grey=GREY_SHARE))
     else:
         _require_scene_folders(d, hint="or give --annotations for a labelled dataset")
         ds = synthetic_dataset(d, cfg, length=batch_size * 200, size=size)

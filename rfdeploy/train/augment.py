@@ -68,9 +68,11 @@ def random_photometric(
     contrast: tuple[float, float] = (0.5, 1.5),
     saturation: tuple[float, float] = (0.5, 1.5),
     hue: float = 18.0,
+    grey: bool = False,
 ) -> tuple[float, ...] | None:
     """SSD-style photometric distortion: each component applied with probability ``p``.
 
+    ``grey``: saturation 0 whatever was drawn (a black-and-white photo).
     Returns a colour matrix, or None when no component was drawn (the image stays untouched).
     """
     kw: dict[str, float] = {}
@@ -82,6 +84,8 @@ def random_photometric(
         kw["saturation"] = float(rng.uniform(*saturation))
     if rng.random() < p:
         kw["hue"] = float(rng.uniform(-hue, hue))
+    if grey:
+        kw["saturation"] = 0.0
     return colour_matrix(**kw) if kw else None
 
 
@@ -165,6 +169,11 @@ def hflip(image: Image.Image, boxes: np.ndarray) -> tuple[Image.Image, np.ndarra
     return image.transpose(Image.FLIP_LEFT_RIGHT), out
 
 
+# Share of training samples shown in black and white (RefineFaceAugment.p_grey) by the training
+# recipes: real photos include old and monochrome pictures that the colour training sets rarely show.
+GREY_SHARE = 0.1
+
+
 @dataclass(frozen=True)
 class RefineFaceAugment:
     """The paper's training augmentation. Call with (image, boxes, ignore, rng).
@@ -181,6 +190,9 @@ class RefineFaceAugment:
     crop_scale: tuple[float, float] = (0.5, 1.0)
     p_flip: float = 0.5
     photometric: bool = True
+    # Not in the paper: a share of samples turned black-and-white, for old and monochrome photos
+    # (the composed scenes and teacher-labelled sets are nearly all colour).
+    p_grey: float = 0.0
     min_box: float = 2.0
     fill: tuple[int, int, int] = MEAN_FILL
     crop_attempts: int = 10
@@ -194,6 +206,8 @@ class RefineFaceAugment:
             raise ValueError(f"crop_scale must be 0 < lo <= hi <= 1, got {self.crop_scale}")
         if not 0.0 <= self.p_flip <= 1.0:
             raise ValueError("p_flip must be in [0, 1]")
+        if not 0.0 <= self.p_grey <= 1.0:
+            raise ValueError("p_grey must be in [0, 1]")
         if self.crop_attempts < 1:
             raise ValueError("crop_attempts must be >= 1")
 
@@ -201,7 +215,10 @@ class RefineFaceAugment:
         img = _as_pil(image)
         b, ig = _as_boxes(boxes, ignore)
         w, h = img.size
-        colour = random_photometric(rng) if self.photometric else None
+        grey = self.p_grey > 0 and rng.random() < self.p_grey  # no draw at 0: old seeds keep their samples
+        colour = random_photometric(rng, grey=grey) if self.photometric else None
+        if grey and colour is None:
+            colour = colour_matrix(saturation=0.0)
 
         r = float(rng.uniform(*self.expand))
         ew, eh = w * r, h * r

@@ -21,7 +21,7 @@ from rfdeploy.runtime.backends.selection import open_runner
 from rfdeploy.runtime.facelogic import detect_candidates
 from rfdeploy.runtime.logic_config import face_logic_config
 from rfdeploy.runtime.models import Detector
-from rfdeploy.train.augment import RefineFaceAugment
+from rfdeploy.train.augment import GREY_SHARE, RefineFaceAugment
 from rfdeploy.train.synth import SceneGenerator
 
 # crops with tracking lines drawn over the face: a detector could learn the lines as a face cue
@@ -70,7 +70,7 @@ def synthetic_dataset(data_dir, cfg: DetectorConfig, *, length: int, size: int, 
     d = Path(data_dir)
     gen = SceneGenerator(d / "facecrops", d / "backgrounds", out_size=((640, 480), (1600, 1200)), seed=seed, split=split,
                          exclude_crops=NOISY_CROPS)
-    return SyntheticDataset(gen, length, contract=cfg.contract, transform=RefineFaceAugment(size=size), seed=seed)
+    return SyntheticDataset(gen, length, contract=cfg.contract, transform=RefineFaceAugment(size=size, p_grey=GREY_SHARE), seed=seed)
 
 
 def with_labelled_sets(dataset, annotation_files, cfg: DetectorConfig, *, size: int, repeats: int = 1):
@@ -81,7 +81,7 @@ def with_labelled_sets(dataset, annotation_files, cfg: DetectorConfig, *, size: 
     parts = [(dataset, 1)]
     for ann in annotation_files:
         recs = read_annotations(ann)
-        parts.append((DetectionDataset(recs, contract=cfg.contract, transform=RefineFaceAugment(size=size)), repeats))
+        parts.append((DetectionDataset(recs, contract=cfg.contract, transform=RefineFaceAugment(size=size, p_grey=GREY_SHARE)), repeats))
     return MixedDataset(parts)
 
 

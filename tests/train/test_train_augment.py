@@ -117,3 +117,16 @@ def test_letterbox():
     assert out.shape == (200, 200, 3)
     np.testing.assert_allclose(b, [[50, 25, 100, 75]])
     assert (out[100:] == MEAN_FILL).all()
+
+
+def test_grey_share_turns_samples_black_and_white_and_leaves_the_rest_in_colour():
+    img, boxes = square_image()
+    grey_always = RefineFaceAugment(size=96, p_grey=1.0, expand=(1.0, 1.0))
+    never = RefineFaceAugment(size=96, p_grey=0.0, expand=(1.0, 1.0), photometric=False)
+    for seed in range(5):
+        out = grey_always(img, boxes, None, np.random.default_rng(seed))[0].astype(int)
+        assert np.abs(out[..., 0] - out[..., 1]).max() <= 1 and np.abs(out[..., 1] - out[..., 2]).max() <= 1
+        kept = never(img, boxes, None, np.random.default_rng(seed))[0]
+        assert red_mask(kept).any()  # the red square is still red: no grey without p_grey
+    with pytest.raises(ValueError):
+        RefineFaceAugment(p_grey=1.5)
