@@ -619,6 +619,9 @@ def train():
 @click.option("--extra-annotations", multiple=True, type=click.Path(dir_okay=False),
               help="Labelled sets mixed into the synthetic scenes (e.g. from `rfdeploy pseudo-label`; repeatable).")
 @click.option("--extra-repeats", default=1, show_default=True, help="Times each extra set is repeated per epoch.")
+@click.option("--extra-min-crop", default=0.5, show_default=True,
+              help="Smallest training crop of an extra set's image, as a share of its short side: below the "
+                   "training size / short side, large photos are also seen at their own scale or larger.")
 @click.option("--init", "init_checkpoint", type=click.Path(dir_okay=False), default=None,
               help="Start from this checkpoint (same architecture) instead of ImageNet weights.")
 @click.option("--freeze-stages", default=0, show_default=True, help="Backbone stages kept frozen (0-4).")
@@ -626,14 +629,14 @@ def train():
               help="A face-trained backbone from a detector's ONNX (RetinaFace-MobileNet0.25 or CenterFace): imported, "
                    "verified against onnxruntime, and its preprocessing becomes the model's. BatchNorm stays frozen.")
 def train_detector_cmd(data, annotations, preset, out, steps, batch_size, size, lr, device, workers, time_budget, no_fsm, imagenet,
-                       extra_annotations, extra_repeats, init_checkpoint, freeze_stages, init_backbone):
+                       extra_annotations, extra_repeats, extra_min_crop, init_checkpoint, freeze_stages, init_backbone):
     """RefineFace with the paper's recipe (SGD, warm-up, step schedule, paper augmentation)."""
     from rfdeploy.train.api import train_detector_cli
 
     res = train_detector_cli(data=data, annotations=annotations, preset=preset, out=out, steps=steps, batch_size=batch_size,
                              size=size, lr=lr, device=device, workers=workers, time_budget=time_budget, use_fsm=not no_fsm,
                              imagenet=imagenet, extra_annotations=extra_annotations, extra_repeats=extra_repeats,
-                             init_checkpoint=init_checkpoint, freeze_stages=freeze_stages, init_backbone=init_backbone)
+                             extra_min_crop=extra_min_crop, init_checkpoint=init_checkpoint, freeze_stages=freeze_stages, init_backbone=init_backbone)
     click.echo(f"{res.steps} steps in {res.seconds:.0f} s -> {res.checkpoint} (log: {res.log})")
 
 

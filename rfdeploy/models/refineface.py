@@ -37,10 +37,15 @@ class RFE(nn.Module):
     """Receptive Field Enhancement (paper 3.5, Fig. 7): four branches, each a 1x1 to C/4 then one
     rectangular conv (1x3, 3x1, 1x5, 5x1), concatenated, fused by a 1x1, plus a shortcut.
 
-    The four 1x1 reductions are one 1x1 conv to 4 x C/4 channels split into the branches: the
-    same arithmetic, one node instead of four (fewer layout changes on a CPU)."""
+    The parameters are the paper's (one 1x1 per branch, stored as one 1x1 conv to 4 x C/4
+    channels). The forward pass runs the same arithmetic in fewer, larger nodes, which a CPU
+    runtime executes faster (fewer layout changes, fewer kernel launches): the two horizontal
+    branches (1x3, 1x5) as one grouped 1x5 conv and the two vertical ones as one grouped 5x1
+    conv, the shorter kernel zero-padded; the channels are regrouped by permuting the reduction's
+    outputs and the fusion's inputs. In an export every built weight is a constant and is folded."""
 
     KERNELS = ((1, 3), (3, 1), (1, 5), (5, 1))
+    PAIRS = ((0, 2), (1, 3))  # (1x3, 1x5) horizontal, (3x1, 5x1) vertical
 
     def __init__(self, channels: int):
         super().__init__()
@@ -48,13 +53,39 @@ class RFE(nn.Module):
         self.reduce = nn.Conv2d(channels, 4 * c4, 1)
         self.rect = nn.ModuleList([nn.Conv2d(c4, c4, k, padding=(k[0] // 2, k[1] // 2)) for k in self.KERNELS])
         self.fuse = nn.Conv2d(4 * c4, channels, 1)
+        order = [b for pair in self.PAIRS for b in pair]
+        self._order = [b * c4 + i for b in order for i in range(c4)]  # reduction channel per paired slot
+
+    def _pair_conv(self, pair: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
+        short, long_ = (self.rect[b] for b in pair)
+        kh, kw = long_.kernel_size
+        dh, dw = kh - short.kernel_size[0], kw - short.kernel_size[1]
+        w_short = F.pad(short.weight, (dw // 2, dw // 2, dh // 2, dh // 2))
+        return (torch.cat([w_short, long_.weight]), torch.cat([short.bias, long_.bias]), (kh // 2, kw // 2))
+
+    def _paired(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Outputs of the horizontal and the vertical pair (each 2 x C/4 channels, branch order of PAIRS)."""
+        r = F.relu(F.conv2d(x, self.reduce.weight[self._order], self.reduce.bias[self._order]))
+        outs = []
+        for pair, part in zip(self.PAIRS, r.split(2 * self.c4, dim=1)):
+            w, b, pad = self._pair_conv(pair)
+            outs.append(F.relu(F.conv2d(part, w, b, padding=pad, groups=2)))
+        return outs
 
     def branch_outputs(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The four branches' outputs in KERNELS order, as computed by the forward pass."""
+        parts = [t for pair_out in self._paired(x) for t in pair_out.split(self.c4, dim=1)]
+        order = [b for pair in self.PAIRS for b in pair]
+        return [parts[order.index(k)] for k in range(len(self.KERNELS))]
+
+    def reference_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The paper's layout node by node: four 1x1 reductions, four rectangular convs, concat."""
         parts = F.relu(self.reduce(x)).split(self.c4, dim=1)
-        return [F.relu(conv(p)) for conv, p in zip(self.rect, parts)]
+        y = self.fuse(torch.cat([F.relu(conv(p)) for conv, p in zip(self.rect, parts)], dim=1))
+        return F.relu(x + y)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.fuse(torch.cat(self.branch_outputs(x), dim=1))
+        y = F.conv2d(torch.cat(self._paired(x), dim=1), self.fuse.weight[:, self._order], self.fuse.bias)
         return F.relu(x + y)
 
 

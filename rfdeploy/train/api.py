@@ -19,7 +19,7 @@ def _require_scene_folders(d: Path, hint: str) -> None:
 
 def train_detector_cli(*, data, annotations, preset, out, steps, batch_size, size, lr, device, workers, time_budget,
                        use_fsm, imagenet, extra_annotations=(), extra_repeats=1, init_checkpoint=None, freeze_stages=0,
-                       init_backbone=None):
+                       init_backbone=None, extra_min_crop=0.5):
     from rfdeploy.train.trainer import TrainOptions, train_detector
 
     d = Path(data)
@@ -49,7 +49,10 @@ def train_detector_cli(*, data, annotations, preset, out, steps, batch_size, siz
                 raise InputError(f"annotation file not found: {ann}")
         if extra_repeats < 1:
             raise InputError(f"--extra-repeats must be >= 1, got {extra_repeats}")
-        ds = with_labelled_sets(ds, extra_annotations, cfg, size=size, repeats=extra_repeats)
+        if not 0.0 < extra_min_crop <= 1.0:
+            raise InputError(f"--extra-min-crop must be within (0, 1], got {extra_min_crop}")
+        ds = with_labelled_sets(ds, extra_annotations, cfg, size=size, repeats=extra_repeats,
+                                min_crop=extra_min_crop)
     if not 0 <= freeze_stages <= 4:
         raise InputError(f"--freeze-stages must be within 0..4, got {freeze_stages}")
     default_imagenet = d / "models" / "mobilenet_v2_imagenet.pth"

@@ -73,15 +73,19 @@ def synthetic_dataset(data_dir, cfg: DetectorConfig, *, length: int, size: int, 
     return SyntheticDataset(gen, length, contract=cfg.contract, transform=RefineFaceAugment(size=size, p_grey=GREY_SHARE), seed=seed)
 
 
-def with_labelled_sets(dataset, annotation_files, cfg: DetectorConfig, *, size: int, repeats: int = 1):
+def with_labelled_sets(dataset, annotation_files, cfg: DetectorConfig, *, size: int, repeats: int = 1,
+                       min_crop: float = 0.5):
     """``dataset`` mixed with annotated image sets (rfdeploy JSON or WIDER FACE .txt), the paper's
-    augmentation applied to them too."""
+    augmentation applied to them too. ``min_crop``: the smallest random crop, as a share of the
+    image's short side (a photo much larger than ``size`` is otherwise only ever seen shrunk, so
+    clothes and hands at the scale where inference meets them are never shown as background)."""
     from rfdeploy.train.datasets import DetectionDataset, MixedDataset, read_annotations
 
     parts = [(dataset, 1)]
     for ann in annotation_files:
         recs = read_annotations(ann)
-        parts.append((DetectionDataset(recs, contract=cfg.contract, transform=RefineFaceAugment(size=size, p_grey=GREY_SHARE)), repeats))
+        aug = RefineFaceAugment(size=size, p_grey=GREY_SHARE, crop_scale=(min_crop, 1.0))
+        parts.append((DetectionDataset(recs, contract=cfg.contract, transform=aug), repeats))
     return MixedDataset(parts)
 
 

@@ -271,3 +271,18 @@ def test_stc_levels_share_one_classification_call_per_level(tiny_det_cfg):
         for l in tiny_det_cfg.stc_levels:
             assert torch.allclose(raw["cls1"][l], m.cls_head(first[l])[..., 0], atol=1e-5)
             assert torch.allclose(raw["cls2"][l], m.cls_head(second[l])[..., 0], atol=1e-5)
+
+
+@pytest.mark.parametrize("channels", [8, 16, 32])
+def test_rfe_paired_forward_equals_the_four_branch_layout(channels):
+    # the forward pass runs the branches as two grouped convs; it must be the paper's arithmetic
+    torch.manual_seed(channels)
+    rfe = RFE(channels)
+    for p in rfe.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    x = torch.randn(2, channels, 13, 10)
+    with torch.no_grad():
+        assert torch.allclose(rfe(x), rfe.reference_forward(x), atol=1e-5)
+    # gradients reach the stored per-branch parameters through the built weights
+    rfe(x).sum().backward()
+    assert all(conv.weight.grad is not None and conv.weight.grad.abs().sum() > 0 for conv in rfe.rect)

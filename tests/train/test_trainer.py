@@ -125,3 +125,23 @@ def test_cli_trains_on_scenes_plus_a_labelled_set_from_a_checkpoint(tiny_data, t
     assert "2 steps" in r.output and load(tmp_path / "run" / "last.safetensors").cfg == default_detector_config()
     bad = CliRunner().invoke(main, args[:-4] + ["--extra-annotations", str(tmp_path / "missing.json")])
     assert bad.exit_code == 2 and "not found" in bad.output
+    out_of_range = CliRunner().invoke(main, args + ["--extra-min-crop", "0"])
+    assert out_of_range.exit_code == 2 and "--extra-min-crop" in out_of_range.output
+
+
+def test_labelled_sets_get_the_requested_smallest_crop(tmp_path):
+    # --extra-min-crop reaches the augmentation of every labelled set, and only theirs
+    from PIL import Image
+
+    from rfdeploy.train.recipes import default_detector_config, with_labelled_sets
+
+    Image.new("RGB", (900, 700)).save(tmp_path / "photo.png")
+    ann = tmp_path / "labelled.json"
+    ann.write_text(json.dumps({"images": [{"file": "photo.png", "width": 900, "height": 700,
+                                           "faces": [{"box": [400, 300, 440, 340], "ignore": False}]}]}))
+    base = [None]  # a one-item stand-in for the composed scenes
+    mixed = with_labelled_sets(base, [ann, ann], default_detector_config(), size=128, min_crop=0.15)
+    assert mixed.parts[0][0] is base
+    assert [part.transform.crop_scale for part, _ in mixed.parts[1:]] == [(0.15, 1.0)] * 2
+    default = with_labelled_sets(base, [ann], default_detector_config(), size=128)
+    assert default.parts[1][0].transform.crop_scale == (0.5, 1.0)
