@@ -129,7 +129,7 @@ def main(argv=None) -> int:
 
     stage = args.out / "staging"
     stage.mkdir(parents=True, exist_ok=True)
-    by_set: dict[str, list[str]] = {}
+    by_set: dict[tuple[str, int], list[str]] = {}  # (set, every n-th frame; 0 for photos) -> files
     missing = []
     for set_name, repo_name, pattern, exclude, every in SOURCES:
         repo = args.mirrors / repo_name / "repo"
@@ -149,24 +149,19 @@ def main(argv=None) -> int:
             dest = stage / set_name / ("videos" if is_video else "images") / flat
             dest.parent.mkdir(parents=True, exist_ok=True)
             if dest.exists() or extract(repo, path, dest):
-                if is_video:
-                    by_set.setdefault(set_name + f"|{every}", []).append(str(dest))
-                else:
-                    by_set.setdefault(set_name + "|0", []).append(str(dest))
+                by_set.setdefault((set_name, every if is_video else 0), []).append(str(dest))
     if missing:
         print("missing mirrors (skipped):", ", ".join(missing), file=sys.stderr)
 
     summaries = {}
-    for set_name in sorted({k.split("|")[0] for k in by_set}):
-        raw = args.out / set_name / "raw"
+    for set_name in sorted({name for name, _ in by_set}):
         parts = []
-        for key, inputs in sorted(by_set.items()):
-            name, every = key.split("|")
+        for (name, every), inputs in sorted(by_set.items()):
             if name != set_name:
                 continue
-            part = raw / f"every{every}"
+            part = args.out / set_name / "raw" / f"every{every}"
             if not (part / "annotations.json").exists():
-                pseudo_label(inputs, teachers, part, every=max(int(every), 1), source_note=f"{set_name} mirrors")
+                pseudo_label(inputs, teachers, part, every=max(every, 1), source_note=f"{set_name} mirrors")
             parts.append(part)
         summaries[set_name] = dedup_and_split(parts, args.out / set_name, forbidden, args)
 
@@ -181,7 +176,8 @@ def main(argv=None) -> int:
 
 
 def dedup_and_split(parts: list[Path], out: Path, forbidden: np.ndarray, args) -> dict:
-    kept, thumbs, dropped_dev, dropped_dup = [], [], 0, 0
+    kept, dropped_dev, dropped_dup = [], 0, 0
+    thumbs = np.zeros((0, forbidden.shape[1]), np.float32)  # one row per kept photo
     for part in parts:
         doc = json.loads((part / "annotations.json").read_text())
         for rec in doc["images"]:
@@ -191,10 +187,10 @@ def dedup_and_split(parts: list[Path], out: Path, forbidden: np.ndarray, args) -
             if (forbidden @ t).max() >= args.dev_corr:
                 dropped_dev += 1
                 continue
-            if thumbs and (np.stack(thumbs) @ t).max() >= args.dup_corr:
+            if len(thumbs) and (thumbs @ t).max() >= args.dup_corr:
                 dropped_dup += 1
                 continue
-            thumbs.append(t)
+            thumbs = np.vstack([thumbs, t])
             rec = dict(rec, file=str((part / rec["file"]).relative_to(out)))
             kept.append(rec)
     train = [r for r in kept if not in_holdout(group_of(Path(r["file"]).stem), args.holdout)]

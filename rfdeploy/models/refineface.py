@@ -42,7 +42,9 @@ class RFE(nn.Module):
     runtime executes faster (fewer layout changes, fewer kernel launches): the two horizontal
     branches (1x3, 1x5) as one grouped 1x5 conv and the two vertical ones as one grouped 5x1
     conv, the shorter kernel zero-padded; the channels are regrouped by permuting the reduction's
-    outputs and the fusion's inputs. In an export every built weight is a constant and is folded."""
+    outputs and the fusion's inputs. Only an ONNX export takes that form, where every built weight
+    is a constant and is folded; eager PyTorch (training, the torch backend) runs the plain layout
+    and builds no weights per call."""
 
     KERNELS = ((1, 3), (3, 1), (1, 5), (5, 1))
     PAIRS = ((0, 2), (1, 3))  # (1x3, 1x5) horizontal, (3x1, 5x1) vertical
@@ -53,8 +55,8 @@ class RFE(nn.Module):
         self.reduce = nn.Conv2d(channels, 4 * c4, 1)
         self.rect = nn.ModuleList([nn.Conv2d(c4, c4, k, padding=(k[0] // 2, k[1] // 2)) for k in self.KERNELS])
         self.fuse = nn.Conv2d(4 * c4, channels, 1)
-        order = [b for pair in self.PAIRS for b in pair]
-        self._order = [b * c4 + i for b in order for i in range(c4)]  # reduction channel per paired slot
+        self._branch_order = [b for pair in self.PAIRS for b in pair]
+        self._order = [b * c4 + i for b in self._branch_order for i in range(c4)]  # reduction channel per paired slot
 
     def _pair_conv(self, pair: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
         short, long_ = (self.rect[b] for b in pair)
@@ -75,8 +77,7 @@ class RFE(nn.Module):
     def branch_outputs(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The four branches' outputs in KERNELS order, as computed by the forward pass."""
         parts = [t for pair_out in self._paired(x) for t in pair_out.split(self.c4, dim=1)]
-        order = [b for pair in self.PAIRS for b in pair]
-        return [parts[order.index(k)] for k in range(len(self.KERNELS))]
+        return [parts[self._branch_order.index(k)] for k in range(len(self.KERNELS))]
 
     def reference_forward(self, x: torch.Tensor) -> torch.Tensor:
         """The paper's layout node by node: four 1x1 reductions, four rectangular convs, concat."""
@@ -85,6 +86,8 @@ class RFE(nn.Module):
         return F.relu(x + y)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.onnx.is_in_onnx_export():
+            return self.reference_forward(x)
         y = F.conv2d(torch.cat(self._paired(x), dim=1), self.fuse.weight[:, self._order], self.fuse.bias)
         return F.relu(x + y)
 

@@ -1,7 +1,9 @@
 import math
 
+import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from rfdeploy.models import build, detector_config
 from rfdeploy.models.anchors import anchor_shapes, decode, encode, level_anchors, xyxy_to_cxcywh
@@ -275,14 +277,34 @@ def test_stc_levels_share_one_classification_call_per_level(tiny_det_cfg):
 
 @pytest.mark.parametrize("channels", [8, 16, 32])
 def test_rfe_paired_forward_equals_the_four_branch_layout(channels):
-    # the forward pass runs the branches as two grouped convs; it must be the paper's arithmetic
+    # an export runs the branches as two grouped convs; it must be the paper's arithmetic
     torch.manual_seed(channels)
     rfe = RFE(channels)
     for p in rfe.parameters():
         torch.nn.init.normal_(p, std=0.3)
     x = torch.randn(2, channels, 13, 10)
     with torch.no_grad():
-        assert torch.allclose(rfe(x), rfe.reference_forward(x), atol=1e-5)
-    # gradients reach the stored per-branch parameters through the built weights
+        paired = F.conv2d(torch.cat(rfe._paired(x), dim=1), rfe.fuse.weight[:, rfe._order], rfe.fuse.bias)
+        assert torch.allclose(F.relu(x + paired), rfe.reference_forward(x), atol=1e-5)
+        assert torch.equal(rfe(x), rfe.reference_forward(x))  # eager: the plain layout
+    # gradients reach the stored per-branch parameters
     rfe(x).sum().backward()
     assert all(conv.weight.grad is not None and conv.weight.grad.abs().sum() > 0 for conv in rfe.rect)
+
+
+def test_rfe_export_has_two_rectangular_convs_and_matches_eager():
+    import io
+
+    import onnx
+    import onnxruntime as ort
+
+    torch.manual_seed(0)
+    rfe = RFE(16).eval()
+    x = torch.randn(1, 16, 9, 7)
+    buf = io.BytesIO()
+    torch.onnx.export(rfe, (x,), buf, dynamo=False, opset_version=17, input_names=["x"], do_constant_folding=True)
+    convs = [n for n in onnx.load_from_string(buf.getvalue()).graph.node if n.op_type == "Conv"]
+    assert len(convs) == 4  # reduce, 1x5 pair, 5x1 pair, fuse (the plain layout has 6)
+    sess = ort.InferenceSession(buf.getvalue(), providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        np.testing.assert_allclose(sess.run(None, {"x": x.numpy()})[0], rfe(x).numpy(), atol=1e-5)
