@@ -90,3 +90,19 @@ def test_concurrent_callers_get_the_same_outputs_as_one_caller():
     for e, g in zip(expected + expected, got):
         _close(e, g)
     assert r.specialised_shapes  # each of the three shapes came at least twice
+
+
+def test_a_shape_that_cannot_be_specialised_keeps_the_generic_session(monkeypatch):
+    from rfdeploy.core.errors import ModelFileError
+
+    r = OrtRunner(DEFAULT_DETECTOR_ONNX, specialise=True).activate()
+    feed = _image(64, 64)
+    expected = r.infer(feed)
+
+    def refuse(*args, **kwargs):
+        raise ModelFileError("onnxruntime cannot build this graph for a fixed shape")
+
+    monkeypatch.setattr(r, "_session", refuse)
+    for _ in range(3):
+        _close(expected, r.infer(feed))
+    assert r.specialised_shapes == []

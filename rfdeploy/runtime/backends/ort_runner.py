@@ -79,6 +79,7 @@ class OrtRunner(Runner):
         self.specialise = bool(specialise) and self._free_dims and self.session.get_providers() == ["CPUExecutionProvider"]
         self._seen: dict[tuple, int] = {}
         self._fixed: OrderedDict[tuple, object] = OrderedDict()
+        self._refused: set[tuple] = set()
         self._lock = threading.Lock()
         self._generic_run_options = None
         self._meta = onnx_metadata(self.session)
@@ -165,13 +166,18 @@ class OrtRunner(Runner):
             n = self._seen[key] = self._seen.get(key, 0) + 1
             if len(self._seen) > 256:  # a long run of one-off sizes: forget the oldest counts
                 self._seen = dict(list(self._seen.items())[-128:])
-            dims = self._dims_of(feed) if n >= self.SPECIALISE_AFTER else None
+            dims = self._dims_of(feed) if n >= self.SPECIALISE_AFTER and key not in self._refused else None
             if dims:
-                s = self._session(self.session.get_providers(), self._quiet, dims)
-                self._fixed[key] = s
-                if len(self._fixed) > self.MAX_SPECIALISED:
-                    self._fixed.popitem(last=False)
-                return s, None
+                try:
+                    s = self._session(self.session.get_providers(), self._quiet, dims)
+                except ModelFileError:
+                    s = None  # a graph onnxruntime cannot specialise: it keeps running generic
+                    self._refused.add(key)
+                if s is not None:
+                    self._fixed[key] = s
+                    if len(self._fixed) > self.MAX_SPECIALISED:
+                        self._fixed.popitem(last=False)
+                    return s, None
             if self._generic_run_options is None:
                 import onnxruntime as ort
 
