@@ -106,3 +106,12 @@ def test_a_shape_that_cannot_be_specialised_keeps_the_generic_session(monkeypatc
     for _ in range(3):
         _close(expected, r.infer(feed))
     assert r.specialised_shapes == []
+
+
+def test_large_feeds_keep_the_generic_session(monkeypatch):
+    monkeypatch.setattr(OrtRunner, "MAX_SPECIALISED_ELEMENTS", 3 * 64 * 64)
+    r = OrtRunner(DEFAULT_DETECTOR_ONNX, specialise=True).activate()
+    for _ in range(3):
+        r.infer(_image(64, 96))  # one element over the limit per row: stays generic
+        r.infer(_image(64, 64))
+    assert r.specialised_shapes == [(("image", (1, 3, 64, 64)),)]

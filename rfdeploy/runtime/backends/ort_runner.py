@@ -45,8 +45,8 @@ class OrtRunner(Runner):
     refuse a model without rfdeploy's metadata (False for third-party detectors).
 
     ``specialise`` (CPU only; default on, ``$RFDEPLOY_ORT_SPECIALISE=0`` turns it off): an input
-    shape seen ``SPECIALISE_AFTER`` times (video frames, tiles of one size, photos from one
-    camera) gets a session built for that shape. With every dimension known, onnxruntime folds the
+    shape seen ``SPECIALISE_AFTER`` times (video frames, photos from one camera), of at most
+    ``MAX_SPECIALISED_ELEMENTS`` input values, gets a session built for that shape. With every dimension known, onnxruntime folds the
     graph's shape arithmetic (anchor grids, level offsets) into constants and drops the nodes that
     computed it. One-off shapes keep the generic session, so a folder of photos of many sizes
     never pays a session build per photo. At most ``MAX_SPECIALISED`` are kept, least recently
@@ -57,6 +57,10 @@ class OrtRunner(Runner):
     name = "onnxruntime"
     SPECIALISE_AFTER = 2
     MAX_SPECIALISED = 2
+    # feeds up to a padded 1080p frame: measured at 8K (33 MP in one pass) a fixed-shape session
+    # ran RetinaFace at half speed and with 1 GB more memory, while VGA gains and 3 MP tiles
+    # gain little
+    MAX_SPECIALISED_ELEMENTS = 3 * 1088 * 1920
 
     def __init__(self, onnx_path, device: str = "cpu", threads: int | None = None, *, model=None,
                  providers: list[str] | None = None, rfdeploy_model: bool = True, specialise: bool | None = None):
@@ -166,7 +170,8 @@ class OrtRunner(Runner):
             n = self._seen[key] = self._seen.get(key, 0) + 1
             if len(self._seen) > 256:  # a long run of one-off sizes: forget the oldest counts
                 self._seen = dict(list(self._seen.items())[-128:])
-            dims = self._dims_of(feed) if n >= self.SPECIALISE_AFTER and key not in self._refused else None
+            small = sum(v.size for v in feed.values()) <= self.MAX_SPECIALISED_ELEMENTS
+            dims = self._dims_of(feed) if n >= self.SPECIALISE_AFTER and small and key not in self._refused else None
             if dims:
                 try:
                     s = self._session(self.session.get_providers(), self._quiet, dims)
