@@ -58,3 +58,18 @@ def test_the_runtime_defaults_are_the_shipped_onnx_files():
     assert bundled_model("detector", "onnxruntime") == DEFAULT_DETECTOR_ONNX
     # the torch backend runs checkpoints
     assert bundled_model("detector", "torch") == DEFAULT_DETECTOR and bundled_model("ranker", "torch") == DEFAULT_RANKER
+
+
+def test_the_shipped_detector_carries_the_tile_range_its_8k_figures_were_measured_with():
+    """docs/benchmarks.md's 8K figures need each pyramid pass to keep faces of 24-192 px; a
+    detector bundled without ``--tile-faces`` falls back to 16-362 px and loses about 0.06 AP@0.5
+    there (phase 6 shipped that way)."""
+    import json
+
+    import onnxruntime as ort
+
+    from rfdeploy.core.metadata import onnx_metadata
+
+    sess = ort.InferenceSession(str(export_bundled.BUNDLED["detector"][1]), providers=["CPUExecutionProvider"])
+    cfg = json.loads(onnx_metadata(sess)["rfdeploy.config"])
+    assert (cfg["tile_min_face"], cfg["tile_max_face"]) == (24, 192)
