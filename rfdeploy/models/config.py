@@ -137,6 +137,14 @@ class RankerConfig:
     # N rows) cannot tie a row's output to that row's input, so its ranking loss stays near ln 2
     # wherever the right order depends on the candidates (docs/benchmarks.md, "Ranker").
     box_head: bool = False
+    # RoI head (not in the paper; needs box_head): each row also gets the backbone's features
+    # sampled inside its own box (roi_size x roi_size points per map, C2-C4, the box grown by
+    # roi_expand for context). Without it a row sees its pixels only through pooled context, so
+    # the ranker cannot tell a face from a hand the detector scored alike. The model maps the
+    # image-normalised boxes onto its input, so the contract must not pad (pad_multiple 1).
+    roi_head: bool = False
+    roi_size: int = 3
+    roi_expand: float = 1.3
     # The ranker sees the whole image downscaled so its long side is this (CRFace trains at 1024).
     contract: PreprocessContract = field(
         default_factory=lambda: PreprocessContract(resize="long_side", resize_to=1024)
@@ -153,6 +161,14 @@ class RankerConfig:
             raise ValueError("num_boxes must be >= 2")
         if self.contract.resize != "long_side":
             raise ValueError("the ranker's contract must resize the whole image (resize='long_side')")
+        if self.roi_head:
+            if not self.box_head:
+                raise ValueError("roi_head needs box_head (the RoI features join the per-candidate head)")
+            if self.contract.pad_multiple != 1:
+                raise ValueError("roi_head needs an unpadded input (contract pad_multiple=1): boxes are "
+                                 "normalised by the image, and padding would shift them on the feature maps")
+            if self.roi_size < 1 or self.roi_expand <= 0:
+                raise ValueError("roi_size must be >= 1 and roi_expand > 0")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -214,6 +230,10 @@ _RANKER_PRESETS = {
     # N = 1000 they were most of the small ranker's 220 ms at VGA) and the per-candidate head
     "crface_mnet025": dict(backbone="mobilenet_v1_025", fpn_channels=32, conf_channels=32, bpn_channels=16,
                            box_head=True, num_boxes=1000),
+    # crface_mnet025 whose rows also see their own pixels (RoI features from C2-C4), with a
+    # 3-layer BPN: the 9-layer BPN over N x 5 was most of crface_mnet025's time
+    "crface_roi": dict(backbone="mobilenet_v1_025", fpn_channels=32, conf_channels=32, bpn_channels=16,
+                       bpn_layers=3, box_head=True, roi_head=True, num_boxes=1000),
 }
 
 

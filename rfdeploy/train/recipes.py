@@ -55,6 +55,18 @@ def default_ranker_config() -> RankerConfig:
     )
 
 
+def roi_ranker_config(resize_to: int = 320) -> RankerConfig:
+    """``crface_mnet025`` whose rows also read their own pixels (``roi_head``: RoI features from
+    C2-C4) with a 3-layer BPN; the image unpadded (the RoI sampling maps image-normalised boxes
+    onto the input tensor)."""
+    from dataclasses import replace
+
+    from rfdeploy.models.backbone_import import SOURCES
+
+    contract = replace(SOURCES["retinaface"].contract, resize="long_side", resize_to=resize_to, pad_multiple=1)
+    return ranker_config("crface_roi", contract=contract)
+
+
 def small_ranker_config() -> RankerConfig:
     """The previous recipe's ranker (ImageNet MobileNetV2, 64-channel BPN, whole image at 640):
     the bundled ``crface_small_default`` minus the per-candidate head it predates."""
@@ -180,7 +192,7 @@ def train_default_ranker(data_dir, detector_ckpt, out_dir, *, device="cpu", scen
                         freeze_stages=freeze_stages, freeze_bn=init_backbone is not None)
     imagenet = d / "models" / "mobilenet_v2_imagenet.pth"
     imagenet = imagenet if imagenet.is_file() and cfg.backbone == "mobilenet_v2" else None
-    res = train_ranker(cfg, RankerSamples(items, augment=augment), opts, out_dir, imagenet_weights=imagenet,
+    res = train_ranker(cfg, RankerSamples(items, augment=augment, with_extent=cfg.roi_head), opts, out_dir, imagenet_weights=imagenet,
                        init_backbone=init_backbone)
     (Path(out_dir) / "prep.json").write_text(json.dumps({"samples": len(items), "large_scenes": large_scenes,
                                                          "prep_seconds": prep_s}))

@@ -210,14 +210,17 @@ class RankerSamples(torch.utils.data.Dataset):
     are dropped), a shrink onto a mean-coloured border, and a per-channel gain and shift of the
     normalised image. The oracle (each candidate's IoU with its face) does not change under
     either geometric step, so it travels with its row.
+
+    ``with_extent``: samples carry a fourth item, the fraction (width, height) of the padded image
+    tensor that the image covers (a RoI ranker maps image-normalised boxes onto its input with it).
     """
 
     def __init__(self, items: list[tuple[np.ndarray, np.ndarray, np.ndarray]], flip: bool = True, seed: int = 0,
-                 augment: bool = False, scale_range: tuple[float, float] = (0.6, 1.0)):
+                 augment: bool = False, scale_range: tuple[float, float] = (0.6, 1.0), with_extent: bool = False):
         if not 0.1 <= scale_range[0] <= scale_range[1] <= 1.0:
             raise ValueError(f"scale_range must satisfy 0.1 <= lo <= hi <= 1, got {scale_range}")
         self.items, self.flip, self.seed, self.epoch = items, flip, seed, 0
-        self.augment, self.scale_range = augment, scale_range
+        self.augment, self.scale_range, self.with_extent = augment, scale_range, with_extent
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -226,6 +229,14 @@ class RankerSamples(torch.utils.data.Dataset):
         return len(self.items)
 
     def __getitem__(self, i):
+        x, cand, oracle = self._sample(i)
+        if not self.with_extent:
+            return x, cand, oracle
+        # the augmentations keep the image inside the same valid region (a shrink pads inside it)
+        vh, vw = self._valid_hw(torch.from_numpy(self.items[i][0]))
+        return x, cand, oracle, torch.tensor([vw / x.shape[-1], vh / x.shape[-2]], dtype=torch.float32)
+
+    def _sample(self, i):
         x, cand, oracle = self.items[i]
         x, cand, oracle = torch.from_numpy(x), torch.from_numpy(cand), torch.from_numpy(oracle)
         rng = np.random.default_rng([self.seed, self.epoch, i])
@@ -306,8 +317,9 @@ class RankerSamples(torch.utils.data.Dataset):
 
 
 def _ranker_step(model, loss_fn, batch, device):
-    x, cand, oracle = (t.to(device, non_blocking=True) for t in batch)
-    raw = model(x, cand, clip=False).float()  # the clip has no gradient (losses.ranker_loss)
+    x, cand, oracle, *extent = (t.to(device, non_blocking=True) for t in batch)
+    # the clip has no gradient (losses.ranker_loss)
+    raw = model(x, cand, clip=False, extent=extent[0] if extent else None).float()
     return loss_fn(raw, oracle, cand[..., 4] > 0)
 
 

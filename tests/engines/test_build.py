@@ -247,3 +247,28 @@ def test_package_imports_without_tensorrt():
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "refused: pip install" in r.stdout
+
+
+def test_roi_ranker_builds_with_its_default_profile(trt_backend, tmp_path):
+    """The RoI ranker samples its rows with GridSample (no plugin op): TensorRT parses and builds it
+    with the default ranker profile, whose unpadded image may be as small as 1x1."""
+    import torch
+
+    from rfdeploy.core.contract import PreprocessContract
+    from rfdeploy.engines.default_profile import profile_for
+    from rfdeploy.export.api import export_checkpoint
+    from rfdeploy.models import build, ranker_config
+    from rfdeploy.models.checkpoint import save_checkpoint
+
+    contract = PreprocessContract(mean=(104.0, 117.0, 123.0), std=(1.0, 1.0, 1.0), channel_order="BGR",
+                                  resize="long_side", resize_to=96, pad_multiple=1)
+    torch.manual_seed(0)
+    save_checkpoint(build(ranker_config("crface_roi", num_boxes=16, contract=contract)).eval(), tmp_path / "r.safetensors")
+    list(export_checkpoint(tmp_path / "r.safetensors", tmp_path / "r.onnx"))
+    kind, spec = profile_for(tmp_path / "r.onnx")
+    m = build_engine(tmp_path / "r.onnx", tmp_path / "r.engine", [spec])
+    shapes = m.profiles[0].shapes
+    assert kind == "ranker" and m.backend == trt_backend
+    assert (shapes["image"].min, shapes["image"].max) == ((1, 3, 1, 1), (1, 3, 96, 96))
+    assert shapes["boxes"].min == shapes["boxes"].max == (1, 16, 5)
+    assert (tmp_path / "r.engine").stat().st_size > 0
