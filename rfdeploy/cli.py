@@ -665,14 +665,20 @@ def train_detector_cmd(data, annotations, preset, out, steps, batch_size, size, 
 @click.option("--large-scenes", default=0, show_default=True,
               help="Also this many 3840x2160 composed scenes, the rfdeploy detector tiled as infer runs it.")
 @click.option("--no-augment", is_flag=True, help="Flip only (no crop, scale or colour jitter).")
+@click.option("--extra-annotations", multiple=True, type=click.Path(dir_okay=False),
+              help="Labelled photo sets whose candidates join the composed scenes' (e.g. from `rfdeploy pseudo-label`; "
+                   "images with ignore-flagged faces are skipped; repeatable).")
+@click.option("--extra-images", type=int, default=None,
+              help="At most this many images per --extra-annotations set, spread evenly over it (default: all).")
 def train_ranker_cmd(data, detectors, out, scenes, steps, batch_size, device, time_budget, lr, final_lr_ratio, preset,
-                     init_backbone, large_scenes, no_augment):
+                     init_backbone, large_scenes, no_augment, extra_annotations, extra_images):
     """CRFace: pairwise ranking loss on frozen detectors' candidates (oracle = IoU with ground truth)."""
     from rfdeploy.train.api import train_ranker_cli
 
     res = train_ranker_cli(data=data, detectors=detectors, out=out, scenes=scenes, steps=steps, batch_size=batch_size,
                            device=device, time_budget=time_budget, lr=lr, final_lr_ratio=final_lr_ratio, preset=preset,
-                           init_backbone=init_backbone, large_scenes=large_scenes, augment=not no_augment)
+                           init_backbone=init_backbone, large_scenes=large_scenes, augment=not no_augment,
+                           extra_annotations=extra_annotations, extra_images=extra_images)
     click.echo(f"{res.steps} steps in {res.seconds:.0f} s -> {res.checkpoint} (log: {res.log})")
 
 

@@ -87,7 +87,8 @@ def backbone_config(cfg, onnx_path):
 
 
 def train_ranker_cli(*, data, detectors, out, scenes, steps, batch_size, device, time_budget, lr=1e-3,
-                     final_lr_ratio=1e-3, preset="crface_mnet025", init_backbone=None, large_scenes=0, augment=True):
+                     final_lr_ratio=1e-3, preset="crface_mnet025", init_backbone=None, large_scenes=0, augment=True,
+                     extra_annotations=(), extra_images=None):
     from rfdeploy.train.recipes import default_ranker_config, roi_ranker_config, small_ranker_config
 
     d = Path(data)
@@ -101,6 +102,11 @@ def train_ranker_cli(*, data, detectors, out, scenes, steps, batch_size, device,
             raise InputError(f"detector not found: {p}")
     if large_scenes < 0:
         raise InputError(f"--large-scenes must be >= 0, got {large_scenes}")
+    if extra_images is not None and extra_images < 1:
+        raise InputError(f"--extra-images must be >= 1, got {extra_images}")
+    for p in extra_annotations:
+        if not Path(p).is_file():
+            raise InputError(f"annotations not found: {p}")
     backbone = None
     if preset == "crface_small":
         if init_backbone is not None:
@@ -117,4 +123,4 @@ def train_ranker_cli(*, data, detectors, out, scenes, steps, batch_size, device,
     return train_default_ranker(d, ckpts[0], out, device=device, scenes=scenes, steps=steps, batch_size=batch_size,
                                 time_budget_s=time_budget, extra_onnx_detectors=onnx, lr=lr,
                                 final_lr_ratio=final_lr_ratio, cfg=cfg, init_backbone=backbone, augment=augment,
-                                large_scenes=large_scenes)
+                                large_scenes=large_scenes, extra_annotations=extra_annotations, extra_images=extra_images)

