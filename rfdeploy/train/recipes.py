@@ -20,7 +20,7 @@ from rfdeploy.runtime.adapters import OnnxDetector, require_trainable
 from rfdeploy.runtime.backends.selection import open_runner
 from rfdeploy.runtime.facelogic import detect_candidates
 from rfdeploy.runtime.logic_config import face_logic_config
-from rfdeploy.runtime.models import Detector
+from rfdeploy.runtime.models import Detector, ThirdPartyDetector
 from rfdeploy.train.augment import GREY_SHARE, RefineFaceAugment
 from rfdeploy.train.synth import SceneGenerator
 
@@ -125,9 +125,10 @@ def candidate_source(detector, device="cpu", min_score: float = 0.01, tile: str 
     """rgb -> (boxes, scores): a detector's full candidate set on the fastest backend available
     (onnxruntime on CPU), through the same face logic as inference; ``tile="auto"`` merges the
     tiled pyramid passes as ``infer`` does on large images. ``detector``: a model file, or an
-    opened :class:`Detector` (so several sources share one session)."""
+    opened :class:`Detector` or :class:`ThirdPartyDetector` (so several sources share one session)."""
 
-    det = detector if isinstance(detector, Detector) else Detector(open_runner(detector, device=device).activate())
+    det = (detector if isinstance(detector, (Detector, ThirdPartyDetector))
+           else Detector(open_runner(detector, device=device).activate()))
     logic = face_logic_config(detector_contract=det.contract, detector_config=det.cfg, tile=tile, candidate_thr=min_score)
     return lambda rgb: detect_candidates(rgb, det.run_batch, logic)
 
@@ -164,7 +165,9 @@ def train_default_ranker(data_dir, detector_ckpt, out_dir, *, device="cpu", scen
     ``large_scenes``: that many large composed scenes (``large_size``, faces 12-1200 px) whose
     candidates come from the rfdeploy detector's tiled pyramid passes, merged as ``infer`` merges
     them, and from each third-party detector's one full-resolution pass: candidates of different
-    passes carry confidences that do not compare, the case CRFace was made for.
+    passes carry confidences that do not compare, the case CRFace was made for. Each detector
+    runs there through the same pyramid (third-party ones too, as ``infer --tile auto`` runs
+    them), and the third-party ones also as one full-resolution pass.
     """
     from rfdeploy.train.trainer import RankerSamples, TrainOptions, build_ranker_samples, train_ranker
 
@@ -173,10 +176,12 @@ def train_default_ranker(data_dir, detector_ckpt, out_dir, *, device="cpu", scen
     gen = SceneGenerator(d / "facecrops", d / "backgrounds", out_size=((640, 480), (1920, 1440)), seed=7, exclude_crops=NOISY_CROPS)
     ours = Detector(open_runner(detector_ckpt, device=device).activate())
     detectors = [candidate_source(ours)]
+    third_party = []
     for onnx_path in extra_onnx_detectors:
         det = OnnxDetector(onnx_path)
         require_trainable(det.adapter, "train the ranker")
         detectors.append(det.detect_candidates)
+        third_party.append(ThirdPartyDetector(det))
     t = time.time()
 
     images = itertools.chain(composed_scenes(gen, scenes), labelled_images(extra_annotations, extra_images))
@@ -184,7 +189,8 @@ def train_default_ranker(data_dir, detector_ckpt, out_dir, *, device="cpu", scen
     if large_scenes:
         big = SceneGenerator(d / "facecrops", d / "backgrounds", out_size=tuple(large_size), faces_per_image=(4, 16),
                              face_size=(12, 1200), seed=11, exclude_crops=NOISY_CROPS)
-        tiled = [candidate_source(ours, tile="auto")] + detectors[1:]
+        tiled = ([candidate_source(ours, tile="auto")] + detectors[1:]
+                 + [candidate_source(det, tile="auto") for det in third_party])
         items += build_ranker_samples(composed_scenes(big, large_scenes), tiled, cfg)
     prep_s = time.time() - t
     opts = TrainOptions(steps=steps, batch_size=batch_size, device=device, workers=workers, optimizer="adam", lr=lr,

