@@ -29,10 +29,16 @@ class TritonPythonModel:
         self.ranker = self.settings.get("ranker")
 
     def _bls(self, model, inputs, outputs):
+        kwargs = {}
+        if hasattr(pb_utils, "PreferredMemory"):  # Triton >= 23.04
+            # a TensorRT plan leaves its outputs in GPU memory, where as_numpy() cannot read them;
+            # the face logic runs on the host, so ask for them there
+            kwargs["preferred_memory"] = pb_utils.PreferredMemory(pb_utils.TRITONSERVER_MEMORY_CPU, 0)
         request = pb_utils.InferenceRequest(
             model_name=model,
             requested_output_names=list(outputs),
             inputs=[pb_utils.Tensor(name, np.ascontiguousarray(array)) for name, array in inputs.items()],
+            **kwargs,
         )
         response = request.exec()
         if response.has_error():

@@ -126,18 +126,32 @@ def test_pbtxt_string_escapes_round_trip():
 # --- the Python model against a stand-in triton_python_backend_utils -------------------------------
 
 
-def _fake_pb_utils(handlers: dict, log: list):
-    """The names model.py uses, with BLS exec() dispatched to ``handlers[model_name](inputs)``."""
+def _fake_pb_utils(handlers: dict, log: list, gpu_outputs: bool = True):
+    """The names model.py uses, with BLS exec() dispatched to ``handlers[model_name](inputs)``.
+
+    ``gpu_outputs``: as Triton does for a network model on a GPU (a TensorRT plan), a BLS
+    response's tensors stay in GPU memory, where ``as_numpy()`` fails, unless the request asked
+    for CPU memory with ``preferred_memory``."""
     pb = types.ModuleType("triton_python_backend_utils")
+    pb.TRITONSERVER_MEMORY_GPU, pb.TRITONSERVER_MEMORY_CPU = "gpu", "cpu"
+
+    class PreferredMemory:
+        def __init__(self, preferred_memory_type, preferred_device_id=0):
+            self.type, self.device = preferred_memory_type, preferred_device_id
 
     class Tensor:
-        def __init__(self, name, array):
-            self._name, self._array = name, np.asarray(array)
+        def __init__(self, name, array, on_gpu=False):
+            self._name, self._array, self._on_gpu = name, np.asarray(array), on_gpu
 
         def name(self):
             return self._name
 
+        def is_cpu(self):
+            return not self._on_gpu
+
         def as_numpy(self):
+            if self._on_gpu:
+                raise RuntimeError("Tensor is stored in GPU and cannot be converted to NumPy.")
             return self._array
 
     class TritonError:
@@ -158,8 +172,9 @@ def _fake_pb_utils(handlers: dict, log: list):
             return self._error
 
     class InferenceRequest:
-        def __init__(self, model_name, requested_output_names, inputs):
+        def __init__(self, model_name, requested_output_names, inputs, preferred_memory=None):
             self.model_name, self.outputs, self.inputs = model_name, requested_output_names, inputs
+            self.preferred_memory = preferred_memory
 
         def exec(self):
             feeds = {t.name(): t.as_numpy() for t in self.inputs}
@@ -168,13 +183,15 @@ def _fake_pb_utils(handlers: dict, log: list):
                 values = handlers[self.model_name](feeds)
             except Exception as e:  # what Triton returns for a failed inner request
                 return InferenceResponse([], TritonError(str(e)))
-            return InferenceResponse([Tensor(n, values[n]) for n in self.outputs])
+            on_gpu = gpu_outputs and getattr(self.preferred_memory, "type", None) != pb.TRITONSERVER_MEMORY_CPU
+            return InferenceResponse([Tensor(n, values[n], on_gpu) for n in self.outputs])
 
     def get_tensor(obj, name):
         tensors = obj.output_tensors if isinstance(obj, InferenceResponse) else obj.inputs
         return next((t for t in tensors if t.name() == name), None)
 
     pb.Tensor, pb.TritonError, pb.InferenceResponse, pb.InferenceRequest = Tensor, TritonError, InferenceResponse, InferenceRequest
+    pb.PreferredMemory = PreferredMemory
     pb.get_input_tensor_by_name = pb.get_output_tensor_by_name = get_tensor
     return pb
 
