@@ -129,7 +129,8 @@ class BuilderBackend:
 
 def current_gpu(device_index: int = 0) -> dict[str, str] | None:
     """{"name", "compute_capability"} of a visible CUDA GPU, or None when there is none. Where no
-    CUDA driver loads there is none, and neither torch nor the CUDA runtime is imported to learn it."""
+    CUDA driver loads there is none, and neither torch nor the CUDA runtime is imported to learn it.
+    torch answers when it sees the GPU, else the CUDA runtime (cuda-python)."""
     if not cuda_driver_loads():
         return None
     try:
@@ -138,9 +139,10 @@ def current_gpu(device_index: int = 0) -> dict[str, str] | None:
         if torch.cuda.is_available() and device_index < torch.cuda.device_count():
             major, minor = torch.cuda.get_device_capability(device_index)
             return {"name": torch.cuda.get_device_name(device_index), "compute_capability": f"{major}.{minor}"}
-        return None
     except Exception:  # noqa: BLE001 - torch missing or broken: try the CUDA runtime directly
         pass
+    # torch without CUDA (a CPU wheel, or one built for a newer CUDA than the driver) says nothing
+    # about the GPU: TensorRT engines still run through the CUDA runtime, so ask it
     try:
         from cuda.bindings import runtime as cudart
 

@@ -7,6 +7,7 @@ precision builder flags are set. Convert the ONNX file first (rfdeploy.export / 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -138,6 +139,7 @@ def build_engine(
     compute_capabilities: Sequence[str] | None = None,
     prefer_backend: str | None = None,
     rebuild_command: Sequence[str] | None = None,
+    device_index: int = 0,
 ) -> Manifest:
     """Build ``out_path`` (a TensorRT plan) and ``out_path.json`` (its manifest) from an ONNX file.
 
@@ -146,6 +148,7 @@ def build_engine(
     except Turing); data-centre TensorRT builds for the GPU it runs on only.
     ``rebuild_command``: recorded verbatim when given (the CLI passes the user's command);
     otherwise an equivalent `rfdeploy build-engine` command is derived from the arguments.
+    ``device_index``: the CUDA GPU a data-centre TensorRT build runs on and targets.
 
     Raises InputError (bad arguments/profiles), BuildError (parse or build failure; nothing is
     left at ``out_path``), BackendUnavailableError (no TensorRT).
@@ -165,112 +168,142 @@ def build_engine(
     del model
 
     backend = BuilderBackend.load(prefer_backend)
-    trt = backend.module
-    logger = collecting_logger(trt)
-    builder = trt.Builder(logger)
-    network = builder.create_network(backend.network_flags())
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):
-        errs = _parser_errors(parser) or logger.errors or ["(the parser gave no details)"]
-        raise BuildError(
-            f"{backend.name} {backend.version} could not parse {onnx_path}:\n  " + "\n  ".join(errs),
-            hint="the listed nodes use an op, attribute or type this TensorRT does not support; "
-            "re-export with a supported opset, simplify the graph (onnxslim), or keep that part outside the engine",
-        )
+    # data-centre TensorRT builds on the thread's current CUDA device: make it the one asked for
+    # (TensorRT-RTX compiles ahead of time for named targets and needs no GPU)
+    on_gpu = contextlib.nullcontext() if backend.supports_compute_capability_targets else _on_device(device_index)
+    with on_gpu:
+        trt = backend.module
+        logger = collecting_logger(trt)
+        builder = trt.Builder(logger)
+        network = builder.create_network(backend.network_flags())
+        parser = trt.OnnxParser(network, logger)
+        if not parser.parse_from_file(str(onnx_path)):
+            errs = _parser_errors(parser) or logger.errors or ["(the parser gave no details)"]
+            raise BuildError(
+                f"{backend.name} {backend.version} could not parse {onnx_path}:\n  " + "\n  ".join(errs),
+                hint="the listed nodes use an op, attribute or type this TensorRT does not support; "
+                "re-export with a supported opset, simplify the graph (onnxslim), or keep that part outside the engine",
+            )
 
-    declared = {}
-    for i in range(network.num_inputs):
-        t = network.get_input(i)
-        declared[t.name] = tuple(int(d) for d in t.shape)
-    resolved = resolve_profiles(profiles, declared)
+        declared = {}
+        for i in range(network.num_inputs):
+            t = network.get_input(i)
+            declared[t.name] = tuple(int(d) for d in t.shape)
+        resolved = resolve_profiles(profiles, declared)
 
-    config = builder.create_builder_config()
-    for prof in resolved:
-        op = builder.create_optimization_profile()
-        for name, r in prof.shapes.items():
-            op.set_shape(name, r.min, r.opt, r.max)
-        config.add_optimization_profile(op)
-    if workspace_mb is not None:
-        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mb) << 20)
-    if opt_level is not None:
-        config.builder_optimization_level = int(opt_level)
+        config = builder.create_builder_config()
+        for prof in resolved:
+            op = builder.create_optimization_profile()
+            for name, r in prof.shapes.items():
+                op.set_shape(name, r.min, r.opt, r.max)
+            config.add_optimization_profile(op)
+        if workspace_mb is not None:
+            config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mb) << 20)
+        if opt_level is not None:
+            config.builder_optimization_level = int(opt_level)
 
-    gpu = current_gpu()
-    if backend.supports_compute_capability_targets:
-        targets = _rtx_targets(trt, compute_capabilities)
-        config.num_compute_capabilities = len(targets)
-        for i, (_, member) in enumerate(targets):
-            if not config.set_compute_capability(member, i):
-                raise BuildError(f"{backend.name} refused compute capability target {targets[i][0]}")
-        ccs = tuple(cc for cc, _ in targets)
-    else:
-        here = gpu["compute_capability"] if gpu else None
-        for r in compute_capabilities or ():
-            if here is None or normalize_cc(r) != here:
-                raise InputError(
-                    f"TensorRT builds for the GPU it runs on ({here or 'no GPU found'}); "
-                    f"it cannot target compute capability {normalize_cc(r)}",
-                    hint="build on a GPU of that generation, or use TensorRT-RTX (--backend tensorrt_rtx)",
-                )
-        ccs = (here,) if here else ()
-
-    cache = None
-    timing_cache_note = None
-    if timing_cache is not None:
-        if backend.timing_cache_effective:
-            tc_path = Path(timing_cache)
-            blob = tc_path.read_bytes() if tc_path.is_file() else b""
-            cache = config.create_timing_cache(blob)
-            config.set_timing_cache(cache, False)
+        gpu = current_gpu(device_index)
+        if backend.supports_compute_capability_targets:
+            targets = _rtx_targets(trt, compute_capabilities)
+            config.num_compute_capabilities = len(targets)
+            for i, (_, member) in enumerate(targets):
+                if not config.set_compute_capability(member, i):
+                    raise BuildError(f"{backend.name} refused compute capability target {targets[i][0]}")
+            ccs = tuple(cc for cc, _ in targets)
         else:
-            timing_cache_note = f"ignored: {backend.name} has no effective timing cache"
-            log.warning("timing cache %s %s", timing_cache, timing_cache_note)
+            here = gpu["compute_capability"] if gpu else None
+            for r in compute_capabilities or ():
+                if here is None or normalize_cc(r) != here:
+                    raise InputError(
+                        f"TensorRT builds for the GPU it runs on ({here or 'no GPU found'}); "
+                        f"it cannot target compute capability {normalize_cc(r)}",
+                        hint="build on a GPU of that generation, or use TensorRT-RTX (--backend tensorrt_rtx)",
+                    )
+            ccs = (here,) if here else ()
 
-    plan = builder.build_serialized_network(network, config)
-    if plan is None or plan.nbytes == 0:
-        details = "\n  ".join(logger.errors[-10:]) or "(TensorRT gave no details)"
-        raise BuildError(
-            f"{backend.name} {backend.version} failed to build an engine from {onnx_path}:\n  {details}",
-            hint="see the TensorRT errors above; unsupported layers must stay outside the engine "
-            "(e.g. NMS), and TopK K must be <= 3840",
+        cache = None
+        timing_cache_note = None
+        if timing_cache is not None:
+            if backend.timing_cache_effective:
+                tc_path = Path(timing_cache)
+                blob = tc_path.read_bytes() if tc_path.is_file() else b""
+                cache = config.create_timing_cache(blob)
+                config.set_timing_cache(cache, False)
+            else:
+                timing_cache_note = f"ignored: {backend.name} has no effective timing cache"
+                log.warning("timing cache %s %s", timing_cache, timing_cache_note)
+
+        plan = builder.build_serialized_network(network, config)
+        if plan is None or plan.nbytes == 0:
+            details = "\n  ".join(logger.errors[-10:]) or "(TensorRT gave no details)"
+            raise BuildError(
+                f"{backend.name} {backend.version} failed to build an engine from {onnx_path}:\n  {details}",
+                hint="see the TensorRT errors above; unsupported layers must stay outside the engine "
+                "(e.g. NMS), and TopK K must be <= 3840",
+            )
+        if cache is not None:
+            atomic_write_bytes(Path(timing_cache), config.get_timing_cache().serialize())
+
+        def io(t) -> IOTensor:
+            return IOTensor(t.name, tuple(int(d) for d in t.shape), dtype_name(t.dtype))
+
+        command = list(rebuild_command) if rebuild_command else _default_command(
+            onnx_path, out_path, profiles, workspace_mb=workspace_mb, opt_level=opt_level,
+            timing_cache=timing_cache, compute_capabilities=compute_capabilities, backend=backend.name,
         )
-    if cache is not None:
-        atomic_write_bytes(Path(timing_cache), config.get_timing_cache().serialize())
+        manifest = Manifest(
+            backend=backend.name,
+            backend_version=backend.version,
+            compute_capabilities=ccs,
+            build_gpu=dict(gpu) if gpu else "unknown",
+            precision=precision,
+            profiles=tuple(resolved),
+            inputs=tuple(io(network.get_input(i)) for i in range(network.num_inputs)),
+            outputs=tuple(io(network.get_output(i)) for i in range(network.num_outputs)),
+            plan_sha256=sha256_bytes(plan),
+            onnx_sha256=sha256_file(onnx_path),
+            onnx_file=str(onnx_path),
+            rfdeploy_version=__version__,
+            metadata=metadata,
+            rebuild_command=tuple(command),
+            build_options={
+                "workspace_mb": workspace_mb,
+                "opt_level": opt_level,
+                "timing_cache": str(timing_cache) if timing_cache is not None else None,
+                "timing_cache_note": timing_cache_note,
+                "compute_capabilities_requested": list(compute_capabilities) if compute_capabilities else None,
+                "plan_bytes": int(plan.nbytes),
+            },
+            build_seconds=round(time.perf_counter() - t0, 3),
+        )
+        _write_pair(out_path, plan, manifest)
+        return manifest
 
-    def io(t) -> IOTensor:
-        return IOTensor(t.name, tuple(int(d) for d in t.shape), dtype_name(t.dtype))
 
-    command = list(rebuild_command) if rebuild_command else _default_command(
-        onnx_path, out_path, profiles, workspace_mb=workspace_mb, opt_level=opt_level,
-        timing_cache=timing_cache, compute_capabilities=compute_capabilities, backend=backend.name,
-    )
-    manifest = Manifest(
-        backend=backend.name,
-        backend_version=backend.version,
-        compute_capabilities=ccs,
-        build_gpu=dict(gpu) if gpu else "unknown",
-        precision=precision,
-        profiles=tuple(resolved),
-        inputs=tuple(io(network.get_input(i)) for i in range(network.num_inputs)),
-        outputs=tuple(io(network.get_output(i)) for i in range(network.num_outputs)),
-        plan_sha256=sha256_bytes(plan),
-        onnx_sha256=sha256_file(onnx_path),
-        onnx_file=str(onnx_path),
-        rfdeploy_version=__version__,
-        metadata=metadata,
-        rebuild_command=tuple(command),
-        build_options={
-            "workspace_mb": workspace_mb,
-            "opt_level": opt_level,
-            "timing_cache": str(timing_cache) if timing_cache is not None else None,
-            "timing_cache_note": timing_cache_note,
-            "compute_capabilities_requested": list(compute_capabilities) if compute_capabilities else None,
-            "plan_bytes": int(plan.nbytes),
-        },
-        build_seconds=round(time.perf_counter() - t0, 3),
-    )
-    _write_pair(out_path, plan, manifest)
-    return manifest
+@contextlib.contextmanager
+def _on_device(index: int):
+    """CUDA device ``index`` current for the block, the previous one current again after it."""
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            with torch.cuda.device(index):
+                yield
+            return
+    except ImportError:
+        pass
+    try:
+        from cuda.bindings import runtime as cudart
+    except ImportError:  # no way to choose: TensorRT builds where it finds itself
+        yield
+        return
+    err, previous = cudart.cudaGetDevice()
+    cudart.cudaSetDevice(index)
+    try:
+        yield
+    finally:
+        if int(err) == 0:
+            cudart.cudaSetDevice(previous)
 
 
 def _write_pair(out_path: Path, plan, manifest: Manifest) -> None:

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from rfdeploy import __version__
 from rfdeploy.core import metadata
-from rfdeploy.core.env import cuda_available, default_cache_dir
+from rfdeploy.core.env import cuda_driver_loads, default_cache_dir
 from rfdeploy.core.errors import BackendUnavailableError, InputError, ModelFileError
 from rfdeploy.core.fsutil import publish_pair, sha256_file
 from rfdeploy.core.precision import cached_variant_name
@@ -173,6 +173,7 @@ def ensure_engine(
     gpu_cc: str | None = None,
     notes: list[str] | None = None,
     echo: Echo | None = None,
+    device_index: int = 0,
 ) -> Path:
     """The cached TensorRT engine for ``onnx_path``, built first when missing or unfit.
 
@@ -182,7 +183,8 @@ def ensure_engine(
     ``prefer_backend``: tensorrt | tensorrt_rtx | None (either, data-centre first). ``gpu_cc``: the
     GPU generation to build for (default: the visible GPU's; TensorRT-RTX builds for all its
     default targets when there is none). ``notes`` receives "built"/"reused"/"rebuilt ... because"
-    lines; ``echo`` (default: stderr) the progress messages of a build.
+    lines; ``echo`` (default: stderr) the progress messages of a build. ``device_index``: the
+    CUDA GPU the engine is for (a data-centre TensorRT build runs there).
 
     Raises InputError (bad arguments, unwritable cache), ModelFileError (not an rfdeploy model),
     BackendUnavailableError (no TensorRT), BuildError (nothing is left at the engine path).
@@ -202,7 +204,7 @@ def ensure_engine(
         except ValueError as e:
             raise InputError(str(e)) from e
     else:
-        gpu = current_gpu()
+        gpu = current_gpu(device_index)
         gpu_cc = gpu["compute_capability"] if gpu else None
 
     meta, inputs = onnx_facts(src)
@@ -243,7 +245,7 @@ def ensure_engine(
                                    compute_capabilities=ccs, backend=backend.name)
         try:
             build_engine(build_src, tmp, [spec], compute_capabilities=ccs, prefer_backend=backend.name,
-                         rebuild_command=command)
+                         rebuild_command=command, device_index=device_index)
             publish_pair(tmp, engine, manifest_path(tmp), manifest_path(engine))
         except BaseException:
             for p in (tmp, manifest_path(tmp)):
@@ -268,8 +270,9 @@ def engines_usable_here(prefer_backend: str | None = None, device_index: int = 0
     """None when engines can be built and run here (a TensorRT module imports, CUDA GPU
     ``device_index`` is visible and the TensorRT flavour can target it); otherwise the reason, for
     ``--backend auto``."""
-    # The GPU first: it is the cheaper question, and importing TensorRT is pointless without one.
-    if not cuda_available():
+    # The driver first: it is the cheapest question, and importing TensorRT is pointless without
+    # it. Not torch's view of CUDA: engines run without torch (through the CUDA runtime).
+    if not cuda_driver_loads():
         return "no CUDA GPU is visible"
     try:
         backend = BuilderBackend.load(prefer_backend)

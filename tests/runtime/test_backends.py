@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import sys
+
 import pytest
 
 from rfdeploy.core.errors import ModelFileError
@@ -47,8 +49,101 @@ def test_engine_check_asks_about_the_requested_gpu(monkeypatch):
     from rfdeploy.engines import engine_cache
 
     asked = []
-    monkeypatch.setattr(engine_cache, "cuda_available", lambda: True)
+    monkeypatch.setattr(engine_cache, "cuda_driver_loads", lambda: True)
     monkeypatch.setattr(engine_cache.BuilderBackend, "load", classmethod(lambda cls, prefer=None: object()))
     monkeypatch.setattr(engine_cache, "current_gpu", lambda index=0: asked.append(index))
     assert engine_cache.engines_usable_here(device_index=2) == "no CUDA GPU 2 is visible"
     assert asked == [2]
+
+
+def _fake_cudart(monkeypatch, devices: dict[int, tuple[str, int, int]], calls: list):
+    """cuda.bindings.runtime with ``devices`` {index: (name, major, minor)}; records SetDevice."""
+    import types
+
+    rt = types.ModuleType("cuda.bindings.runtime")
+    state = {"current": 0}
+
+    def props(index):
+        if index not in devices:
+            return 101, None  # cudaErrorInvalidDevice
+        name, major, minor = devices[index]
+        return 0, types.SimpleNamespace(name=name.encode() + b"\0", major=major, minor=minor)
+
+    def set_device(index):
+        calls.append(index)
+        state["current"] = index
+        return (0,)
+
+    rt.cudaGetDeviceProperties = props
+    rt.cudaSetDevice = set_device
+    rt.cudaGetDevice = lambda: (0, state["current"])
+    bindings = types.ModuleType("cuda.bindings")
+    bindings.runtime = rt
+    cuda = types.ModuleType("cuda")
+    cuda.bindings = bindings
+    for name, mod in (("cuda", cuda), ("cuda.bindings", bindings), ("cuda.bindings.runtime", rt)):
+        monkeypatch.setitem(sys.modules, name, mod)
+    return state
+
+
+def test_a_gpu_torch_cannot_see_is_found_through_the_cuda_runtime(monkeypatch):
+    """torch without CUDA (a CPU wheel on a GPU server) must not hide the GPU from TensorRT,
+    which runs engines through the CUDA runtime: current_gpu asks it, and --backend auto can
+    pick engines."""
+    import torch
+
+    from rfdeploy.engines import backend, engine_cache
+
+    if torch.cuda.is_available():
+        pytest.skip("torch sees a GPU here: the fallback is not what answers")
+    monkeypatch.setattr(backend, "cuda_driver_loads", lambda: True)
+    _fake_cudart(monkeypatch, {0: ("Fake L4", 8, 9)}, [])
+    assert backend.current_gpu(0) == {"name": "Fake L4", "compute_capability": "8.9"}
+    assert backend.current_gpu(1) is None
+    monkeypatch.setattr(engine_cache, "cuda_driver_loads", lambda: True)
+    monkeypatch.setattr(engine_cache, "current_gpu", backend.current_gpu)
+    members = {"SM89": None, "SM86": None}
+    fake = type("B", (), {"supports_compute_capability_targets": True,
+                          "module": type("M", (), {"ComputeCapability": type("C", (), {"__members__": members})})})
+    monkeypatch.setattr(engine_cache.BuilderBackend, "load", classmethod(lambda cls, prefer=None: fake))
+    assert engine_cache.engines_usable_here() is None
+    assert engine_cache.engines_usable_here(device_index=1) == "no CUDA GPU 1 is visible"
+
+
+def test_a_build_runs_on_the_requested_gpu_and_restores_the_current_one(monkeypatch):
+    """Data-centre TensorRT builds on the thread's current device: the build of an engine for
+    cuda:1 must make GPU 1 current and give GPU 0 back afterwards."""
+    import torch
+
+    from rfdeploy.engines import build
+
+    if torch.cuda.is_available():
+        pytest.skip("torch has CUDA here: the build device is chosen through torch")
+    calls: list = []
+    state = _fake_cudart(monkeypatch, {0: ("A", 8, 0), 1: ("B", 8, 9)}, calls)
+    with build._on_device(1):
+        assert state["current"] == 1
+    assert calls == [1, 0] and state["current"] == 0
+
+
+def test_ensure_engine_builds_for_the_requested_gpu(monkeypatch, tmp_path):
+    """The engine cache asks about GPU ``device_index`` and hands it to the build."""
+    from rfdeploy.core.errors import BuildError
+    from rfdeploy.engines import engine_cache
+    from rfdeploy.models import DEFAULT_RANKER_ONNX
+
+    asked, built = [], []
+    monkeypatch.setattr(engine_cache, "current_gpu",
+                        lambda index=0: asked.append(index) or {"name": "B", "compute_capability": "8.9"})
+    fake = type("B", (), {"name": "tensorrt", "version": "10.0"})
+    monkeypatch.setattr(engine_cache.BuilderBackend, "load", classmethod(lambda cls, prefer=None: fake))
+
+    def fake_build(*args, **kw):
+        built.append(kw)
+        raise BuildError("stop here")
+
+    monkeypatch.setattr(engine_cache, "build_engine", fake_build)
+    with pytest.raises(BuildError, match="stop here"):
+        engine_cache.ensure_engine(DEFAULT_RANKER_ONNX, tmp_path, device_index=1, echo=lambda msg: None)
+    assert asked == [1]
+    assert built[0]["device_index"] == 1 and built[0]["compute_capabilities"] == ["8.9"]

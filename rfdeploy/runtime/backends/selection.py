@@ -105,7 +105,8 @@ def _engine_runner(path: Path, kind: str, device: str, onnx_cache, engine_cache,
                    notes: list[str]) -> Runner:
     """Export (checkpoint) -> cached engine for the local GPU -> TrtRunner."""
     onnx_path = cached_export(path, onnx_cache, notes) if kind == "checkpoint" else path
-    gpu = current_gpu(parse_device(device))
+    index = parse_device(device)
+    gpu = current_gpu(index)
     engine = ensure_engine(onnx_path, engine_cache, precision=precision,
-                           gpu_cc=gpu["compute_capability"] if gpu else None, notes=notes)
+                           gpu_cc=gpu["compute_capability"] if gpu else None, notes=notes, device_index=index)
     return TrtRunner(engine, device=device)
