@@ -35,9 +35,11 @@ def test_gpu_providers_carry_the_requested_device_index():
     from rfdeploy.runtime.backends.ort_runner import pick_providers
 
     avail = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
-    assert pick_providers("cuda:1", avail) == [("TensorrtExecutionProvider", {"device_id": 1}),
-                                                ("CUDAExecutionProvider", {"device_id": 1}), "CPUExecutionProvider"]
+    # not the TensorRT EP: it would rebuild an engine at every start and for every new shape
+    assert pick_providers("cuda:1", avail) == [("CUDAExecutionProvider", {"device_id": 1}), "CPUExecutionProvider"]
     assert pick_providers("cuda", avail[1:])[0] == ("CUDAExecutionProvider", {"device_id": 0})
+    with pytest.raises(BackendUnavailableError):
+        pick_providers("cuda:0", ["TensorrtExecutionProvider", "CPUExecutionProvider"])
     assert pick_providers("cpu", avail) == ["CPUExecutionProvider"]
     with pytest.raises(BackendUnavailableError):
         pick_providers("cuda:0", ["CPUExecutionProvider"])

@@ -1,4 +1,4 @@
-"""onnxruntime backend: TensorRT EP, CUDA EP or CPU EP, the best one available."""
+"""onnxruntime backend: CUDA EP or CPU EP, the best one available."""
 
 from __future__ import annotations
 
@@ -16,9 +16,14 @@ from rfdeploy.runtime.backends.base import Runner
 
 def pick_providers(device: str, available: list[str]) -> list:
     """Providers in preference order for a device; CPU always last as the fallback. The GPU ones
-    carry the device's index (onnxruntime's GPU providers run on GPU 0 unless told)."""
+    carry the device's index (onnxruntime's GPU providers run on GPU 0 unless told).
+
+    Not onnxruntime's TensorRT EP: without an engine cache and shape profiles it builds an engine
+    at every start and again whenever a tile or image shape falls outside those seen so far
+    (minutes that look like a hang). TensorRT runs through ``--backend tensorrt``, whose engines
+    are built once with the runtime's profiles and cached (rfdeploy.engines.engine_cache)."""
     if device.startswith("cuda"):
-        wanted = [p for p in ("TensorrtExecutionProvider", "CUDAExecutionProvider") if p in available]
+        wanted = [p for p in ("CUDAExecutionProvider",) if p in available]
         if not wanted:
             raise BackendUnavailableError(
                 f"device {device} requested but onnxruntime here has only {available}",
