@@ -31,7 +31,11 @@ COPY --from=build /wheels /wheels
 # The gpu extra adds onnxruntime-gpu, tensorrt (already in the base image, so pip keeps NVIDIA's
 # build) and cuda-python. onnxruntime (CPU) and onnxruntime-gpu install the same module: keep
 # only the GPU build.
-RUN python3 -m pip install "$(ls /wheels/rfdeploy-*.whl)[gpu]" \
+# The base image's CUDA is 12.8: cuda-python 13 binds the CUDA 13 runtime, so it is held at 12.x.
+# torch from PyPI may be a build for another CUDA than the host driver supports; TensorRT engines
+# then still run (the GPU is found through cuda-python), only the torch backend falls back to CPU.
+RUN printf 'cuda-python>=12.0,<13\ncuda-bindings<13\n' > /etc/rfdeploy-constraints.txt
+RUN PIP_CONSTRAINT=/etc/rfdeploy-constraints.txt python3 -m pip install "$(ls /wheels/rfdeploy-*.whl)[gpu]" \
  && python3 -m pip uninstall -y onnxruntime \
  && python3 -m pip install --force-reinstall --no-deps "onnxruntime-gpu>=1.18" \
  && rm -rf /wheels

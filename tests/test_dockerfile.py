@@ -59,6 +59,16 @@ def test_installs_the_package_with_the_gpu_extra_in_the_final_stage(dockerfile):
     assert any(i["instruction"] == "COPY" and "--from=build" in i["value"] for i in final)
 
 
+def test_cuda_python_is_held_to_the_base_images_cuda(dockerfile):
+    """The 25.01 base ships CUDA 12.8; cuda-python 13 binds the CUDA 13 runtime."""
+    text = (ROOT / "Dockerfile").read_text()
+    assert re.search(r"CUDA 12\.\d", text)
+    final = _stages(dockerfile)[-1]
+    runs = " ".join(i["value"] for i in final if i["instruction"] == "RUN")
+    assert "cuda-python>=12.0,<13" in runs and "cuda-bindings<13" in runs
+    assert re.search(r"PIP_CONSTRAINT=\S+ python3 -m pip install [^&]*\[gpu\]", runs), runs
+
+
 def test_entrypoint_user_and_volumes(dockerfile):
     final = _stages(dockerfile)[-1]
     entry = [i["value"] for i in final if i["instruction"] == "ENTRYPOINT"]
