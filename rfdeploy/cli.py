@@ -670,15 +670,20 @@ def train_detector_cmd(data, annotations, preset, out, steps, batch_size, size, 
                    "images with ignore-flagged faces are skipped; repeatable).")
 @click.option("--extra-images", type=int, default=None,
               help="At most this many images per --extra-annotations set, spread evenly over it (default: all).")
+@click.option("--init", "init_checkpoint", type=click.Path(dir_okay=False), default=None,
+              help="Go on from this ranker checkpoint (its architecture and contract; --preset is ignored).")
+@click.option("--seed", default=0, show_default=True,
+              help="Picks the composed scenes and augmentation draws: a resumed phase with another seed sees new scenes.")
 def train_ranker_cmd(data, detectors, out, scenes, steps, batch_size, device, time_budget, lr, final_lr_ratio, preset,
-                     init_backbone, large_scenes, no_augment, extra_annotations, extra_images):
+                     init_backbone, large_scenes, no_augment, extra_annotations, extra_images, init_checkpoint, seed):
     """CRFace: pairwise ranking loss on frozen detectors' candidates (oracle = IoU with ground truth)."""
     from rfdeploy.train.api import train_ranker_cli
 
     res = train_ranker_cli(data=data, detectors=detectors, out=out, scenes=scenes, steps=steps, batch_size=batch_size,
                            device=device, time_budget=time_budget, lr=lr, final_lr_ratio=final_lr_ratio, preset=preset,
                            init_backbone=init_backbone, large_scenes=large_scenes, augment=not no_augment,
-                           extra_annotations=extra_annotations, extra_images=extra_images)
+                           extra_annotations=extra_annotations, extra_images=extra_images,
+                           init_checkpoint=init_checkpoint, seed=seed)
     click.echo(f"{res.steps} steps in {res.seconds:.0f} s -> {res.checkpoint} (log: {res.log})")
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from rfdeploy.core.errors import InputError
 from rfdeploy.models import load
-from rfdeploy.models.config import detector_config
+from rfdeploy.models.config import RankerConfig, detector_config
 from rfdeploy.train.augment import GREY_SHARE, RefineFaceAugment
 from rfdeploy.train.recipes import default_detector_config, synthetic_dataset, train_default_ranker, with_labelled_sets
 
@@ -88,7 +88,7 @@ def backbone_config(cfg, onnx_path):
 
 def train_ranker_cli(*, data, detectors, out, scenes, steps, batch_size, device, time_budget, lr=1e-3,
                      final_lr_ratio=1e-3, preset="crface_mnet025", init_backbone=None, large_scenes=0, augment=True,
-                     extra_annotations=(), extra_images=None):
+                     extra_annotations=(), extra_images=None, init_checkpoint=None, seed=0):
     from rfdeploy.train.recipes import default_ranker_config, roi_ranker_config, small_ranker_config
 
     d = Path(data)
@@ -108,7 +108,15 @@ def train_ranker_cli(*, data, detectors, out, scenes, steps, batch_size, device,
         if not Path(p).is_file():
             raise InputError(f"annotations not found: {p}")
     backbone = None
-    if preset == "crface_small":
+    if init_checkpoint is not None:  # go on from a ranker checkpoint, in its own architecture
+        if init_backbone is not None:
+            raise InputError("give --init or --init-backbone, not both")
+        if not Path(init_checkpoint).is_file():
+            raise InputError(f"checkpoint not found: {init_checkpoint}")
+        cfg = load(init_checkpoint).cfg
+        if not isinstance(cfg, RankerConfig):
+            raise InputError(f"{init_checkpoint} is not a ranker checkpoint")
+    elif preset == "crface_small":
         if init_backbone is not None:
             raise InputError("--init-backbone is for crface_mnet025 and crface_roi (crface_small starts from "
                              "ImageNet MobileNetV2)")
@@ -123,4 +131,5 @@ def train_ranker_cli(*, data, detectors, out, scenes, steps, batch_size, device,
     return train_default_ranker(d, ckpts[0], out, device=device, scenes=scenes, steps=steps, batch_size=batch_size,
                                 time_budget_s=time_budget, extra_onnx_detectors=onnx, lr=lr,
                                 final_lr_ratio=final_lr_ratio, cfg=cfg, init_backbone=backbone, augment=augment,
-                                large_scenes=large_scenes, extra_annotations=extra_annotations, extra_images=extra_images)
+                                large_scenes=large_scenes, extra_annotations=extra_annotations, extra_images=extra_images,
+                                init_checkpoint=init_checkpoint, seed=seed)

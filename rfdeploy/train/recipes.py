@@ -157,7 +157,8 @@ def train_default_ranker(data_dir, detector_ckpt, out_dir, *, device="cpu", scen
                          workers=2, time_budget_s=None, extra_onnx_detectors=(), cfg: RankerConfig | None = None,
                          freeze_stages: int = 0, lr: float = 1e-3, final_lr_ratio: float = 1e-3,
                          extra_annotations=(), extra_images: int | None = None, init_backbone=None,
-                         augment: bool = True, large_scenes: int = 0, large_size=(3840, 2160)):
+                         augment: bool = True, large_scenes: int = 0, large_size=(3840, 2160), init_checkpoint=None,
+                         seed: int = 0):
     """CRFace recipe: frozen detectors over composed scenes (plus up to ``extra_images`` images of
     labelled sets, e.g. teacher pseudo-labels, spread evenly over each set); oracle = IoU with the
     closest face.
@@ -173,7 +174,9 @@ def train_default_ranker(data_dir, detector_ckpt, out_dir, *, device="cpu", scen
 
     cfg = cfg or default_ranker_config()
     d = Path(data_dir)
-    gen = SceneGenerator(d / "facecrops", d / "backgrounds", out_size=((640, 480), (1920, 1440)), seed=7, exclude_crops=NOISY_CROPS)
+    # ``seed`` picks other scenes: a phase resumed from a checkpoint sees new ones
+    gen = SceneGenerator(d / "facecrops", d / "backgrounds", out_size=((640, 480), (1920, 1440)), seed=7 + 100 * seed,
+                         exclude_crops=NOISY_CROPS)
     ours = Detector(open_runner(detector_ckpt, device=device).activate())
     detectors = [candidate_source(ours)]
     third_party = []
@@ -188,18 +191,19 @@ def train_default_ranker(data_dir, detector_ckpt, out_dir, *, device="cpu", scen
     items = build_ranker_samples(images, detectors, cfg)
     if large_scenes:
         big = SceneGenerator(d / "facecrops", d / "backgrounds", out_size=tuple(large_size), faces_per_image=(4, 16),
-                             face_size=(12, 1200), seed=11, exclude_crops=NOISY_CROPS)
+                             face_size=(12, 1200), seed=11 + 100 * seed, exclude_crops=NOISY_CROPS)
         tiled = ([candidate_source(ours, tile="auto")] + detectors[1:]
                  + [candidate_source(det, tile="auto") for det in third_party])
         items += build_ranker_samples(composed_scenes(big, large_scenes), tiled, cfg)
     prep_s = time.time() - t
     opts = TrainOptions(steps=steps, batch_size=batch_size, device=device, workers=workers, optimizer="adam", lr=lr,
                         final_lr_ratio=final_lr_ratio, warmup_steps=0, time_budget_s=time_budget_s, log_every=10, save_every=100,
-                        freeze_stages=freeze_stages, freeze_bn=init_backbone is not None)
+                        freeze_stages=freeze_stages,
+                        freeze_bn=init_backbone is not None or init_checkpoint is not None)
     imagenet = d / "models" / "mobilenet_v2_imagenet.pth"
     imagenet = imagenet if imagenet.is_file() and cfg.backbone == "mobilenet_v2" else None
-    res = train_ranker(cfg, RankerSamples(items, augment=augment, with_extent=cfg.roi_head), opts, out_dir, imagenet_weights=imagenet,
-                       init_backbone=init_backbone)
+    res = train_ranker(cfg, RankerSamples(items, augment=augment, with_extent=cfg.roi_head, seed=seed), opts, out_dir,
+                       imagenet_weights=imagenet, init_backbone=init_backbone, init_checkpoint=init_checkpoint)
     (Path(out_dir) / "prep.json").write_text(json.dumps({"samples": len(items), "large_scenes": large_scenes,
                                                          "prep_seconds": prep_s}))
     return res

@@ -324,16 +324,19 @@ def _ranker_step(model, loss_fn, batch, device):
 
 
 def train_ranker(cfg: RankerConfig, samples: RankerSamples, opts: TrainOptions, out_dir, *, imagenet_weights=None,
-                 init_backbone=None) -> TrainResult:
+                 init_backbone=None, init_checkpoint=None) -> TrainResult:
     """Train CRFace with the pairwise ranking loss (``cfg.rank_pairs`` pairs), detectors frozen.
-    ``init_backbone``: an imported, verified backbone module (models.backbone_import)."""
+    ``init_backbone``: an imported, verified backbone module (models.backbone_import).
+    ``init_checkpoint``: a ranker checkpoint of the same architecture to go on from."""
     from functools import partial
 
     from rfdeploy.models.losses import ranker_loss
 
     torch.manual_seed(opts.seed)
     model = build(cfg)
-    if init_backbone is not None:
+    if init_checkpoint is not None:
+        model.load_state_dict(load(init_checkpoint).state_dict())
+    elif init_backbone is not None:
         model.backbone.load_state_dict(init_backbone.state_dict())
     elif imagenet_weights is not None:
         model.backbone.load_imagenet(imagenet_weights)

@@ -7,7 +7,9 @@ import torch
 from click.testing import CliRunner
 
 from rfdeploy.cli import main
+from rfdeploy.models import build as build_model
 from rfdeploy.models import load
+from rfdeploy.models.checkpoint import save_checkpoint
 from rfdeploy.models.backbones import Backbone
 from rfdeploy.models.config import ranker_config
 from rfdeploy.train.recipes import default_ranker_config, roi_ranker_config, small_ranker_config
@@ -71,6 +73,8 @@ def test_train_ranker_starts_from_the_given_backbone(tmp_path):
     (["--init-backbone", "{missing}"], "not found"),
     (["--extra-annotations", "{missing}"], "annotations not found"),
     (["--extra-images", "0"], "--extra-images must be >= 1"),
+    (["--init", "{missing}"], "checkpoint not found"),
+    (["--init", "{onnx}", "--init-backbone", "{onnx}"], "not both"),
 ])
 def test_train_ranker_refuses_bad_options_with_a_clear_error(tmp_path, args, message):
     data = tmp_path / "data"
@@ -108,3 +112,25 @@ def test_a_third_party_detector_is_a_tiled_candidate_source(shared_data):
     assert len(scores) and len(one_scores) and np.all(np.diff(scores) <= 0)
     assert boxes.shape == (len(scores), 4) and (boxes[:, 2] <= big.shape[1] + 1).all()
     assert len(scores) != len(one_scores)  # another candidate set: the pyramid's, merged
+
+
+def test_train_ranker_goes_on_from_a_checkpoint(tmp_path):
+    """--init: training starts from the checkpoint's weights (lr 0 keeps them)."""
+    cfg = ranker_config("crface_mnet025", num_boxes=16, fpn_channels=8, conf_channels=8, bpn_channels=8)
+    torch.manual_seed(3)
+    start = build_model(cfg)
+    for p in start.parameters():
+        torch.nn.init.normal_(p, 0.0, 0.1)
+    save_checkpoint(start, tmp_path / "start.safetensors")
+    x = torch.zeros(3, 64, 64).numpy()
+    cand = torch.zeros(16, 5)
+    cand[:2] = torch.tensor([[0.1, 0.1, 0.2, 0.2, 0.9], [0.5, 0.5, 0.2, 0.2, 0.8]])
+    oracle = torch.zeros(16)
+    oracle[:2] = torch.tensor([0.2, 0.9])
+    opts = TrainOptions(steps=1, batch_size=2, optimizer="adam", lr=0.0, warmup_steps=0, workers=0, log_every=1,
+                        freeze_bn=True)
+    res = train_ranker(cfg, RankerSamples([(x, cand.numpy(), oracle.numpy())] * 4), opts, tmp_path / "run",
+                       init_checkpoint=tmp_path / "start.safetensors")
+    got = load(res.checkpoint).state_dict()
+    for k, v in start.state_dict().items():
+        assert torch.equal(got[k], v), k
