@@ -674,8 +674,12 @@ def train_detector_cmd(data, annotations, preset, out, steps, batch_size, size, 
               help="Go on from this ranker checkpoint (its architecture and contract; --preset is ignored).")
 @click.option("--seed", default=0, show_default=True,
               help="Picks the composed scenes and augmentation draws: a resumed phase with another seed sees new scenes.")
+@click.option("--calib-weight", type=float, default=None,
+              help="Weight of the calibration term (refined score as a face probability) beside the ranking loss "
+                   "(default: the preset's or --init checkpoint's; 0 = the paper's objective alone).")
 def train_ranker_cmd(data, detectors, out, scenes, steps, batch_size, device, time_budget, lr, final_lr_ratio, preset,
-                     init_backbone, large_scenes, no_augment, extra_annotations, extra_images, init_checkpoint, seed):
+                     init_backbone, large_scenes, no_augment, extra_annotations, extra_images, init_checkpoint, seed,
+                     calib_weight):
     """CRFace: pairwise ranking loss on frozen detectors' candidates (oracle = IoU with ground truth)."""
     from rfdeploy.train.api import train_ranker_cli
 
@@ -683,7 +687,7 @@ def train_ranker_cmd(data, detectors, out, scenes, steps, batch_size, device, ti
                            device=device, time_budget=time_budget, lr=lr, final_lr_ratio=final_lr_ratio, preset=preset,
                            init_backbone=init_backbone, large_scenes=large_scenes, augment=not no_augment,
                            extra_annotations=extra_annotations, extra_images=extra_images,
-                           init_checkpoint=init_checkpoint, seed=seed)
+                           init_checkpoint=init_checkpoint, seed=seed, calib_weight=calib_weight)
     click.echo(f"{res.steps} steps in {res.seconds:.0f} s -> {res.checkpoint} (log: {res.log})")
 
 

@@ -145,6 +145,13 @@ class RankerConfig:
     roi_head: bool = False
     roi_size: int = 3
     roi_expand: float = 1.3
+    # Training: weight of the calibration term (losses.calibration_loss) beside the ranking loss;
+    # 0 is the paper's objective. With it the refined score is a face probability on one scale
+    # for every detector, so the ranker can carry its own output threshold.
+    calib_weight: float = 0.0
+    # The output threshold `infer` applies to refined scores when this ranker runs (0: the
+    # detector's own, which only fits a ranker that keeps the detector's score scale).
+    output_score_threshold: float = 0.0
     # The ranker sees the whole image downscaled so its long side is this (CRFace trains at 1024).
     contract: PreprocessContract = field(
         default_factory=lambda: PreprocessContract(resize="long_side", resize_to=1024)
@@ -169,6 +176,8 @@ class RankerConfig:
                                  "normalised by the image, and padding would shift them on the feature maps")
             if self.roi_size < 1 or self.roi_expand <= 0:
                 raise ValueError("roi_size must be >= 1 and roi_expand > 0")
+        if self.calib_weight < 0 or not 0 <= self.output_score_threshold < 1:
+            raise ValueError("calib_weight must be >= 0 and output_score_threshold in [0, 1)")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -251,15 +251,31 @@ def outside_unit_penalty(refined, valid):
     return out[valid].mean() if valid.any() else refined.new_zeros(())
 
 
-def ranker_loss(raw, oracle, valid, pairs: int = 10, sigma: float = 20.0) -> dict:
+def calibration_loss(raw, oracle, valid, iou: float = 0.5):
+    """Binary cross-entropy of the refined score (clamped into (0, 1)) against "this candidate
+    matches a face at IoU >= ``iou``", over the valid rows. The ranking loss fixes only the order
+    of neighbours, so refined scores drift and the detector's output threshold stops meaning
+    anything; this term keeps the ranker's output a face probability, one scale for every
+    detector it re-scores."""
+    if not valid.any():
+        return raw.new_zeros(())
+    p = raw[valid].clamp(1e-4, 1.0 - 1e-4)
+    return F.binary_cross_entropy(p, (oracle[valid] >= iou).to(p.dtype))
+
+
+def ranker_loss(raw, oracle, valid, pairs: int = 10, sigma: float = 20.0, calib_weight: float = 0.0) -> dict:
     """The ranker's training objective on its unclipped output (``CRFace(..., clip=False)``): the
     ranking loss plus the range penalty. On clipped scores, rows pushed past 0 or 1 tie with their
     clipped neighbours and get no gradient, and once all are there the loss is exactly ln 2 for
     good (pre-NMS candidates crowd the score floor, one small negative residual from 0).
     The penalty is weighted by ``sigma``: a row 0.05 outside the range is pulled back about as
-    hard as a pair 0.05 apart is pushed."""
+    hard as a pair 0.05 apart is pushed. ``calib_weight``: the weight of
+    :func:`calibration_loss` (0: the paper's objective alone)."""
     rank = ranking_loss(raw, oracle, valid, pairs=pairs, sigma=sigma)
     rng = sigma * outside_unit_penalty(raw, valid)
+    if calib_weight > 0:
+        cal = calib_weight * calibration_loss(raw, oracle, valid)
+        return {"total": rank + rng + cal, "rank": rank, "range": rng, "calibration": cal}
     return {"total": rank + rng, "rank": rank, "range": rng}
 
 

@@ -88,7 +88,7 @@ def backbone_config(cfg, onnx_path):
 
 def train_ranker_cli(*, data, detectors, out, scenes, steps, batch_size, device, time_budget, lr=1e-3,
                      final_lr_ratio=1e-3, preset="crface_mnet025", init_backbone=None, large_scenes=0, augment=True,
-                     extra_annotations=(), extra_images=None, init_checkpoint=None, seed=0):
+                     extra_annotations=(), extra_images=None, init_checkpoint=None, seed=0, calib_weight=None):
     from rfdeploy.train.recipes import default_ranker_config, roi_ranker_config, small_ranker_config
 
     d = Path(data)
@@ -128,6 +128,12 @@ def train_ranker_cli(*, data, detectors, out, scenes, steps, batch_size, device,
             raise InputError(f"backbone source not found: {src}",
                              hint="give --init-backbone RETINAFACE.onnx (RetinaFace-MobileNet0.25)")
         cfg, backbone = backbone_config(cfg, src)
+    if calib_weight is not None:
+        if calib_weight < 0:
+            raise InputError(f"--calib-weight must be >= 0, got {calib_weight}")
+        from dataclasses import replace
+
+        cfg = replace(cfg, calib_weight=float(calib_weight))
     return train_default_ranker(d, ckpts[0], out, device=device, scenes=scenes, steps=steps, batch_size=batch_size,
                                 time_budget_s=time_budget, extra_onnx_detectors=onnx, lr=lr,
                                 final_lr_ratio=final_lr_ratio, cfg=cfg, init_backbone=backbone, augment=augment,

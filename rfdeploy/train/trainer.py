@@ -344,7 +344,8 @@ def train_ranker(cfg: RankerConfig, samples: RankerSamples, opts: TrainOptions, 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "options.json").write_text(json.dumps({"config": cfg.to_dict(), "options": asdict(opts)}, indent=1, default=str))
-    return _loop(model, partial(ranker_loss, pairs=cfg.rank_pairs), loader, opts, out_dir, _ranker_step)
+    return _loop(model, partial(ranker_loss, pairs=cfg.rank_pairs, calib_weight=cfg.calib_weight), loader, opts, out_dir,
+                 _ranker_step)
 
 
 def build_ranker_samples(images_and_boxes, detectors, cfg: RankerConfig, *, min_score: float = 0.01) -> list:
