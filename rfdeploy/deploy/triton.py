@@ -399,6 +399,7 @@ def write_triton_repo(
         detector_config=det.config,
         ranker_contract=rank.contract if rank is not None else None,
         ranker_boxes=n_boxes,
+        ranker_config=rank.config if rank is not None else None,
         detector_limits=det.limits,
         ranker_limits=rank.limits if rank is not None else None,
         network_max_batch=det.max_batch_size or 1,

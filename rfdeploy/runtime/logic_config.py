@@ -79,6 +79,7 @@ def face_logic_config(
     detector_config=None,
     ranker_contract: PreprocessContract | None = None,
     ranker_boxes: int = 0,
+    ranker_config=None,
     detector_limits=None,
     ranker_limits=None,
     network_max_batch: int | None = None,
@@ -101,7 +102,9 @@ def face_logic_config(
     ``network_max_batch``: a fixed batch size of a network without limits (None: any).
     ``tile_batch``: most tiles per detector call asked for (capped by the engine; without one, also
     by ``HOST_BATCH_PIXELS`` per call, as ``tile=auto`` then cuts ``HOST_AUTO_TILE``-px tiles). ``score_thr``
-    and ``candidate_thr``: None = the detector config's. Raises InputError for bad settings.
+    and ``candidate_thr``: None = the detector config's; the output threshold is the ranker
+    config's instead when a ranker runs and carries one (``output_score_threshold`` > 0).
+    Raises InputError for bad settings.
     """
     try:
         policy = TilePolicy.parse(tile)
@@ -115,6 +118,10 @@ def face_logic_config(
     auto_tile = DEFAULT_AUTO_TILE if detector_limits is not None else max(MIN_TILE, min(HOST_AUTO_TILE, max_untiled))
     if score_thr is None:
         score_thr = getattr(detector_config, "output_score_threshold", _FALLBACK_SCORE_THR)
+        # a ranker that re-scores on a scale of its own (trained with its calibration term) says
+        # where faces start on it; the detector's threshold would not fit the refined scores
+        if ranker_boxes and getattr(ranker_config, "output_score_threshold", 0.0) > 0:
+            score_thr = ranker_config.output_score_threshold
     if candidate_thr is None:
         candidate_thr = getattr(detector_config, "score_threshold", _FALLBACK_CANDIDATE_THR)
     try:

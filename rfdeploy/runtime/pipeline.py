@@ -140,6 +140,7 @@ class FacePipeline:
             detector_config=self.detector.cfg,
             ranker_contract=self.ranker.contract if self.ranker else None,
             ranker_boxes=self.ranker.num_boxes if self.ranker else 0,
+            ranker_config=self.ranker.cfg if self.ranker else None,
             # engines: every batch, image and tile fits one of the detector's profiles
             detector_limits=engine_limits(getattr(runner, "manifest", None), self.detector.contract),
             ranker_limits=engine_limits(getattr(getattr(self.ranker, "runner", None), "manifest", None),

@@ -172,3 +172,24 @@ def test_any_shape_runners_tile_large_and_feed_a_pixel_budget_per_call():
     engine = face_logic_config(detector_contract=contract, detector_config=det, detector_limits=limits)
     assert engine.auto_tile == 1024 and engine.max_batch == 8
     assert max(plan_for(*UHD_8K, engine).passes[0].tile_shape) <= 1024
+
+
+def test_a_ranker_with_its_own_threshold_sets_the_output_threshold():
+    """A calibrated ranker carries the threshold on its refined scores; it applies only when that
+    ranker runs and no threshold was asked for."""
+    from rfdeploy.core.contract import PreprocessContract
+    from rfdeploy.models.config import DetectorConfig, ranker_config
+    from rfdeploy.runtime.logic_config import face_logic_config
+
+    contract = PreprocessContract()
+    det = DetectorConfig(output_score_threshold=0.9)
+    ranker_contract = PreprocessContract(resize="long_side", resize_to=320)
+    own = ranker_config("crface_mnet025", output_score_threshold=0.55, contract=ranker_contract)
+    plain = ranker_config("crface_mnet025", contract=ranker_contract)
+    kw = dict(detector_contract=contract, detector_config=det, ranker_contract=ranker_contract)
+    assert face_logic_config(**kw, ranker_boxes=1000, ranker_config=own).score_thr == 0.55
+    assert face_logic_config(**kw, ranker_boxes=1000, ranker_config=plain).score_thr == 0.9
+    assert face_logic_config(**kw, ranker_boxes=1000, ranker_config=own, score_thr=0.3).score_thr == 0.3
+    assert face_logic_config(detector_contract=contract, detector_config=det, ranker_config=own).score_thr == 0.9
+    with pytest.raises(ValueError, match="output_score_threshold"):
+        ranker_config("crface_mnet025", output_score_threshold=1.0, contract=ranker_contract)

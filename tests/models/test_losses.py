@@ -101,3 +101,24 @@ def test_oracle_confidence():
     gt = torch.tensor([[0.0, 0, 10, 10]])
     assert oracle_confidence(boxes, gt).tolist() == pytest.approx([1.0, 0.5, 0.0])
     assert oracle_confidence(boxes, torch.zeros(0, 4)).tolist() == [0, 0, 0]
+
+
+def test_calibration_term_pulls_refined_scores_towards_face_probability():
+    """Rows matching a face at IoU >= 0.5 are pulled up, others down; invalid rows are ignored;
+    weight 0 is the paper's objective unchanged."""
+    from rfdeploy.models.losses import calibration_loss, ranker_loss
+
+    raw = torch.tensor([[0.3, 0.6, 0.4, 0.9]], requires_grad=True)
+    oracle = torch.tensor([[0.8, 0.1, 0.5, 0.0]])
+    valid = torch.tensor([[True, True, True, False]])
+    loss = calibration_loss(raw, oracle, valid)
+    loss.backward()
+    g = raw.grad[0]
+    assert g[0] < 0 and g[2] < 0  # faces (IoU 0.8, 0.5): raise
+    assert g[1] > 0  # background: lower
+    assert g[3] == 0  # padding
+    plain = ranker_loss(raw.detach(), oracle, valid)
+    with_cal = ranker_loss(raw.detach(), oracle, valid, calib_weight=2.0)
+    assert "calibration" not in plain
+    assert torch.allclose(with_cal["total"], plain["total"] + 2.0 * calibration_loss(raw.detach(), oracle, valid))
+    assert calibration_loss(raw, oracle, torch.zeros_like(valid)) == 0
