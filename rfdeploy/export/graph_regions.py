@@ -14,6 +14,9 @@ itself, so it follows whatever the exporter emits:
   TopK, ...), and Sigmoids that are not the gate of a SiLU (``x * sigmoid(x)``, harmless in fp16);
 * ``non_image_input``: nodes fed by another graph input but not by the image: computations on the
   ranker's box coordinates (input pixels);
+* ``shape_arithmetic``: nodes computing only from tensor shapes (``Shape``/``Size`` and
+  constants), such as a feature map's size cast to float to map box coordinates onto it: sizes
+  are exact in float32, and a converter that retypes their ``Cast`` breaks the graph;
 * ``constant_for_region``: constant-only nodes (no graph input upstream) whose every consumer is in
   the region, so anchor constants are not rounded to fp16 before they reach fp32 math;
 * ``fp16_range`` (only when asked): nodes reading a float constant outside the fp16 range.
@@ -33,7 +36,7 @@ COMPUTE_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
 SENSITIVE_OPS = frozenset(
     {
         "Exp", "Log", "Softmax", "LogSoftmax", "TopK", "ArgMax", "ArgMin", "NonMaxSuppression",
-        "RoiAlign", "Range", "CumSum",
+        "RoiAlign", "GridSample", "Range", "CumSum",
     }
 )
 # Their output does not depend on the input's element type: they follow the precision of the tensor
@@ -46,6 +49,7 @@ REASON_SENSITIVE = "sensitive_op"
 REASON_NON_IMAGE = "non_image_input"
 REASON_CONSTANT = "constant_for_region"
 REASON_FP16_RANGE = "fp16_range"
+REASON_SHAPE = "shape_arithmetic"
 
 
 @dataclass(frozen=True)
@@ -152,6 +156,30 @@ def nodes_after_last_compute(graph: onnx.GraphProto) -> set[int]:
     return {i for i, n in enumerate(graph.node) if not feeds_compute[i] and n.op_type not in COMPUTE_OPS}
 
 
+def shape_arithmetic_nodes(graph: onnx.GraphProto) -> set[int]:
+    """Indices of nodes whose every input is a shape (``Shape``/``Size`` output), a value computed
+    only from shapes, or a constant, with at least one shape-derived input."""
+    producers = _producers(graph)
+    constants = {i.name for i in graph.initializer}
+    derived: set[str] = set()
+    out: set[int] = set()
+    for i in _topological_order(graph):
+        node = graph.node[i]
+        if node.op_type == "Constant":
+            constants.update(node.output)
+            continue
+        if node.op_type in TYPE_AGNOSTIC_OPS:
+            derived.update(node.output)
+            continue
+        ins = [t for t in node.input if t]
+        if ins and any(t in derived for t in ins) and all(
+                t in derived or t in constants or (t in producers and graph.node[producers[t]].op_type == "Constant")
+                for t in ins):
+            derived.update(node.output)
+            out.add(i)
+    return out
+
+
 def is_silu_gate(graph: onnx.GraphProto, index: int, consumers: dict[str, list[int]]) -> bool:
     """A Sigmoid whose every consumer is Mul(x, sigmoid(x)): an activation inside the network."""
     node = graph.node[index]
@@ -213,6 +241,8 @@ def find_fp32_region(
             reasons.setdefault(names[i], REASON_SENSITIVE)
         elif node.op_type == "Sigmoid" and not is_silu_gate(graph, i, consumers):
             reasons.setdefault(names[i], REASON_SENSITIVE)
+    for i in sorted(shape_arithmetic_nodes(graph)):
+        reasons.setdefault(names[i], REASON_SHAPE)
     from_image = _reachable_from(graph, [image_input] if image_input else [], consumers)
     from_others = _reachable_from(graph, [t for t in inputs if t != image_input], consumers)
     for i in sorted(from_others - from_image):

@@ -169,3 +169,26 @@ def test_export_runs_gridsample_and_matches_torch(tmp_path):
         want = m(img, boxes).numpy()
     assert np.abs(got - want).max() < 1e-4
     assert np.abs(want - boxes[..., 4].numpy()).max() > 1e-3  # the residual is not trivially zero
+
+
+def test_fp16_export_keeps_sampling_and_shape_arithmetic_in_float32(tmp_path):
+    """GridSample and the map sizes that place its points stay float32 in the FP16 file (the size
+    casts had broken the converter), and the FP16 scores stay close to the float32 ones."""
+    from tests.precision_fixtures import elem_types
+
+    torch.manual_seed(4)
+    m = _trained_like(build(_cfg())).eval()
+    ckpt = tmp_path / "roi.safetensors"
+    save_checkpoint(m, ckpt)
+    list(export_checkpoint(ckpt, tmp_path / "roi.onnx", fp16=True))
+    g = onnx.load(str(tmp_path / "roi.fp16.onnx"))
+    types = elem_types(g)
+    samplers = [n for n in g.graph.node if n.op_type == "GridSample"]
+    assert len(samplers) == 3
+    assert all(types[t] == onnx.TensorProto.FLOAT for n in samplers for t in [*n.input, *n.output])
+    assert any(types[n.output[0]] == onnx.TensorProto.FLOAT16 for n in g.graph.node if n.op_type == "Conv")
+    img, boxes = (torch.randn(1, 3, 72, 128) * 50).numpy(), _boxes(5).numpy()
+    feeds = {"image": img, "boxes": boxes}
+    got32 = ort.InferenceSession(str(tmp_path / "roi.onnx"), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    got16 = ort.InferenceSession(str(tmp_path / "roi.fp16.onnx"), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    assert np.abs(got16 - got32).max() < 5e-3
