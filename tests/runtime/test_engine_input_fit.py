@@ -128,7 +128,7 @@ def test_ranker_input_fits_its_profile(size):
                              {"image": (-1, 3, -1, -1), "boxes": (-1, 16, 5)})
     default = resolve_profile(ranker_profile(rc, 16), {"image": (-1, 3, -1, -1), "boxes": (-1, 16, 5)})
     for prof in (readme, default):
-        ranker = SimpleNamespace(contract=rc, num_boxes=16,
+        ranker = SimpleNamespace(contract=rc, num_boxes=16, cfg=None,
                                  runner=SimpleNamespace(manifest=SimpleNamespace(profiles=(prof,))))
         pipe = FacePipeline(_Detector(PROFILES["default"]), ranker=ranker)
         cfg = pipe.logic_config()
