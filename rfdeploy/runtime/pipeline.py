@@ -117,8 +117,11 @@ class FacePipeline:
                 raise InputError(f"ranker model not found: {rank_path}", hint="or run with --no-ranker")
             _check_model_suffix(rank_path, "ranker")
             # tensorrt builds the ranker's engine too when it is given as a checkpoint or ONNX file
+            # the ranker's onnxruntime threads must not spin after its call: they would take the
+            # cores from the detector's next call
             rrunner = open_runner(rank_path, backend=backend, device=device, fp16=fp16, onnx_cache=onnx_cache,
-                                  engine_cache=engine_cache, precision=precision, notes=notes, cuda_graph=cuda_graph)
+                                  engine_cache=engine_cache, precision=precision, notes=notes, cuda_graph=cuda_graph,
+                                  spin=False)
             rank = Ranker(rrunner.activate())
             notes.append(f"ranker {rank.cfg.name} (N={rank.num_boxes}): {rrunner.describe()}")
         opts = PipelineOptions(score_thr=score_thr, nms_iou=nms_iou, max_det=max_det, tile=tile,

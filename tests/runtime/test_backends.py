@@ -149,3 +149,28 @@ def test_ensure_engine_builds_for_the_requested_gpu(monkeypatch, tmp_path):
         engine_cache.ensure_engine(DEFAULT_RANKER_ONNX, tmp_path, device_index=1, echo=lambda msg: None)
     assert asked == [1]
     assert built[0]["device_index"] == 1 and built[0]["compute_capabilities"] == ["8.9"]
+
+
+def test_the_rankers_onnxruntime_threads_do_not_spin():
+    """Two onnxruntime sessions in one pipeline: the ranker's worker threads must sleep after its
+    call, or they take the cores from the detector's next call (its time doubled at VGA)."""
+    from rfdeploy.runtime.pipeline import FacePipeline
+
+    def spins(session) -> bool:
+        try:
+            return session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") != "0"
+        except RuntimeError:  # not set: onnxruntime's default, spinning
+            return True
+
+    pipe = FacePipeline.create(use_ranker=True)
+    det, rank = pipe.detector.runner, pipe.ranker.runner
+    assert det.spin and not rank.spin
+    assert not spins(rank.session) and spins(det.session)
+    # a shape-specialised session keeps the setting
+    import numpy as np
+
+    x = np.zeros((1, 3, 32, 32), np.float32)
+    boxes = np.zeros((1, pipe.ranker.num_boxes, 5), np.float32)
+    for _ in range(3):
+        rank.infer({"image": x, "boxes": boxes})
+    assert rank._fixed and not any(spins(s) for s in rank._fixed.values())

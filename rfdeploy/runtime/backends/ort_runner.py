@@ -47,7 +47,10 @@ class OrtRunner(Runner):
     detector as its adapter rewrote it); ``onnx_path`` still names it in messages. ``providers``:
     onnxruntime's providers in order (default: the best for ``device``, CPU last). ``threads``:
     intra-op threads (default ``$RFDEPLOY_ORT_THREADS``, else onnxruntime's). ``rfdeploy_model``:
-    refuse a model without rfdeploy's metadata (False for third-party detectors).
+    refuse a model without rfdeploy's metadata (False for third-party detectors). ``spin=False``:
+    the worker threads sleep as soon as a call ends instead of spinning for the next one; for the
+    second network of a pipeline (the ranker), whose spinning threads otherwise take the cores
+    from the detector's next call (measured at VGA: the detector's time doubled).
 
     ``specialise`` (CPU only; default on, ``$RFDEPLOY_ORT_SPECIALISE=0`` turns it off): an input
     shape seen ``SPECIALISE_AFTER`` times (video frames, photos from one camera), of at most
@@ -68,10 +71,12 @@ class OrtRunner(Runner):
     MAX_SPECIALISED_ELEMENTS = 3 * 1088 * 1920
 
     def __init__(self, onnx_path, device: str = "cpu", threads: int | None = None, *, model=None,
-                 providers: list[str] | None = None, rfdeploy_model: bool = True, specialise: bool | None = None):
+                 providers: list[str] | None = None, rfdeploy_model: bool = True, specialise: bool | None = None,
+                 spin: bool = True):
         super().__init__()
         self.path = Path(onnx_path)
         self.device = device
+        self.spin = spin
         if threads is None and os.environ.get("RFDEPLOY_ORT_THREADS"):
             threads = int(os.environ["RFDEPLOY_ORT_THREADS"]) or None
         if threads is not None and threads < 1:
@@ -130,6 +135,8 @@ class OrtRunner(Runner):
             opts.log_severity_level = 3  # old third-party exports list weights as inputs; ort warns about each one
         if self.threads:
             opts.intra_op_num_threads = self.threads
+        if not self.spin:
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             return ort.InferenceSession(self._source, opts, providers=providers)
         except Exception as e:  # noqa: BLE001 - onnxruntime raises several kinds for a bad file

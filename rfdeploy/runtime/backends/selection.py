@@ -24,7 +24,8 @@ BACKENDS = ("auto", "tensorrt", "onnxruntime", "torch")
 
 def open_runner(path: str | os.PathLike, *, backend: str = "auto", device: str = "cpu", fp16: bool = False,
                 onnx_cache: str | os.PathLike | None = None, engine_cache: str | os.PathLike | None = None,
-                precision: str | None = None, notes: list[str] | None = None, cuda_graph: bool = False) -> Runner:
+                precision: str | None = None, notes: list[str] | None = None, cuda_graph: bool = False,
+                spin: bool = True) -> Runner:
     """A runner for a model file.
 
     tensorrt: an engine file as it is; a checkpoint or ONNX file is exported (once, into
@@ -33,6 +34,7 @@ def open_runner(path: str | os.PathLike, *, backend: str = "auto", device: str =
     GPU is visible, else onnxruntime (a checkpoint is exported to ONNX once), else torch.
     ``precision`` (fp32|fp16) is the precision of engines built here; None: fp16 when ``fp16``.
     ``cuda_graph``: the torch backend replays CUDA graphs per input shape (torch backend only).
+    ``spin``: onnxruntime's worker threads spin between calls (see OrtRunner).
     What was chosen, and why, goes into ``notes``.
     """
     notes = notes if notes is not None else []
@@ -74,7 +76,7 @@ def open_runner(path: str | os.PathLike, *, backend: str = "auto", device: str =
     if kind == "onnx":
         if backend == "torch":
             raise InputError(f"{path} is an ONNX file; the torch backend needs a checkpoint")
-        runner = OrtRunner(path, device=device)
+        runner = OrtRunner(path, device=device, spin=spin)
         note = int8_cpu_note(runner.metadata, runner.session.get_providers())
         if note:
             notes.append(f"{path.name}: {note}")
@@ -93,7 +95,7 @@ def open_runner(path: str | os.PathLike, *, backend: str = "auto", device: str =
         require_torch(f"running the checkpoint {path.name}")
         return TorchRunner(path, device=device, fp16=fp16)
     onnx_path = cached_export(path, onnx_cache, notes)
-    return OrtRunner(onnx_path, device=device)
+    return OrtRunner(onnx_path, device=device, spin=spin)
 
 
 def _is_rfdeploy_onnx(path: Path) -> bool:
