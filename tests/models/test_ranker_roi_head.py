@@ -192,3 +192,34 @@ def test_fp16_export_keeps_sampling_and_shape_arithmetic_in_float32(tmp_path):
     got32 = ort.InferenceSession(str(tmp_path / "roi.onnx"), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
     got16 = ort.InferenceSession(str(tmp_path / "roi.fp16.onnx"), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
     assert np.abs(got16 - got32).max() < 5e-3
+
+
+def test_int8_calibration_keeps_sampling_in_float_and_runs(tmp_path):
+    """The RoI ranker through `rfdeploy calibrate` (TensorRT Q/DQ): its convolutions get Q/DQ, the
+    sampling and the map sizes stay float, and onnxruntime runs the file close to the float one."""
+    from PIL import Image
+
+    from rfdeploy.calib.api import calibrate
+
+    torch.manual_seed(6)
+    m = _trained_like(build(_cfg())).eval()
+    save_checkpoint(m, tmp_path / "roi.safetensors")
+    list(export_checkpoint(tmp_path / "roi.safetensors", tmp_path / "roi.onnx"))
+    pics = tmp_path / "pics"
+    pics.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (90 + 10 * i, 140, 3), dtype=np.uint8)).save(pics / f"{i}.png")
+    calibrate(tmp_path / "roi.onnx", pics, tmp_path / "roi.int8.onnx", num=3, method="max",
+              cache_dir=tmp_path / "cache")
+    g = onnx.load(str(tmp_path / "roi.int8.onnx"))
+    by_output = {o: n for n in g.graph.node for o in n.output}
+    assert sum(n.op_type == "QuantizeLinear" for n in g.graph.node) > 0
+    for n in g.graph.node:
+        if n.op_type == "GridSample":  # its grid comes from float math, not a dequantised tensor
+            assert by_output[n.input[1]].op_type != "DequantizeLinear"
+    img, boxes = (torch.randn(1, 3, 72, 128) * 50).numpy(), _boxes(7).numpy()
+    feeds = {"image": img, "boxes": boxes}
+    f32 = ort.InferenceSession(str(tmp_path / "roi.onnx"), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    i8 = ort.InferenceSession(str(tmp_path / "roi.int8.onnx"), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    assert i8.shape == f32.shape and np.abs(i8 - f32).max() < 0.1
