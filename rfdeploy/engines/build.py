@@ -286,19 +286,24 @@ def _on_device(index: int):
     try:
         import torch
 
-        if torch.cuda.is_available():
-            with torch.cuda.device(index):
-                yield
-            return
-    except ImportError:
-        pass
+        use_torch = torch.cuda.is_available()
+    except Exception:  # noqa: BLE001 - torch missing or broken (CUDA libraries): the CUDA runtime decides
+        use_torch = False
+    if use_torch:
+        with torch.cuda.device(index):
+            yield
+        return
     try:
         from cuda.bindings import runtime as cudart
-    except ImportError:  # no way to choose: TensorRT builds where it finds itself
+    except Exception:  # noqa: BLE001 - no way to choose: TensorRT builds where it finds itself
+        cudart = None
+    if cudart is None:
         yield
         return
     err, previous = cudart.cudaGetDevice()
-    cudart.cudaSetDevice(index)
+    (set_err,) = cudart.cudaSetDevice(index)[:1]
+    if int(set_err) != 0:
+        raise BuildError(f"cannot make CUDA GPU {index} current for the build (CUDA error {int(set_err)})")
     try:
         yield
     finally:

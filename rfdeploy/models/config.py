@@ -241,8 +241,11 @@ _RANKER_PRESETS = {
                            box_head=True, num_boxes=1000),
     # crface_mnet025 whose rows also see their own pixels (RoI features from C2-C4), with a
     # 3-layer BPN: the 9-layer BPN over N x 5 was most of crface_mnet025's time
+    # (RetinaFace's colours, unpadded: the RoI head needs it)
     "crface_roi": dict(backbone="mobilenet_v1_025", fpn_channels=32, conf_channels=32, bpn_channels=16,
-                       bpn_layers=3, box_head=True, roi_head=True, num_boxes=1000),
+                       bpn_layers=3, box_head=True, roi_head=True, num_boxes=1000,
+                       contract=PreprocessContract(mean=(104.0, 117.0, 123.0), std=(1.0, 1.0, 1.0), channel_order="BGR",
+                                                   resize="long_side", resize_to=320, pad_multiple=1)),
 }
 
 

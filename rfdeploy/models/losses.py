@@ -259,8 +259,10 @@ def calibration_loss(raw, oracle, valid, iou: float = 0.5):
     detector it re-scores."""
     if not valid.any():
         return raw.new_zeros(())
-    p = raw[valid].clamp(1e-4, 1.0 - 1e-4)
-    return F.binary_cross_entropy(p, (oracle[valid] >= iou).to(p.dtype))
+    # written out in float32: F.binary_cross_entropy refuses to run under CUDA autocast
+    p = raw[valid].float().clamp(1e-4, 1.0 - 1e-4)
+    t = (oracle[valid] >= iou).float()
+    return -(t * p.log() + (1.0 - t) * (1.0 - p).log()).mean()
 
 
 def ranker_loss(raw, oracle, valid, pairs: int = 10, sigma: float = 20.0, calib_weight: float = 0.0) -> dict:

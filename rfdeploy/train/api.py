@@ -104,6 +104,8 @@ def train_ranker_cli(*, data, detectors, out, scenes, steps, batch_size, device,
         raise InputError(f"--large-scenes must be >= 0, got {large_scenes}")
     if extra_images is not None and extra_images < 1:
         raise InputError(f"--extra-images must be >= 1, got {extra_images}")
+    if extra_images is not None and not extra_annotations:
+        raise InputError("--extra-images needs --extra-annotations (the sets it limits)")
     for p in extra_annotations:
         if not Path(p).is_file():
             raise InputError(f"annotations not found: {p}")
@@ -116,6 +118,10 @@ def train_ranker_cli(*, data, detectors, out, scenes, steps, batch_size, device,
         cfg = load(init_checkpoint).cfg
         if not isinstance(cfg, RankerConfig):
             raise InputError(f"{init_checkpoint} is not a ranker checkpoint")
+        from dataclasses import replace
+
+        # a threshold picked for the old weights does not hold for the new ones
+        cfg = replace(cfg, output_score_threshold=0.0)
     elif preset == "crface_small":
         if init_backbone is not None:
             raise InputError("--init-backbone is for crface_mnet025 and crface_roi (crface_small starts from "

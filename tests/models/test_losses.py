@@ -122,3 +122,20 @@ def test_calibration_term_pulls_refined_scores_towards_face_probability():
     assert "calibration" not in plain
     assert torch.allclose(with_cal["total"], plain["total"] + 2.0 * calibration_loss(raw.detach(), oracle, valid))
     assert calibration_loss(raw, oracle, torch.zeros_like(valid)) == 0
+
+
+def test_calibration_term_is_plain_cross_entropy_and_runs_under_autocast():
+    """Written out by hand (F.binary_cross_entropy is refused under CUDA autocast, where ranker
+    training runs its loss): the same value as the library's, also inside an autocast block."""
+    import torch.nn.functional as F
+
+    from rfdeploy.models.losses import calibration_loss
+
+    raw = torch.tensor([[0.3, 0.6, 0.4, 1.2, -0.1]])
+    oracle = torch.tensor([[0.8, 0.1, 0.5, 0.0, 0.7]])
+    valid = torch.ones_like(raw, dtype=torch.bool)
+    want = F.binary_cross_entropy(raw.clamp(1e-4, 1 - 1e-4), (oracle >= 0.5).float())
+    assert torch.allclose(calibration_loss(raw, oracle, valid), want, atol=1e-6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = calibration_loss(raw.bfloat16(), oracle, valid)
+    assert got.dtype == torch.float32 and torch.isfinite(got)

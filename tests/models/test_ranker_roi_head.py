@@ -131,6 +131,12 @@ def test_a_rows_residual_follows_its_own_pixels():
     assert torch.allclose(roi_a[:, 0], roi_b[:, 1], atol=0.1 * roi_a.abs().max().item())
 
 
+def test_the_preset_builds_on_its_own():
+    """`--config crface_roi` / models.load(config="crface_roi") need the preset to be valid alone."""
+    cfg = ranker_config("crface_roi")
+    assert cfg.roi_head and cfg.contract.pad_multiple == 1 and cfg.contract.channel_order == "BGR"
+
+
 def test_config_refusals():
     with pytest.raises(ValueError, match="needs box_head"):
         _cfg(box_head=False)

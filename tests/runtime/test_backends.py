@@ -126,6 +126,11 @@ def test_a_build_runs_on_the_requested_gpu_and_restores_the_current_one(monkeypa
     with build._on_device(1):
         assert state["current"] == 1
     assert calls == [1, 0] and state["current"] == 0
+    # an error inside the build reaches the caller as it is, and the device is still restored
+    with pytest.raises(ImportError, match="inside"):
+        with build._on_device(1):
+            raise ImportError("inside the build")
+    assert state["current"] == 0
 
 
 def test_ensure_engine_builds_for_the_requested_gpu(monkeypatch, tmp_path):

@@ -73,6 +73,7 @@ def test_train_ranker_starts_from_the_given_backbone(tmp_path):
     (["--init-backbone", "{missing}"], "not found"),
     (["--extra-annotations", "{missing}"], "annotations not found"),
     (["--extra-images", "0"], "--extra-images must be >= 1"),
+    (["--extra-images", "5"], "--extra-images needs --extra-annotations"),
     (["--init", "{missing}"], "checkpoint not found"),
     (["--init", "{onnx}", "--init-backbone", "{onnx}"], "not both"),
 ])
