@@ -159,8 +159,7 @@ def nodes_after_last_compute(graph: onnx.GraphProto) -> set[int]:
 def shape_arithmetic_nodes(graph: onnx.GraphProto) -> set[int]:
     """Indices of nodes whose every input is a shape (``Shape``/``Size`` output), a value computed
     only from shapes, or a constant, with at least one shape-derived input."""
-    producers = _producers(graph)
-    constants = {i.name for i in graph.initializer}
+    constants = {i.name for i in graph.initializer}  # Constant nodes' outputs join in topological order
     derived: set[str] = set()
     out: set[int] = set()
     for i in _topological_order(graph):
@@ -172,9 +171,7 @@ def shape_arithmetic_nodes(graph: onnx.GraphProto) -> set[int]:
             derived.update(node.output)
             continue
         ins = [t for t in node.input if t]
-        if ins and any(t in derived for t in ins) and all(
-                t in derived or t in constants or (t in producers and graph.node[producers[t]].op_type == "Constant")
-                for t in ins):
+        if ins and any(t in derived for t in ins) and all(t in derived or t in constants for t in ins):
             derived.update(node.output)
             out.add(i)
     return out

@@ -89,6 +89,8 @@ def backbone_config(cfg, onnx_path):
 def train_ranker_cli(*, data, detectors, out, scenes, steps, batch_size, device, time_budget, lr=1e-3,
                      final_lr_ratio=1e-3, preset="crface_mnet025", init_backbone=None, large_scenes=0, augment=True,
                      extra_annotations=(), extra_images=None, init_checkpoint=None, seed=0, calib_weight=None):
+    from dataclasses import replace
+
     from rfdeploy.train.recipes import default_ranker_config, roi_ranker_config, small_ranker_config
 
     d = Path(data)
@@ -118,8 +120,6 @@ def train_ranker_cli(*, data, detectors, out, scenes, steps, batch_size, device,
         cfg = load(init_checkpoint).cfg
         if not isinstance(cfg, RankerConfig):
             raise InputError(f"{init_checkpoint} is not a ranker checkpoint")
-        from dataclasses import replace
-
         # a threshold picked for the old weights does not hold for the new ones
         cfg = replace(cfg, output_score_threshold=0.0)
     elif preset == "crface_small":
@@ -137,8 +137,6 @@ def train_ranker_cli(*, data, detectors, out, scenes, steps, batch_size, device,
     if calib_weight is not None:
         if calib_weight < 0:
             raise InputError(f"--calib-weight must be >= 0, got {calib_weight}")
-        from dataclasses import replace
-
         cfg = replace(cfg, calib_weight=float(calib_weight))
     return train_default_ranker(d, ckpts[0], out, device=device, scenes=scenes, steps=steps, batch_size=batch_size,
                                 time_budget_s=time_budget, extra_onnx_detectors=onnx, lr=lr,

@@ -61,10 +61,8 @@ def roi_ranker_config(resize_to: int = 320) -> RankerConfig:
     onto the input tensor)."""
     from dataclasses import replace
 
-    from rfdeploy.models.backbone_import import SOURCES
-
-    contract = replace(SOURCES["retinaface"].contract, resize="long_side", resize_to=resize_to, pad_multiple=1)
-    return ranker_config("crface_roi", contract=contract)
+    cfg = ranker_config("crface_roi")  # the preset carries RetinaFace's colours, unpadded
+    return replace(cfg, contract=replace(cfg.contract, resize_to=resize_to))
 
 
 def small_ranker_config() -> RankerConfig:

@@ -229,21 +229,13 @@ class RankerSamples(torch.utils.data.Dataset):
         return len(self.items)
 
     def __getitem__(self, i):
-        x, cand, oracle = self._sample(i)
-        if not self.with_extent:
-            return x, cand, oracle
-        # the augmentations keep the image inside the same valid region (a shrink pads inside it)
-        vh, vw = self._valid_hw(torch.from_numpy(self.items[i][0]))
-        return x, cand, oracle, torch.tensor([vw / x.shape[-1], vh / x.shape[-2]], dtype=torch.float32)
-
-    def _sample(self, i):
-        x, cand, oracle = self.items[i]
-        x, cand, oracle = torch.from_numpy(x), torch.from_numpy(cand), torch.from_numpy(oracle)
+        x, cand, oracle = (torch.from_numpy(a) for a in self.items[i])
         rng = np.random.default_rng([self.seed, self.epoch, i])
         flip = self.flip and rng.random() < 0.5
-        if not (flip or self.augment):
-            return x, cand, oracle
-        valid_h, valid_w = self._valid_hw(x)
+        # the image's size inside the padding, read once; the augmentations keep the image inside
+        # it (a shrink pads inside it), so it is also the extent a RoI ranker needs
+        if flip or self.augment or self.with_extent:
+            valid_h, valid_w = self._valid_hw(x)
         if flip:
             # horizontal flip of the image content; padding stays bottom/right, so flip the
             # valid width only (candidates are normalised by the valid image size)
@@ -255,7 +247,9 @@ class RankerSamples(torch.utils.data.Dataset):
         if self.augment:
             x, cand, oracle = self._geometry(x, cand, oracle, valid_h, valid_w, rng)
             x = self._colour(x, valid_h, valid_w, rng)
-        return x, cand, oracle
+        if not self.with_extent:
+            return x, cand, oracle
+        return x, cand, oracle, torch.tensor([valid_w / x.shape[-1], valid_h / x.shape[-2]], dtype=torch.float32)
 
     def _geometry(self, x, cand, oracle, vh: int, vw: int, rng):
         """A zoom-in crop or a shrink, each a third of the time; boxes follow in normalised units."""

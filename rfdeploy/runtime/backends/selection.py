@@ -10,7 +10,7 @@ from rfdeploy.core.env import require_torch
 from rfdeploy.core.errors import BackendUnavailableError, BuildError, InputError
 from rfdeploy.core.metadata import KIND, onnx_metadata
 from rfdeploy.core.precision import int8_cpu_note
-from rfdeploy.engines.backend import current_gpu, installed_backends
+from rfdeploy.engines.backend import installed_backends
 from rfdeploy.engines.engine_cache import engines_usable_here, ensure_engine
 from rfdeploy.engines.runner import parse_device
 from rfdeploy.export.cache import cached_export
@@ -107,8 +107,6 @@ def _engine_runner(path: Path, kind: str, device: str, onnx_cache, engine_cache,
                    notes: list[str]) -> Runner:
     """Export (checkpoint) -> cached engine for the local GPU -> TrtRunner."""
     onnx_path = cached_export(path, onnx_cache, notes) if kind == "checkpoint" else path
-    index = parse_device(device)
-    gpu = current_gpu(index)
-    engine = ensure_engine(onnx_path, engine_cache, precision=precision,
-                           gpu_cc=gpu["compute_capability"] if gpu else None, notes=notes, device_index=index)
+    # ensure_engine builds for that GPU's generation, on that GPU
+    engine = ensure_engine(onnx_path, engine_cache, precision=precision, notes=notes, device_index=parse_device(device))
     return TrtRunner(engine, device=device)
