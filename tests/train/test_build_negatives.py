@@ -1,0 +1,58 @@
+"""training/build_negatives.py: windows cut for negatives keep clear of faces and, when mining,
+hold the false detection they were placed on."""
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _module():
+    spec = importlib.util.spec_from_file_location("build_negatives", ROOT / "training" / "build_negatives.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _clear(mod, faces, win, margin):
+    return not mod._overlaps(mod._grow(faces, margin), win).any()
+
+
+def test_mined_windows_hold_their_detection_and_avoid_faces():
+    mod = _module()
+    faces = np.array([[100, 100, 160, 170]], np.float32)
+    dets = np.array([
+        [110, 105, 150, 160],   # the face itself, a little loose: not a false positive
+        [500, 300, 540, 340],   # on clothes, far from the face
+        [505, 302, 538, 336],   # a duplicate inside the first window: skipped
+        [800, 60, 830, 90],     # a second false positive
+    ], np.float32)
+    rng = np.random.default_rng(0)
+    wins = mod.windows_on_detections(1000, 600, faces, dets, rng, margin=0.4, min_side=128, per_image=3)
+    assert len(wins) == 2
+    for win, det in zip(wins, dets[[1, 3]]):
+        assert win[0] <= det[0] and win[1] <= det[1] and win[2] >= det[2] and win[3] >= det[3]
+        assert min(win[2] - win[0], win[3] - win[1]) >= 128
+        assert 0 <= win[0] and 0 <= win[1] and win[2] <= 1000 and win[3] <= 600
+        assert _clear(mod, faces, win, 0.4)
+
+
+def test_mined_window_is_dropped_when_no_placement_clears_the_face():
+    mod = _module()
+    # a detection right beside a face: every window big enough to hold it with context touches the face
+    faces = np.array([[100, 100, 200, 200]], np.float32)
+    dets = np.array([[250, 120, 290, 160]], np.float32)
+    wins = mod.windows_on_detections(400, 400, faces, dets, np.random.default_rng(0), margin=0.4, min_side=200,
+                                     per_image=2)
+    assert wins == []
+
+
+def test_free_windows_avoid_grown_faces():
+    mod = _module()
+    faces = np.array([[300, 200, 380, 300], [50, 50, 90, 100]], np.float32)
+    wins = mod.free_windows(800, 600, faces, np.random.default_rng(1), margin=0.4, min_side=96, per_image=4)
+    assert wins
+    for win in wins:
+        assert _clear(mod, faces, win, 0.4)
