@@ -5,7 +5,8 @@ the labelled people photos mostly hold a face (the augmentation looks for one), 
 rarely seen on their own. This script cuts, from every photo of a teacher-labelled training set,
 up to ``--per-image`` windows that keep clear of every labelled or ignored face (each box grown by
 ``--margin`` of its size), then asks both teachers about each window at a low score
-(``--teacher-score``) and drops any window where either finds something.
+(``--teacher-score``), at the window's size and enlarged ``--check-zoom`` times (tiny faces of a
+crowd that the teachers miss at their own size), and drops any window where either finds something.
 
     python training/build_negatives.py --annotations /work/data_pl/people/train.json \
         --shared ../shared/data --out /work/data_pl/negatives
@@ -130,6 +131,8 @@ def main(argv=None) -> int:
     ap.add_argument("--margin", type=float, default=0.4, help="grow each face box by this share of its size")
     ap.add_argument("--min-side", type=int, default=96, help="smallest window side, px")
     ap.add_argument("--teacher-score", type=float, default=0.3, help="drop a window where a teacher scores this")
+    ap.add_argument("--check-zoom", type=float, default=2.0,
+                    help="also ask the teachers about each window enlarged this many times (1: only as is)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--mine", type=Path, default=None,
                     help="an rfdeploy detector (.onnx): place the windows on its confident false detections")
@@ -169,7 +172,11 @@ def main(argv=None) -> int:
         for k, (x0, y0, x1, y1) in enumerate(wins):
             crop = np.ascontiguousarray(rgb[y0:y1, x0:x1])
             cut += 1
-            if any(len(t(crop)[0]) for t in teachers):
+            views = [crop]
+            if args.check_zoom > 1:
+                size = (round(crop.shape[1] * args.check_zoom), round(crop.shape[0] * args.check_zoom))
+                views.append(np.asarray(Image.fromarray(crop).resize(size, Image.BILINEAR)))
+            if any(len(t(v)[0]) for t in teachers for v in views):
                 dropped += 1
                 continue
             rel = f"images/{n:05d}_{k}.jpg"
