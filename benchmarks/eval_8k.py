@@ -77,6 +77,9 @@ def run_one(spec: dict) -> dict:
     if spec.get("tile_faces"):  # what a config's tile_min_face / tile_max_face would give
         lo, hi = spec["tile_faces"]
         pipe._logic = dataclasses.replace(pipe._logic, tile_min_face=lo, tile_max_face=hi)
+    if spec.get("host_tile"):  # what another largest untiled input / host tile side would give
+        side = spec["host_tile"]
+        pipe._logic = dataclasses.replace(pipe._logic, max_input=side, auto_tile=side)
     preds, times = {}, []
     for im in json.loads(gt.read_text())["images"]:
         rgb = load_image(gt.parent / im["file"]).rgb
@@ -101,6 +104,8 @@ def main():
     ap.add_argument("--tile-faces", action="append", default=[], metavar="MIN:MAX",
                     help="add a tiled run of the default detector whose pyramid passes each cover faces MIN..MAX px "
                          "(DetectorConfig.tile_min_face / tile_max_face); repeatable")
+    ap.add_argument("--host-tile", action="append", type=int, default=[], metavar="PX",
+                    help="also run the default detector with this largest untiled input / tile side (repeatable)")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -132,16 +137,19 @@ def main():
     for faces in args.tile_faces:
         lo, hi = (int(v) for v in faces.split(":"))
         extra[f"rfdeploy default, tiled, faces {lo}-{hi} px per pass"] = (dict(detector=det, use_ranker=False, tile="auto"),
-                                                                       (lo, hi))
+                                                                       (lo, hi), None)
+    for side in args.host_tile:
+        extra[f"rfdeploy default, tiled, tiles up to {side} px"] = (dict(detector=det, use_ranker=False, tile="auto"),
+                                                                   None, side)
     only = set(args.only.split("|")) if args.only else None
     results = {}
     print(f"{args.scenes} composed 8K scenes, {gt}")
     print(f"{'configuration':<44} {'AP@0.5':>7} {'AP@0.7':>7} {'s/image':>8} {'RSS GB':>7}  median IoU by face size")
-    runs = [(label, kw, None) for label, kw in configs.items()] + [(label, kw, f) for label, (kw, f) in extra.items()]
-    for label, kw, tile_faces in runs:
-        if only and label not in only and tile_faces is None:
+    runs = [(label, kw, None, None) for label, kw in configs.items()] + [(label, *v) for label, v in extra.items()]
+    for label, kw, tile_faces, host_tile in runs:
+        if only and label not in only and label not in extra:
             continue
-        spec = json.dumps({"gt": str(gt), "kw": kw, "tile_faces": tile_faces})
+        spec = json.dumps({"gt": str(gt), "kw": kw, "tile_faces": tile_faces, "host_tile": host_tile})
         proc = subprocess.run([sys.executable, __file__, "--child", spec], capture_output=True, text=True)
         if proc.returncode != 0:
             print(f"{label:<44} failed: {proc.stderr.strip().splitlines()[-1] if proc.stderr else proc.returncode}")
