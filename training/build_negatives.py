@@ -135,7 +135,7 @@ def main(argv=None) -> int:
                     help="also ask the teachers about each window enlarged this many times (1: only as is)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--mine", type=Path, default=None,
-                    help="an rfdeploy detector (.onnx): place the windows on its confident false detections")
+                    help="an rfdeploy detector (checkpoint or .onnx): place the windows on its confident false detections")
     ap.add_argument("--mine-score", type=float, default=0.5, help="with --mine: the detections to place windows on")
     args = ap.parse_args(argv)
 
