@@ -154,9 +154,14 @@ def main(argv=None) -> int:
     records = read_json_annotations(args.annotations)  # ignored faces are kept clear of too
     miner = None
     if args.mine is not None:
+        from rfdeploy.core.errors import RfdeployError
         from rfdeploy.runtime.pipeline import FacePipeline
 
-        miner = FacePipeline.create(detector=args.mine, use_ranker=False, score_thr=args.mine_score)
+        try:
+            miner = FacePipeline.create(detector=args.mine, use_ranker=False, score_thr=args.mine_score)
+        except RfdeployError as e:
+            print(f"error: --mine: {e}", file=sys.stderr)
+            return 2
     rng = np.random.default_rng(args.seed)
     (args.out / "images").mkdir(parents=True)
     images, cut, dropped = [], 0, 0

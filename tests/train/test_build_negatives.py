@@ -56,3 +56,22 @@ def test_free_windows_avoid_grown_faces():
     assert wins
     for win in wins:
         assert _clear(mod, faces, win, 0.4)
+
+
+def test_a_missing_mining_detector_is_a_clear_error(tmp_path, capsys):
+    import json
+
+    import pytest
+
+    from shared_data import SHARED_DATA
+
+    if SHARED_DATA is None or not (SHARED_DATA / "models" / "centerface.onnx").is_file():
+        pytest.skip("needs the shared data's teacher models (../shared/data/models)")
+    mod = _module()
+    ann = tmp_path / "a.json"
+    ann.write_text(json.dumps({"images": []}))
+    out = tmp_path / "neg"
+    rc = mod.main(["--annotations", str(ann), "--shared", str(SHARED_DATA), "--mine", str(tmp_path / "none.onnx"),
+                   "--out", str(out)])
+    assert rc == 2 and "--mine: detector model not found" in capsys.readouterr().err
+    assert not out.exists()
