@@ -1,22 +1,17 @@
 """training/average_checkpoints.py: the interpolation, and the refusals."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-ROOT = Path(__file__).resolve().parents[2]
+from repo_scripts import load_script
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("average_checkpoints", ROOT / "training" / "average_checkpoints.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("training/average_checkpoints.py")
 
 
 def _write(path, w, steps, **cfg):

@@ -1,19 +1,17 @@
 """training/build_negatives.py: windows cut for negatives keep clear of faces and, when mining,
 hold the false detection they were placed on."""
 
-import importlib.util
-from pathlib import Path
+import json
 
 import numpy as np
+import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from repo_scripts import load_script
+from shared_data import SHARED_DATA
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("build_negatives", ROOT / "training" / "build_negatives.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("training/build_negatives.py")
 
 
 def _clear(mod, faces, win, margin):
@@ -59,12 +57,6 @@ def test_free_windows_avoid_grown_faces():
 
 
 def test_a_missing_mining_detector_is_a_clear_error(tmp_path, capsys):
-    import json
-
-    import pytest
-
-    from shared_data import SHARED_DATA
-
     if SHARED_DATA is None or not (SHARED_DATA / "models" / "centerface.onnx").is_file():
         pytest.skip("needs the shared data's teacher models (../shared/data/models)")
     mod = _module()
