@@ -22,17 +22,17 @@ _RUNTIME_FIELDS = {"output_score_threshold", "score_threshold", "nms_iou", "cand
 
 
 def average(a: Path, b: Path, alpha: float, out: Path) -> int:
-    import torch
     from safetensors import safe_open
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
+    from rfdeploy.core import metadata
     from rfdeploy.core.fsutil import atomic_write_bytes
 
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be within [0, 1], got {alpha}")
     with safe_open(str(a), "pt") as fa, safe_open(str(b), "pt") as fb:
         meta_a, meta = fa.metadata() or {}, fb.metadata() or {}
-        cfg_a, cfg_b = (json.loads(m.get("rfdeploy.config", "{}")) for m in (meta_a, meta))
+        cfg_a, cfg_b = (json.loads(m.get(metadata.CONFIG, "{}")) for m in (meta_a, meta))
         arch = lambda c: {k: v for k, v in c.items() if k not in _RUNTIME_FIELDS}  # noqa: E731
         if arch(cfg_a) != arch(cfg_b):
             raise ValueError("the two checkpoints' configs describe different architectures")
@@ -47,10 +47,8 @@ def average(a: Path, b: Path, alpha: float, out: Path) -> int:
                 mixed[name] = ((1 - alpha) * ta.float() + alpha * tb.float()).to(tb.dtype).contiguous()
             else:
                 mixed[name] = tb.clone()
-    tmp = out.with_name(out.name + ".tmp")
-    save_file(mixed, str(tmp), metadata=meta)
-    atomic_write_bytes(out, tmp.read_bytes())
-    tmp.unlink()
+    # as save_checkpoint writes a checkpoint: canonical bytes, replaced in one step
+    atomic_write_bytes(out, metadata.canonical_safetensors(save(mixed, metadata=meta)))
     return len(mixed)
 
 

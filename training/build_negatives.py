@@ -49,6 +49,10 @@ def _overlaps(boxes: np.ndarray, win) -> np.ndarray:
     return (boxes[:, 0] < x1) & (boxes[:, 2] > x0) & (boxes[:, 1] < y1) & (boxes[:, 3] > y0)
 
 
+def _contains(outer, inner) -> bool:
+    return outer[0] <= inner[0] and outer[1] <= inner[1] and outer[2] >= inner[2] and outer[3] >= inner[3]
+
+
 def free_windows(width: int, height: int, boxes: np.ndarray, rng: np.random.Generator, *, margin: float,
                  min_side: int, per_image: int, tries: int = 400) -> list[tuple[int, int, int, int]]:
     """Up to ``per_image`` windows (x0, y0, x1, y1) clear of every grown box, larger first,
@@ -100,7 +104,7 @@ def windows_on_detections(width: int, height: int, faces: np.ndarray, detections
     for det in detections:
         if len(grown) and _overlaps(grown, det).any():
             continue
-        if any(k[0] <= det[0] and k[1] <= det[1] and k[2] >= det[2] and k[3] >= det[3] for k in kept):
+        if any(_contains(k, det) for k in kept):
             continue
         side = max(det[2] - det[0], det[3] - det[1])
         cx, cy = (det[0] + det[2]) / 2, (det[1] + det[3]) / 2
@@ -113,8 +117,7 @@ def windows_on_detections(width: int, height: int, faces: np.ndarray, detections
             win = (int(x0), int(y0), int(x0 + w), int(y0 + h))
             if min(win[2] - win[0], win[3] - win[1]) < min_side:
                 break
-            inside = win[0] <= det[0] and win[1] <= det[1] and win[2] >= det[2] and win[3] >= det[3]
-            if inside and not (len(grown) and _overlaps(grown, win).any()):
+            if _contains(win, det) and not (len(grown) and _overlaps(grown, win).any()):
                 kept.append(win)
                 break
         if len(kept) == per_image:
