@@ -59,9 +59,11 @@ def main(argv=None) -> int:
     ap.add_argument("--alpha", type=float, default=0.5, help="weight of B")
     ap.add_argument("-o", "--out", type=Path, required=True)
     args = ap.parse_args(argv)
+    from safetensors import SafetensorError
+
     try:
         n = average(args.a, args.b, args.alpha, args.out)
-    except (ValueError, OSError) as e:
+    except (ValueError, OSError, SafetensorError) as e:  # SafetensorError: not a safetensors file
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"{n} tensors, alpha {args.alpha} -> {args.out}")

@@ -44,3 +44,7 @@ def test_refuses_other_architectures_and_bad_alpha(tmp_path, capsys):
     assert mod.main([str(tmp_path / "a.safetensors"), str(tmp_path / "a.safetensors"), "--alpha", "1.5",
                      "-o", str(out)]) == 2
     assert not out.exists()
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"not a safetensors file")
+    assert mod.main([str(bad), str(tmp_path / "a.safetensors"), "-o", str(out)]) == 2
+    assert "error:" in capsys.readouterr().err and not out.exists()
