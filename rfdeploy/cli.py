@@ -603,7 +603,7 @@ def train():
               help="Folder with facecrops/ and backgrounds/ (synthetic scenes), or a dataset folder with --annotations.")
 @click.option("--annotations", type=click.Path(dir_okay=False), default=None,
               help="WIDER FACE gt .txt or rfdeploy JSON for --data (default: synthetic scenes from --data).")
-@click.option("--preset", default="default", show_default=True, help="default (CPU-friendly mbv2) or a preset name.")
+@click.option("--preset", default="default", show_default=True, help="default (the bundled CPU detector's architecture and training settings) or a preset name.")
 @click.option("-o", "--out", "out", required=True, type=click.Path(file_okay=False),
               help="Run folder: checkpoints and the training log.")
 @click.option("--steps", default=20000, show_default=True, help="SGD steps.")
@@ -627,16 +627,23 @@ def train():
 @click.option("--freeze-stages", default=0, show_default=True, help="Backbone stages kept frozen (0-4).")
 @click.option("--init-backbone", type=click.Path(dir_okay=False), default=None,
               help="A face-trained backbone from a detector's ONNX (RetinaFace-MobileNet0.25 or CenterFace): imported, "
-                   "verified against onnxruntime, and its preprocessing becomes the model's. BatchNorm stays frozen.")
+                   "verified against onnxruntime, and its preprocessing becomes the model's; or from an rfdeploy "
+                   "detector checkpoint (.safetensors) with the same backbone. BatchNorm stays frozen.")
+@click.option("--distill", "teacher", type=click.Path(dir_okay=False), default=None,
+              help="A trained detector checkpoint with the same anchors and preprocessing: every anchor's scores and "
+                   "boxes also learn its outputs (dense distillation), e.g. to train a cheaper preset from the default.")
+@click.option("--distill-weight", default=1.0, show_default=True, help="Weight of the distillation loss.")
 def train_detector_cmd(data, annotations, preset, out, steps, batch_size, size, lr, device, workers, time_budget, no_fsm, imagenet,
-                       extra_annotations, extra_repeats, extra_min_crop, init_checkpoint, freeze_stages, init_backbone):
+                       extra_annotations, extra_repeats, extra_min_crop, init_checkpoint, freeze_stages, init_backbone,
+                       teacher, distill_weight):
     """RefineFace with the paper's recipe (SGD, warm-up, step schedule, paper augmentation)."""
     from rfdeploy.train.api import train_detector_cli
 
     res = train_detector_cli(data=data, annotations=annotations, preset=preset, out=out, steps=steps, batch_size=batch_size,
                              size=size, lr=lr, device=device, workers=workers, time_budget=time_budget, use_fsm=not no_fsm,
                              imagenet=imagenet, extra_annotations=extra_annotations, extra_repeats=extra_repeats,
-                             extra_min_crop=extra_min_crop, init_checkpoint=init_checkpoint, freeze_stages=freeze_stages, init_backbone=init_backbone)
+                             extra_min_crop=extra_min_crop, init_checkpoint=init_checkpoint, freeze_stages=freeze_stages, init_backbone=init_backbone,
+                             teacher=teacher, distill_weight=distill_weight)
     click.echo(f"{res.steps} steps in {res.seconds:.0f} s -> {res.checkpoint} (log: {res.log})")
 
 

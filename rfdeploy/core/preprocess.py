@@ -64,7 +64,11 @@ def preprocess(
     if min_size is not None:
         pw, ph = max(pw, min_size[0]), max(ph, min_size[1])
     if out is None:
-        out = np.zeros((3, ph, pw), np.float32)  # zero after normalisation = the mean colour
+        # zero after normalisation = the mean colour; only the padding is zeroed, the image area
+        # is written below (a full zero fill costs an extra pass over the tensor)
+        out = np.empty((3, ph, pw), np.float32)
+        out[:, nh:, :] = 0
+        out[:, :nh, nw:] = 0
     elif out.shape != (3, ph, pw) or out.dtype != np.float32:
         raise ValueError(f"out must be a 3x{ph}x{pw} float32 array, got {out.shape} {out.dtype}")
     mean = np.asarray(contract.mean, np.float32)

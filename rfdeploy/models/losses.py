@@ -4,6 +4,8 @@ pairwise ranking loss. Nothing here is used by the inference path or the exporte
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -63,6 +65,106 @@ def focal_with_margin(logits, labels, margin=None, alpha=0.25, gamma=2.0):
     return sigmoid_focal_loss(x, y, alpha=alpha, gamma=gamma, reduction="sum")
 
 
+@dataclass
+class DenseOutputs:
+    """A detector's per-level head outputs laid out over all anchors of all levels: [B, A(, 4)],
+    zeros where a level has no first step."""
+
+    anchors: torch.Tensor  # [A, 4] cx, cy, w, h
+    level: torch.Tensor  # [A] pyramid level of each anchor
+    stc_mask: torch.Tensor  # [A] anchors with a first classification step
+    str_mask: torch.Tensor  # [A] anchors with a first regression step
+    cls1: torch.Tensor
+    reg1: torch.Tensor
+    cls2: torch.Tensor
+    reg2: torch.Tensor
+
+
+def dense_outputs(raw: dict, cfg: DetectorConfig) -> DenseOutputs:
+    sizes = [a.shape[0] for a in raw["anchors"]]
+    anchors = torch.cat(raw["anchors"])
+    dev = anchors.device
+    lvl_of = torch.cat([torch.full((n,), l, device=dev) for l, n in enumerate(sizes)])
+    batch = raw["cls2"][0].shape[0]
+
+    def full(per_level: dict, width: int | None):
+        out = anchors.new_zeros((batch, anchors.shape[0]) + ((width,) if width else ()))
+        start = 0
+        for l, n in enumerate(sizes):
+            if l in per_level:
+                out[:, start:start + n] = per_level[l]
+            start += n
+        return out
+
+    return DenseOutputs(
+        anchors=anchors, level=lvl_of,
+        stc_mask=torch.isin(lvl_of, torch.tensor(cfg.stc_levels, device=dev)),
+        str_mask=torch.isin(lvl_of, torch.tensor(cfg.str_levels, device=dev)),
+        cls1=full(raw["cls1"], None), reg1=full(raw["reg1"], 4),
+        cls2=torch.cat(raw["cls2"], 1), reg2=torch.cat(raw["reg2"], 1))
+
+
+def same_anchor_layout(a: DetectorConfig, b: DetectorConfig) -> list[str]:
+    """The fields in which two detectors' outputs would mean different things (empty: none)."""
+    keys = ("strides", "anchor_scales", "anchor_ratio", "center_variance", "size_variance", "stc_levels",
+            "str_levels", "stc_threshold", "contract")
+    return [k for k in keys if getattr(a, k) != getattr(b, k)]
+
+
+def quality_focal(logits, target, beta: float = 2.0):
+    """BCE towards a soft target, scaled by |p - target|^beta (Li et al., Generalized Focal Loss):
+    zero where the student already agrees, so the many easy anchors do not swamp the few that matter."""
+    p = torch.sigmoid(logits)
+    return F.binary_cross_entropy_with_logits(logits, target, reduction="none") * (p - target).abs().pow(beta)
+
+
+class DistillationLoss(nn.Module):
+    """Dense distillation from a teacher RefineFace with the same anchors and input contract.
+
+    Every anchor's two classification steps learn the teacher's probabilities (quality focal
+    loss; the second step's target is 0 where the teacher's first step rejects the anchor, as its
+    deployed score is), and the boxes of anchors the teacher scores above ``min_score`` learn the
+    teacher's final boxes, weighted by that score: the first step its deltas, the second step the
+    teacher's box encoded on the student's own refined anchor. Each term is normalised by the
+    teacher's total second-step probability, the soft count of faces.
+    """
+
+    def __init__(self, cfg: DetectorConfig, min_score: float = 0.05, beta: float = 2.0):
+        super().__init__()
+        self.cfg, self.min_score, self.beta = cfg, min_score, beta
+
+    def forward(self, raw: dict, teacher_raw: dict) -> dict:
+        cfg = self.cfg
+        cv, sv = cfg.center_variance, cfg.size_variance
+        s, t = dense_outputs(raw, cfg), dense_outputs(teacher_raw, cfg)
+        if s.cls2.shape != t.cls2.shape:
+            raise ValueError(f"student and teacher outputs differ in shape: {tuple(s.cls2.shape)} vs {tuple(t.cls2.shape)}")
+        stc, strm = s.stc_mask, s.str_mask
+        p1, p2 = torch.sigmoid(t.cls1), torch.sigmoid(t.cls2)
+        rejected = stc & ((1 - p1) > cfg.stc_threshold)
+        target2 = torch.where(rejected, torch.zeros_like(p2), p2)
+        norm = target2.sum().clamp(min=1.0)
+        out = {
+            "kd_cls1": quality_focal(s.cls1[:, stc], p1[:, stc], self.beta).sum() / norm,
+            "kd_cls2": quality_focal(s.cls2, target2, self.beta).sum() / norm,
+        }
+        w = torch.where(target2 > self.min_score, target2, torch.zeros_like(target2))
+        wsum = w.sum().clamp(min=1e-6)
+        anchors = s.anchors.expand(s.cls2.shape[0], -1, -1)
+        sel = strm[None, :].expand_as(w)
+        t_refined = torch.where(sel[..., None], decode(t.reg1, anchors, cv, sv), anchors)
+        t_box = cxcywh_to_xyxy(decode(t.reg2, t_refined, cv, sv))
+        s_refined = torch.where(sel[..., None], decode(s.reg1.detach(), anchors, cv, sv), anchors)
+        target_reg2 = encode(t_box, s_refined, cv, sv)
+        l2 = F.smooth_l1_loss(s.reg2, target_reg2, reduction="none", beta=1 / 9).sum(-1)
+        l1 = F.smooth_l1_loss(s.reg1, t.reg1, reduction="none", beta=1 / 9).sum(-1)
+        w1 = w * sel
+        out["kd_reg2"] = (w * l2).sum() / wsum
+        out["kd_reg1"] = (w1 * l1).sum() / w1.sum().clamp(min=1e-6)
+        out["kd_total"] = out["kd_cls1"] + out["kd_cls2"] + out["kd_reg1"] + out["kd_reg2"]
+        return out
+
+
 class FeatureSupervision(nn.Module):
     """FSM (training only): RoIAlign 5x5 on each proposal's own pyramid level, three 3x3 convs,
     a prediction conv and global average pooling give a face/background logit."""
@@ -117,28 +219,9 @@ class RefineFaceLoss(nn.Module):
         cfg = self.cfg
         cv, sv = cfg.center_variance, cfg.size_variance
         levels = range(len(raw["anchors"]))
-        sizes = [a.shape[0] for a in raw["anchors"]]
-        anchors = torch.cat(raw["anchors"])  # A,4 cx,cy,w,h
-        lvl_of = torch.cat([torch.full((n,), l, device=anchors.device) for l, n in enumerate(sizes)])
-        stc_mask = torch.isin(lvl_of, torch.tensor(cfg.stc_levels, device=anchors.device))
-        str_mask = torch.isin(lvl_of, torch.tensor(cfg.str_levels, device=anchors.device))
-        batch = raw["cls2"][0].shape[0]
-
-        def full(per_level: dict, width: int | None):
-            # per-level tensors on a subset of levels -> [B, A(, width)] with zeros elsewhere
-            shape = (batch, anchors.shape[0]) + ((width,) if width else ())
-            out = anchors.new_zeros(shape)
-            start = 0
-            for l, n in zip(levels, sizes):
-                if l in per_level:
-                    out[:, start:start + n] = per_level[l]
-                start += n
-            return out
-
-        cls1 = full(raw["cls1"], None)
-        reg1 = full(raw["reg1"], 4)
-        cls2 = torch.cat(raw["cls2"], 1)
-        reg2 = torch.cat(raw["reg2"], 1)
+        d = dense_outputs(raw, cfg)
+        anchors, lvl_of, stc_mask, str_mask = d.anchors, d.level, d.stc_mask, d.str_mask
+        cls1, reg1, cls2, reg2 = d.cls1, d.reg1, d.cls2, d.reg2
 
         sums = {k: anchors.new_zeros(()) for k in ("stc1", "stc2", "str1", "str2", "fsm")}
         npos = {k: 0 for k in ("stc1", "stc2", "str1", "str2", "fsm")}

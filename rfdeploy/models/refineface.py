@@ -123,6 +123,8 @@ class Subnet(nn.Module):
     def __init__(self, cin: int, width: int, convs: int, out_per_anchor: int, anchors: int, rfe: bool,
                  separable: bool = False, rfe_layout: str = "paper"):
         super().__init__()
+        if convs == 0:  # a predictor alone, on a tower shared with other subnets
+            width = cin
         layers: list[nn.Module] = []
         for i in range(convs):
             middle = rfe and 1 <= i <= min(2, convs - 2)
@@ -131,7 +133,7 @@ class Subnet(nn.Module):
             else:
                 layers += [conv3(cin if i == 0 else width, width, separable=separable), nn.ReLU(inplace=True)]
         self.tower = nn.Sequential(*layers)
-        self.pred = conv3(width, anchors * out_per_anchor, separable=separable)
+        self.pred = conv3(width, anchors * out_per_anchor, separable=separable) if anchors else None
         self.out_per_anchor = out_per_anchor
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -185,9 +187,14 @@ class RefineFace(nn.Module):
         # One classification module for both STC steps (paper 3.2); the first-step regressor
         # (STR) has its own subnet.
         lay = cfg.rfe_layout
-        self.cls_head = Subnet(cfg.fpn_channels, w, n, 1, a, rfe, sep, lay)
-        self.box_head = Subnet(cfg.fpn_channels, w, n, 4, a, rfe, sep, lay)
-        self.box_head_first = Subnet(cfg.fpn_channels, w, n, 4, a, rfe, sep, lay)
+        if cfg.shared_tower:
+            self.tower = Subnet(cfg.fpn_channels, w, n, 0, 0, rfe, sep, lay).tower
+            cin, n = w, 0  # the predictors below read the shared tower's output
+        else:
+            self.tower, cin = None, cfg.fpn_channels
+        self.cls_head = Subnet(cin, w, n, 1, a, rfe, sep, lay)
+        self.box_head = Subnet(cin, w, n, 4, a, rfe, sep, lay)
+        self.box_head_first = Subnet(cin, w, n, 4, a, rfe, sep, lay)
         # Anchor sizes per level as buffers (they follow .to(device)); full anchor grids are cached
         # per feature size, so a repeated input shape makes no tensor from host data (CUDA-graph
         # capture forbids host-to-device copies)
@@ -198,7 +205,9 @@ class RefineFace(nn.Module):
         self._init_weights()
 
     def _init_weights(self) -> None:
-        for m in [self.fpn, self.cls_head, self.box_head, self.box_head_first]:
+        for m in [self.fpn, self.tower, self.cls_head, self.box_head, self.box_head_first]:
+            if m is None:
+                continue
             for mod in m.modules():
                 if isinstance(mod, nn.Conv2d):
                     nn.init.xavier_uniform_(mod.weight)
@@ -243,6 +252,37 @@ class RefineFace(nn.Module):
         images = images.to(self.fpn.lateral[0].weight.dtype)  # callers may pass fp32 to an fp16 model
         first, second = self.fpn(self.backbone(images))
         b = images.shape[0]
+        if self.tower is not None:
+            out = self._shared_heads(first, second, b)
+        else:
+            out = self._separate_heads(first, second, b)
+        out["features"] = second
+        if anchors:
+            out["anchors"] = [self._anchors(l, f) for l, f in enumerate(second)]
+        return out
+
+    def _shared_heads(self, first: list[torch.Tensor], second: list[torch.Tensor], b: int) -> dict:
+        """One tower pass per level on the first-step map and P stacked in the batch; the
+        predictors read its two halves."""
+        cfg = self.cfg
+        cls1, reg1, cls2, reg2 = {}, {}, [], []
+        for l, p in enumerate(second):
+            two_step = l in cfg.stc_levels or l in cfg.str_levels
+            t = self.tower(torch.cat([first[l], p], 0) if two_step else p)
+            t1, t2 = (t[:b], t[b:]) if two_step else (None, t)
+            if l in cfg.stc_levels:
+                both = self.cls_head(t)[..., 0]  # both STC steps in one predictor call
+                cls1[l], score = both[:b], both[b:]
+            else:
+                score = self.cls_head(t2)[..., 0]
+                if l in cfg.str_levels:
+                    reg1[l] = self.box_head_first(t1)
+            cls2.append(score)
+            reg2.append(self.box_head(t2))
+        return {"cls1": cls1, "reg1": reg1, "cls2": cls2, "reg2": reg2}
+
+    def _separate_heads(self, first: list[torch.Tensor], second: list[torch.Tensor], b: int) -> dict:
+        cfg = self.cfg
         cls1, cls2 = {}, []
         for l, p in enumerate(second):
             if l in cfg.stc_levels:
@@ -253,16 +293,12 @@ class RefineFace(nn.Module):
             else:
                 score = self.cls_head(p)[..., 0]
             cls2.append(score)
-        out = {
-            "features": second,
+        return {
             "cls1": cls1,
             "reg1": {l: self.box_head_first(first[l]) for l in cfg.str_levels},
             "cls2": cls2,
             "reg2": [self.box_head(p) for p in second],
         }
-        if anchors:
-            out["anchors"] = [self._anchors(l, f) for l, f in enumerate(second)]
-        return out
 
     def _grid(self, feats: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """What maps a flat candidate index to its anchor, per level plus one padding level:

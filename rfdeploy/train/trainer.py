@@ -156,14 +156,21 @@ def _freeze_backbone(model, stages: int) -> list:
     return mods
 
 
-def _detector_step(model, loss_fn, batch, device):
+def _detector_step(model, loss_fn, batch, device, teacher=None, distill=None, distill_weight: float = 1.0):
     images, targets = batch
     images = images.to(device, non_blocking=True)
     targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
     raw = model.forward_raw(images)
     # losses in float32: matching and focal terms are precision-sensitive
     raw = _to_float(raw)
-    return loss_fn(raw, targets)
+    losses = loss_fn(raw, targets)
+    if teacher is not None:
+        with torch.no_grad():
+            teacher_raw = _to_float(teacher.forward_raw(images))
+        kd = distill(raw, teacher_raw)
+        losses.update(kd)
+        losses["total"] = losses["total"] + distill_weight * kd["kd_total"]
+    return losses
 
 
 def _to_float(x):
@@ -178,9 +185,11 @@ def _to_float(x):
 
 def train_detector(cfg: DetectorConfig, dataset, opts: TrainOptions, out_dir, *, imagenet_weights=None,
                    init_checkpoint=None, use_fsm: bool | None = None, use_sml: bool = True,
-                   init_backbone=None) -> TrainResult:
-    """Train RefineFace: L = L_STR + L_STC + L_FSM (SML inside the classification losses)."""
-    from rfdeploy.models.losses import RefineFaceLoss  # torchvision
+                   init_backbone=None, teacher=None, distill_weight: float = 1.0) -> TrainResult:
+    """Train RefineFace: L = L_STR + L_STC + L_FSM (SML inside the classification losses), plus
+    ``distill_weight`` x a dense distillation loss when a ``teacher`` detector (same anchors and
+    input contract) is given."""
+    from rfdeploy.models.losses import DistillationLoss, RefineFaceLoss, same_anchor_layout  # torchvision
 
     torch.manual_seed(opts.seed)
     model = build(cfg)
@@ -191,6 +200,16 @@ def train_detector(cfg: DetectorConfig, dataset, opts: TrainOptions, out_dir, *,
     elif imagenet_weights is not None:
         model.backbone.load_imagenet(imagenet_weights)
     loss_fn = RefineFaceLoss(cfg, use_fsm=use_fsm, use_sml=use_sml).to(opts.device)
+    step_fn = _detector_step
+    if teacher is not None:
+        differ = same_anchor_layout(cfg, teacher.cfg)
+        if differ:
+            raise ValueError(f"the teacher's outputs do not match the student's anchors: {', '.join(differ)} differ")
+        teacher = teacher.to(opts.device).eval().requires_grad_(False)
+        distill = DistillationLoss(cfg)
+
+        def step_fn(model, loss_fn, batch, device):
+            return _detector_step(model, loss_fn, batch, device, teacher, distill, distill_weight)
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=opts.batch_size, shuffle=not hasattr(dataset, "generator"), num_workers=opts.workers,
         collate_fn=collate_fn, drop_last=True, persistent_workers=opts.workers > 0, pin_memory=opts.device.startswith("cuda"),
@@ -198,7 +217,7 @@ def train_detector(cfg: DetectorConfig, dataset, opts: TrainOptions, out_dir, *,
     out_dir = Path(out_dir)
     (out_dir / "options.json").parent.mkdir(parents=True, exist_ok=True)
     (out_dir / "options.json").write_text(json.dumps({"config": cfg.to_dict(), "options": asdict(opts)}, indent=1, default=str))
-    return _loop(model, loss_fn, loader, opts, out_dir, _detector_step, extra_params=loss_fn.parameters())
+    return _loop(model, loss_fn, loader, opts, out_dir, step_fn, extra_params=loss_fn.parameters())
 
 
 class RankerSamples(torch.utils.data.Dataset):

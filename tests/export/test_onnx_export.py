@@ -117,13 +117,15 @@ def test_exported_selection_takes_the_global_topk_when_high_levels_are_strong(tm
     assert np.array_equal(ob, boxes[0, ref_i[0]][None].numpy())
 
 
-def test_stc_filtering_is_in_the_exported_graph(tmp_path):
+@pytest.mark.parametrize("shared_tower", [False, True])
+def test_stc_filtering_is_in_the_exported_graph(tmp_path, shared_tower):
     # drive the face logits below the STC threshold (1 - p1 > 0.99) for part of the low-level
     # anchors, and let K exceed the anchor count so every anchor's score comes out: the exported
-    # graph must zero exactly the anchors torch's STC filters
+    # graph must zero exactly the anchors torch's STC filters (with separate or shared head towers)
     import onnxruntime as ort
 
-    cfg = detector_config("refineface_mbv2", fpn_channels=16, head_channels=16, candidates=4000)
+    cfg = detector_config("refineface_mbv2", fpn_channels=16, head_channels=16, candidates=4000,
+                          shared_tower=shared_tower)
     torch.manual_seed(0)
     model = build(cfg).eval()
     with torch.no_grad():
@@ -217,3 +219,14 @@ def test_export_checkpoint_with_fp16(tmp_path, det_cfg):
     assert (tmp_path / "d.onnx").is_file() and (tmp_path / "d.fp16.onnx").is_file()
     assert any("verify" in ln for ln in lines)
     assert read_metadata(tmp_path / "d.fp16.onnx")["rfdeploy.precision"] == "fp16"
+
+
+def test_lite_preset_exports_and_matches_torch(tmp_path):
+    # the CPU-speed preset (shared towers, separable convs, paper RFE) through the real exporter
+    cfg = detector_config("refineface_mnet025_lite", candidates=300)
+    torch.manual_seed(0)
+    model = build(cfg).eval()
+    path = tmp_path / "lite.onnx"
+    export_model(model, path)
+    rep = verify_onnx(model, path, verification_inputs(cfg.contract))
+    assert rep.ok and rep.worst_rel <= 1e-5

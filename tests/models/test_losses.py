@@ -139,3 +139,79 @@ def test_calibration_term_is_plain_cross_entropy_and_runs_under_autocast():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         got = calibration_loss(raw.bfloat16(), oracle, valid)
     assert got.dtype == torch.float32 and torch.isfinite(got)
+
+
+def _raw_with_faces(model, x):
+    # a teacher that scores a real share of anchors above the box-distillation floor
+    with torch.no_grad():
+        model.cls_head.pred.bias.fill_(0.0)
+    return model.forward_raw(x)
+
+
+def test_distillation_is_zero_when_the_student_is_the_teacher(tiny_det_cfg):
+    from rfdeploy.models.losses import DistillationLoss
+
+    torch.manual_seed(0)
+    teacher = build(tiny_det_cfg).eval()
+    x = torch.rand(2, 3, 96, 128) * 255
+    with torch.no_grad():
+        raw = _raw_with_faces(teacher, x)
+        kd = DistillationLoss(tiny_det_cfg)(raw, raw)
+        assert float(torch.sigmoid(torch.cat(raw["cls2"], 1)).max()) > 0.05
+    for k in ("kd_cls1", "kd_cls2", "kd_reg1", "kd_reg2", "kd_total"):
+        assert float(kd[k]) < 1e-5, (k, float(kd[k]))
+
+
+def test_distillation_pulls_a_different_student_towards_the_teacher(tiny_det_cfg):
+    from dataclasses import replace
+
+    from rfdeploy.models.losses import DistillationLoss
+
+    torch.manual_seed(0)
+    teacher = build(tiny_det_cfg).eval()
+    x = torch.rand(2, 3, 96, 128) * 255
+    with torch.no_grad():
+        t_raw = _raw_with_faces(teacher, x)
+    student_cfg = replace(tiny_det_cfg, fpn_channels=16, head_channels=16, shared_tower=True)
+    torch.manual_seed(1)
+    student = build(student_cfg).train()
+    crit = DistillationLoss(student_cfg)
+    first = {k: v.detach() for k, v in crit(student.forward_raw(x), t_raw).items()}
+    assert all(float(first[k]) > 0 for k in ("kd_cls1", "kd_cls2", "kd_reg1", "kd_reg2"))
+    opt = torch.optim.Adam([p for n, p in student.named_parameters() if not n.startswith("backbone")], lr=3e-3)
+    for _ in range(30):
+        kd = crit(student.forward_raw(x), t_raw)
+        opt.zero_grad()
+        kd["kd_total"].backward()
+        opt.step()
+    last = crit(student.forward_raw(x), t_raw)
+    assert float(last["kd_total"]) < 0.5 * float(first["kd_total"])
+
+
+def test_distillation_targets_zero_where_the_teachers_first_step_rejects(tiny_det_cfg):
+    # the teacher's deployed score is 0 on anchors its STC first step rejects, whatever its
+    # second step says: a student copying the second step there is penalised, one rejecting is not
+    from rfdeploy.models.losses import DistillationLoss
+
+    torch.manual_seed(0)
+    model = build(tiny_det_cfg).eval()
+    with torch.no_grad():
+        raw = model.forward_raw(torch.rand(1, 3, 64, 64) * 255)
+    teacher = dict(raw, cls1={l: torch.full_like(v, -10.0) for l, v in raw["cls1"].items()},
+                   cls2=[torch.full_like(v, 5.0) for v in raw["cls2"]])
+    stc = set(tiny_det_cfg.stc_levels)
+    agrees = dict(teacher, cls2=[torch.full_like(v, -10.0 if l in stc else 5.0) for l, v in enumerate(raw["cls2"])])
+    crit = DistillationLoss(tiny_det_cfg)
+    assert float(crit(teacher, teacher)["kd_cls2"]) > 1.0
+    assert float(crit(agrees, teacher)["kd_cls2"]) < 1e-4
+
+
+def test_anchor_layout_differences_are_named():
+    from dataclasses import replace
+
+    from rfdeploy.models.config import detector_config
+    from rfdeploy.models.losses import same_anchor_layout
+
+    a = detector_config("refineface_mnet025")
+    assert same_anchor_layout(a, detector_config("refineface_mnet025_lite")) == []
+    assert same_anchor_layout(a, replace(a, anchor_ratio=1.0, stc_threshold=0.9)) == ["anchor_ratio", "stc_threshold"]

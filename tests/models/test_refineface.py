@@ -308,3 +308,37 @@ def test_rfe_export_has_two_rectangular_convs_and_matches_eager():
     sess = ort.InferenceSession(buf.getvalue(), providers=["CPUExecutionProvider"])
     with torch.no_grad():
         np.testing.assert_allclose(sess.run(None, {"x": x.numpy()})[0], rfe(x).numpy(), atol=1e-5)
+
+
+def test_shared_tower_runs_one_tower_per_map_and_each_predictor_on_it():
+    # shared_tower: the classifier and both regressors read one tower's output; the result must
+    # equal running that tower on each map and each predictor on its output
+    cfg = detector_config("refineface_mbv2", fpn_channels=16, head_channels=16, candidates=300, shared_tower=True)
+    torch.manual_seed(0)
+    m = build(cfg).eval()
+    assert m.tower is not None and len(m.cls_head.tower) == 0 and len(m.box_head_first.tower) == 0
+    x = torch.rand(2, 3, 96, 128) * 255
+    with torch.no_grad():
+        raw = m.forward_raw(x)
+        first, second = m.fpn(m.backbone(x))
+        for l, p in enumerate(second):
+            t = m.tower(p)
+            assert torch.allclose(raw["cls2"][l], m.cls_head.pred(t).permute(0, 2, 3, 1).reshape(2, -1), atol=1e-5)
+            assert torch.allclose(raw["reg2"][l], m.box_head(t), atol=1e-5)
+            if l in cfg.stc_levels:
+                assert torch.allclose(raw["cls1"][l], m.cls_head(m.tower(first[l]))[..., 0], atol=1e-5)
+            if l in cfg.str_levels:
+                assert torch.allclose(raw["reg1"][l], m.box_head_first(m.tower(first[l])), atol=1e-5)
+        b, s = m(x)
+    assert b.shape == (2, 300, 4) and torch.isfinite(b).all()
+
+
+def test_lite_preset_has_a_third_of_the_head_towers():
+    from rfdeploy.models.refineface import RFE
+
+    def rfes(model):
+        return sum(isinstance(mod, RFE) for mod in model.modules())
+
+    assert rfes(build(detector_config("refineface_mnet025"))) == 3  # one per subnet
+    lite = build(detector_config("refineface_mnet025_lite"))
+    assert rfes(lite) == 1 and lite.cfg.fpn_channels == 16

@@ -145,3 +145,46 @@ def test_labelled_sets_get_the_requested_smallest_crop(tmp_path):
     assert [part.transform.crop_scale for part, _ in mixed.parts[1:]] == [(0.15, 1.0)] * 2
     default = with_labelled_sets(base, [ann], default_detector_config(), size=128)
     assert default.parts[1][0].transform.crop_scale == (0.5, 1.0)
+
+
+def test_cli_distils_a_lite_student_from_a_teacher_and_takes_its_backbone(tiny_data, tmp_path):
+    # --init-backbone TEACHER.safetensors takes the teacher's backbone and contract; --distill adds
+    # the dense distillation terms to the logged losses; a teacher whose anchors differ is refused
+    from dataclasses import replace
+
+    from click.testing import CliRunner
+
+    from rfdeploy.cli import main
+    from rfdeploy.models.checkpoint import save_checkpoint
+    from rfdeploy.train.recipes import default_detector_config
+
+    torch.manual_seed(0)
+    teacher = build(default_detector_config())
+    with torch.no_grad():
+        for p in teacher.backbone.parameters():
+            p.add_(0.01)  # weights no fresh backbone has
+        teacher.cls_head.pred[-1].bias.fill_(0.0)  # faces everywhere: the student's prior disagrees
+    tpath = tmp_path / "teacher.safetensors"
+    save_checkpoint(teacher, tpath)
+    args = ["train", "detector", "--data", str(tiny_data), "-o", str(tmp_path / "run"), "--steps", "2", "--batch-size", "2",
+            "--size", "128", "--workers", "0", "--no-fsm", "--freeze-stages", "4", "--preset", "refineface_mnet025_lite",
+            "--init-backbone", str(tpath), "--distill", str(tpath)]
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 0, r.output
+    student = load(tmp_path / "run" / "last.safetensors")
+    assert student.cfg.shared_tower and student.cfg.contract == teacher.cfg.contract
+    for a, b in zip(student.backbone.state_dict().values(), teacher.backbone.state_dict().values()):
+        assert torch.equal(a, b)  # stages frozen: the teacher's weights as they were
+    logged = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert logged[-1]["kd_total"] > 0
+    assert logged[-1]["total"] == pytest.approx(sum(logged[-1][k] for k in ("stc1", "stc2", "str1", "str2", "fsm", "kd_total")),
+                                                abs=1e-3)
+
+    other = tmp_path / "other.safetensors"
+    save_checkpoint(build(replace(default_detector_config(), anchor_ratio=1.0)), other)
+    bad = CliRunner().invoke(main, args[:-1] + [str(other)])
+    assert bad.exit_code == 2 and "anchor_ratio" in bad.output and "Traceback" not in bad.output
+    ranker = tmp_path / "ranker.safetensors"
+    save_checkpoint(build(ranker_config("crface_small", fpn_channels=16, conf_channels=16, bpn_channels=8)), ranker)
+    not_detector = CliRunner().invoke(main, args[:-1] + [str(ranker)])
+    assert not_detector.exit_code == 2 and "not a detector checkpoint" in not_detector.output
