@@ -141,21 +141,22 @@ def test_calibration_term_is_plain_cross_entropy_and_runs_under_autocast():
     assert got.dtype == torch.float32 and torch.isfinite(got)
 
 
-def _raw_with_faces(model, x):
-    # a teacher that scores a real share of anchors above the box-distillation floor
+def _teacher_outputs(cfg):
+    """(input, raw outputs) of a teacher that scores a real share of anchors above the
+    box-distillation floor."""
+    torch.manual_seed(0)
+    teacher = build(cfg).eval()
+    x = torch.rand(2, 3, 96, 128) * 255
     with torch.no_grad():
-        model.cls_head.pred.bias.fill_(0.0)
-    return model.forward_raw(x)
+        teacher.cls_head.pred.bias.fill_(0.0)
+        return x, teacher.forward_raw(x)
 
 
 def test_distillation_is_zero_when_the_student_is_the_teacher(tiny_det_cfg):
     from rfdeploy.models.losses import DistillationLoss
 
-    torch.manual_seed(0)
-    teacher = build(tiny_det_cfg).eval()
-    x = torch.rand(2, 3, 96, 128) * 255
+    _, raw = _teacher_outputs(tiny_det_cfg)
     with torch.no_grad():
-        raw = _raw_with_faces(teacher, x)
         kd = DistillationLoss(tiny_det_cfg)(raw, raw)
         assert float(torch.sigmoid(torch.cat(raw["cls2"], 1)).max()) > 0.05
     for k in ("kd_cls1", "kd_cls2", "kd_reg1", "kd_reg2", "kd_total"):
@@ -167,11 +168,7 @@ def test_distillation_pulls_a_different_student_towards_the_teacher(tiny_det_cfg
 
     from rfdeploy.models.losses import DistillationLoss
 
-    torch.manual_seed(0)
-    teacher = build(tiny_det_cfg).eval()
-    x = torch.rand(2, 3, 96, 128) * 255
-    with torch.no_grad():
-        t_raw = _raw_with_faces(teacher, x)
+    x, t_raw = _teacher_outputs(tiny_det_cfg)
     student_cfg = replace(tiny_det_cfg, fpn_channels=16, head_channels=16, shared_tower=True)
     torch.manual_seed(1)
     student = build(student_cfg).train()
@@ -184,7 +181,8 @@ def test_distillation_pulls_a_different_student_towards_the_teacher(tiny_det_cfg
         opt.zero_grad()
         kd["kd_total"].backward()
         opt.step()
-    last = crit(student.forward_raw(x), t_raw)
+    with torch.no_grad():
+        last = crit(student.forward_raw(x), t_raw)
     assert float(last["kd_total"]) < 0.5 * float(first["kd_total"])
 
 
