@@ -2,7 +2,7 @@
 RetinaFace-MobileNet0.25's network in the same run: what a cheaper FPN or head would buy before
 any training. Each variant is a preset with config overrides, built with random weights (the
 time of a fixed graph does not depend on its weights), exported by the project's exporter and
-timed in shape-specialised sessions (as the runtime runs a repeated shape).
+timed through the runtime's onnxruntime runner (shape-specialised sessions for a repeated shape).
 
     python benchmarks/head_variants.py [--preset refineface_mnet025] [--rounds 7] [--block 15]
         [--variant NAME:key=value,key=value ...]
@@ -45,16 +45,14 @@ def parse_variant(text: str) -> tuple[str, dict]:
     return name.strip() or body, overrides
 
 
-def session(path: Path, shape: tuple[int, ...]):
-    import onnxruntime as ort
+def runner_call(path: Path, x: np.ndarray, rfdeploy_model: bool = True):
+    """One network call as the runtime makes it: onnxruntime through rfdeploy's runner, which
+    builds a shape-specialised session for a repeated input shape."""
+    from rfdeploy.runtime.backends.ort_runner import OrtRunner
 
-    probe = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    opts = ort.SessionOptions()
-    for dim, n in zip(probe.get_inputs()[0].shape, shape):
-        if isinstance(dim, str):
-            opts.add_free_dimension_override_by_name(dim, n)
-    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    return sess, sess.get_inputs()[0].name
+    runner = OrtRunner(path, rfdeploy_model=rfdeploy_model)
+    feed = {runner.session.get_inputs()[0].name: x}
+    return lambda: runner.infer(feed)
 
 
 def main():
@@ -88,13 +86,11 @@ def main():
             torch.manual_seed(0)
             path = Path(tmp) / f"v{i}.onnx"
             export_model(build(cfg).eval(), path)
-            sess, inp = session(path, x.shape)
-            fns[name] = (lambda s, n: lambda: s.run(None, {n: x}))(sess, inp)
+            fns[name] = runner_call(path, x)
         ref = "RetinaFace-MobileNet0.25 network"
         if not Path(args.retinaface).is_file():
             raise SystemExit(f"error: RetinaFace ONNX not found: {args.retinaface} (give --retinaface)")
-        sess, inp = session(Path(args.retinaface), x.shape)
-        fns[ref] = lambda: sess.run(None, {inp: x})
+        fns[ref] = runner_call(Path(args.retinaface), x, rfdeploy_model=False)
         times = interleaved_blocks(fns, args.rounds, args.block)
     print(f"network alone at 640x480, {args.rounds} rounds of {args.block} calls, preset {args.preset}")
     print(f"{'variant':40s} {'median ms':>10s} {'x RetinaFace':>13s}")
