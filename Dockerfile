@@ -25,8 +25,7 @@ FROM ${BASE_IMAGE} AS runtime
 ENV PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
-    RFDEPLOY_ENGINE_CACHE=/cache \
-    RFDEPLOY_MODELS=/models
+    RFDEPLOY_ENGINE_CACHE=/cache
 COPY --from=build /wheels /wheels
 # The gpu extra adds onnxruntime-gpu, tensorrt (already in the base image, so pip keeps NVIDIA's
 # build) and cuda-python. onnxruntime (CPU) and onnxruntime-gpu install the same module: keep
@@ -45,7 +44,8 @@ RUN groupadd --system --gid 10001 rfdeploy \
  && useradd --system --uid 10001 --gid rfdeploy --home-dir /home/rfdeploy --create-home rfdeploy \
  && mkdir -p /cache /models /data \
  && chown rfdeploy:rfdeploy /cache /models /data
-# /models: custom checkpoints / ONNX / engines; /cache: engines built for this GPU.
+# /models: custom checkpoints / ONNX / engines, given by path (--detector /models/x.onnx);
+# /cache: engines built for this GPU.
 VOLUME ["/models", "/cache"]
 WORKDIR /data
 USER rfdeploy

@@ -625,7 +625,8 @@ class OnnxDetector:
     ``adapter``: None (recognise the model), "retinaface", "centerface", "scrfd", a JSON adapter file, or a
     DetectorAdapter. ``adapter_options`` (score_threshold, max_candidates, long_side, ...) go to the
     adapter's constructor when it is named or recognised. ``threads``: onnxruntime intra-op threads
-    (None: its default).
+    (None: its default). ``device``: "cpu" or "cuda[:i]" (onnxruntime's CUDA provider), unless
+    ``providers`` names them.
     """
 
     def __init__(
@@ -635,6 +636,7 @@ class OnnxDetector:
         providers: list[str] | None = None,
         *,
         threads: int | None = None,
+        device: str = "cpu",
         **adapter_options: Any,
     ):
         self.path = Path(onnx_path)
@@ -648,8 +650,9 @@ class OnnxDetector:
         self.input_name = self.signature.inputs[0].name
         model = self.adapter.prepare_model(model, self.input_name)
         # the same onnxruntime runner as rfdeploy's own models (providers, threads, errors)
-        self.runner = OrtRunner(self.path, threads=threads, model=model,
-                                providers=list(providers or ["CPUExecutionProvider"]), rfdeploy_model=False)
+        # providers: as given, else the best for ``device`` (CPU only for "cpu")
+        self.runner = OrtRunner(self.path, device=device, threads=threads, model=model,
+                                providers=list(providers) if providers else None, rfdeploy_model=False)
         self.session = self.runner.session
         self.output_names = self.runner.output_names
 

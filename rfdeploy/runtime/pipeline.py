@@ -102,8 +102,14 @@ class FacePipeline:
         _check_model_suffix(det_path, "detector")
         if detector and det_path.suffix.lower() == ".onnx" and (
                 adapter is not None or not _has_rfdeploy_metadata(det_path)):
-            det = ThirdPartyDetector(OnnxDetector(det_path, adapter=adapter))
-            notes.append(f"third-party detector {det.name} ({det_path.name}) through onnxruntime")
+            asked = [flag for flag, on in ((f"--backend {backend}", backend in ("tensorrt", "torch")),
+                                           ("--fp16", fp16), ("--cuda-graph", cuda_graph)) if on]
+            if asked:
+                raise InputError(f"{det_path.name} is a third-party ONNX detector: it runs on onnxruntime only, "
+                                 f"so {', '.join(asked)} cannot apply to it",
+                                 hint="drop those options; --device cuda runs it on onnxruntime's CUDA provider")
+            det = ThirdPartyDetector(OnnxDetector(det_path, adapter=adapter, device=device))
+            notes.append(f"third-party detector {det.name} ({det_path.name}) through {det.onnx.runner.describe()}")
         else:
             runner = open_runner(det_path, backend=backend, device=device, fp16=fp16, onnx_cache=onnx_cache,
                                  engine_cache=engine_cache, precision=precision, notes=notes, cuda_graph=cuda_graph)
@@ -157,7 +163,13 @@ class FacePipeline:
             nms_iou=o.nms_iou,
             max_det=o.max_det,
             device=self._processing_device(runner),
+            host_network=self._network_on_host(),
         )
+
+    def _network_on_host(self) -> bool:
+        """Whether the detector's network runs on the CPU (a third-party one's runner sits in its adapter)."""
+        runner = getattr(self.detector, "runner", None) or getattr(getattr(self.detector, "onnx", None), "runner", None)
+        return getattr(runner, "on_host", True)
 
     def _processing_device(self, runner) -> str | None:
         """Where pre/post-processing runs: the GPU of a torch detector, else the host (None)."""

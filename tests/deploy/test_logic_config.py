@@ -174,6 +174,22 @@ def test_any_shape_runners_tile_large_and_feed_a_pixel_budget_per_call():
     assert max(plan_for(*UHD_8K, engine).passes[0].tile_shape) <= 1024
 
 
+def test_any_shape_runners_on_a_gpu_batch_1024px_tiles_as_asked():
+    """The pixel budget per call is a CPU measure: a torch or onnxruntime network on a GPU gets
+    the engines' 1024-px tiles and the tile batch asked for (else --tile-batch 8 ran one tile a call)."""
+    from rfdeploy.core.contract import PreprocessContract
+    from rfdeploy.models.config import DetectorConfig
+    from rfdeploy.runtime.logic_config import face_logic_config
+
+    contract, det = PreprocessContract(), DetectorConfig(tile_max_face=192, tile_min_face=24)
+    gpu8 = face_logic_config(detector_contract=contract, detector_config=det, tile_batch=8, host_network=False)
+    gpu1 = face_logic_config(detector_contract=contract, detector_config=det, tile_batch=1, host_network=False)
+    assert gpu8.auto_tile == gpu1.auto_tile == 1024 and (gpu8.max_batch, gpu1.max_batch) == (8, 1)
+    assert max(plan_for(*UHD_8K, gpu8).passes[0].tile_shape) <= 1024
+    host8 = face_logic_config(detector_contract=contract, detector_config=det, tile_batch=8)
+    assert host8.max_batch == 1  # the CPU's 2048-px tiles, one per call
+
+
 def test_a_ranker_with_its_own_threshold_sets_the_output_threshold():
     """A calibrated ranker carries the threshold on its refined scores; it applies only when that
     ranker runs and no threshold was asked for."""

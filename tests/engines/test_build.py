@@ -204,6 +204,12 @@ def test_bad_build_arguments(trt_backend, tmp_path, detector_onnx):
     _assert_nothing_left(tmp_path, "x.engine")
 
 
+def test_float32_layers_build_without_tf32(engines):
+    # TensorRT turns TF32 on by default; the ONNX file alone decides precision (fp16/int8 variants)
+    _, out = engines
+    assert {name: m.build_options["tf32"] for name, m in out.items()} == {"fp32": False, "fp16": False, "int8": False}
+
+
 def test_options_are_applied_and_recorded(trt_backend, tmp_path, detector_onnx):
     tc = tmp_path / "timing.cache"
     m = build_engine(detector_onnx, tmp_path / "o.engine", specs_from_cli(**SMALL), workspace_mb=64, opt_level=1,

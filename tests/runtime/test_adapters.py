@@ -262,6 +262,22 @@ def test_third_party_detectors_run_on_the_onnxruntime_runner(tmp_path, monkeypat
     assert det.runner.describe() == "onnxruntime (CPUExecutionProvider)"
 
 
+def test_third_party_detectors_follow_the_device_and_refuse_other_backends(tmp_path):
+    """--device reaches a third-party detector's onnxruntime session (it used to run on the CPU
+    whatever was asked); options that only rfdeploy's own models can honour are refused."""
+    from rfdeploy.runtime.pipeline import FacePipeline
+
+    model = centerface_like(tmp_path / "cf.onnx")
+    pipe = FacePipeline.create(detector=model, device="cpu")
+    assert pipe.detector.onnx.runner.on_host and "CPUExecutionProvider" in " ".join(pipe.notes)
+    assert pipe.logic_config().auto_tile == 2048  # a CPU network: the host's large tiles
+    with pytest.raises(BackendUnavailableError, match="cuda:1 requested"):  # no CUDA provider here
+        FacePipeline.create(detector=model, device="cuda:1")
+    for kw in (dict(backend="tensorrt"), dict(backend="torch"), dict(fp16=True), dict(cuda_graph=True)):
+        with pytest.raises(InputError, match="third-party ONNX detector"):
+            FacePipeline.create(detector=model, **kw)
+
+
 def test_adapter_constructor_validation():
     with pytest.raises(ValueError):
         RetinaFaceAdapter(score_threshold=1.5)

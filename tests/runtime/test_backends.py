@@ -36,8 +36,9 @@ def test_gpu_providers_carry_the_requested_device_index():
 
     avail = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
     # not the TensorRT EP: it would rebuild an engine at every start and for every new shape
-    assert pick_providers("cuda:1", avail) == [("CUDAExecutionProvider", {"device_id": 1}), "CPUExecutionProvider"]
-    assert pick_providers("cuda", avail[1:])[0] == ("CUDAExecutionProvider", {"device_id": 0})
+    assert pick_providers("cuda:1", avail) == [("CUDAExecutionProvider", {"device_id": 1, "use_tf32": 0}),
+                                              "CPUExecutionProvider"]
+    assert pick_providers("cuda", avail[1:])[0] == ("CUDAExecutionProvider", {"device_id": 0, "use_tf32": 0})
     with pytest.raises(BackendUnavailableError):
         pick_providers("cuda:0", ["TensorrtExecutionProvider", "CPUExecutionProvider"])
     assert pick_providers("cpu", avail) == ["CPUExecutionProvider"]

@@ -184,3 +184,14 @@ def test_pipeline_options_refuse_bad_values(bad):
 
     with pytest.raises(InputError):
         PipelineOptions(**bad)
+
+
+def test_a_network_off_the_host_gets_gpu_tiling(default_onnx, monkeypatch):
+    """The pipeline tells the tiling where the network runs: on the CPU one large tile a call, on a
+    GPU (a runner whose on_host is False) 1024-px tiles batched as asked."""
+    pipe = FacePipeline.create(detector=default_onnx[0], tile_batch=8)
+    assert pipe.detector.runner.on_host
+    host = pipe.logic_config()
+    monkeypatch.setattr(OrtRunner, "on_host", property(lambda self: False))
+    gpu = pipe.logic_config()
+    assert (host.auto_tile, host.max_batch) == (2048, 1) and (gpu.auto_tile, gpu.max_batch) == (1024, 8)

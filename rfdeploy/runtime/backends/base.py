@@ -24,6 +24,12 @@ class Runner(ABC):
         """The model file's metadata (rfdeploy.contract, rfdeploy.config, ...)."""
 
     @property
+    def on_host(self) -> bool:
+        """True when the network runs on the CPU (the runtime then tiles for a CPU: see
+        rfdeploy.runtime.logic_config)."""
+        return True
+
+    @property
     def max_batch(self) -> int | None:
         """Largest batch the model accepts (None: no limit)."""
         return None

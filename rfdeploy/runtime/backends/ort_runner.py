@@ -32,7 +32,9 @@ def pick_providers(device: str, available: list[str]) -> list:
         from rfdeploy.engines.runner import parse_device  # InputError for a device that is not cuda[:N]
 
         index = parse_device(device)
-        return [(p, {"device_id": index}) for p in wanted] + ["CPUExecutionProvider"]
+        # use_tf32 0: float32 convolutions in float32, as on the CPU and in the fp32 engines
+        # (rfdeploy.engines.build.keep_float32_exact); the fp16 files are the fast ones
+        return [(p, {"device_id": index, "use_tf32": 0}) for p in wanted] + ["CPUExecutionProvider"]
     return ["CPUExecutionProvider"]
 
 
@@ -150,6 +152,10 @@ class OrtRunner(Runner):
     def max_batch(self) -> int | None:
         # a symbolic (or unnamed) batch dimension is None or a string; a fixed one an int
         return self._batch_dim if isinstance(self._batch_dim, int) and self._batch_dim > 0 else None
+
+    @property
+    def on_host(self) -> bool:
+        return self.session.get_providers()[0] == "CPUExecutionProvider"
 
     def describe(self) -> str:
         return f"onnxruntime ({self.session.get_providers()[0]})"

@@ -101,6 +101,10 @@ class TorchRunner(Runner):
     def metadata(self) -> dict[str, str]:
         return self._meta
 
+    @property
+    def on_host(self) -> bool:
+        return self.device.type == "cpu"
+
     def describe(self) -> str:
         extra = (", fp16" if self.fp16 else "") + (", CUDA graphs" if self.cuda_graph else "")
         if self.device.type == "cuda" and not self.fp16:

@@ -50,6 +50,10 @@ class TrtRunner(Runner):
         return dict(self.manifest.metadata)
 
     @property
+    def on_host(self) -> bool:
+        return False
+
+    @property
     def max_batch(self) -> int | None:
         """The largest image batch any optimization profile admits."""
         return max(int(p.shapes["image"].max[0]) for p in self.manifest.profiles if "image" in p.shapes)
