@@ -633,9 +633,11 @@ def train():
               help="A trained detector checkpoint with the same anchors and preprocessing: every anchor's scores and "
                    "boxes also learn its outputs (dense distillation), e.g. to train a cheaper preset from the default.")
 @click.option("--distill-weight", default=1.0, show_default=True, help="Weight of the distillation loss.")
+@click.option("--distill-score-weight", default=1.0, show_default=True,
+              help="Weight of the distillation's two score terms within it (the teacher's calibration; the box terms keep 1).")
 def train_detector_cmd(data, annotations, preset, out, steps, batch_size, size, lr, device, workers, time_budget, no_fsm, imagenet,
                        extra_annotations, extra_repeats, extra_min_crop, init_checkpoint, freeze_stages, init_backbone,
-                       teacher, distill_weight):
+                       teacher, distill_weight, distill_score_weight):
     """RefineFace with the paper's recipe (SGD, warm-up, step schedule, paper augmentation)."""
     from rfdeploy.train.api import train_detector_cli
 
@@ -643,7 +645,8 @@ def train_detector_cmd(data, annotations, preset, out, steps, batch_size, size, 
                              size=size, lr=lr, device=device, workers=workers, time_budget=time_budget, use_fsm=not no_fsm,
                              imagenet=imagenet, extra_annotations=extra_annotations, extra_repeats=extra_repeats,
                              extra_min_crop=extra_min_crop, init_checkpoint=init_checkpoint, freeze_stages=freeze_stages, init_backbone=init_backbone,
-                             teacher=teacher, distill_weight=distill_weight)
+                             teacher=teacher, distill_weight=distill_weight,
+                             distill_score_weight=distill_score_weight)
     click.echo(f"{res.steps} steps in {res.seconds:.0f} s -> {res.checkpoint} (log: {res.log})")
 
 

@@ -19,7 +19,8 @@ def _require_scene_folders(d: Path, hint: str) -> None:
 
 def train_detector_cli(*, data, annotations, preset, out, steps, batch_size, size, lr, device, workers, time_budget,
                        use_fsm, imagenet, extra_annotations=(), extra_repeats=1, init_checkpoint=None, freeze_stages=0,
-                       init_backbone=None, extra_min_crop=0.5, teacher=None, distill_weight=1.0):
+                       init_backbone=None, extra_min_crop=0.5, teacher=None, distill_weight=1.0,
+                       distill_score_weight=1.0):
     from rfdeploy.train.trainer import TrainOptions, train_detector
 
     d = Path(data)
@@ -44,8 +45,9 @@ def train_detector_cli(*, data, annotations, preset, out, steps, batch_size, siz
     teacher_model = None
     if teacher is not None:
         teacher_model = _teacher(teacher, cfg)
-        if distill_weight <= 0:
-            raise InputError(f"--distill-weight must be > 0, got {distill_weight}")
+        for name, value in (("--distill-weight", distill_weight), ("--distill-score-weight", distill_score_weight)):
+            if value <= 0:
+                raise InputError(f"{name} must be > 0, got {value}")
     if annotations:
         from rfdeploy.train.datasets import DetectionDataset, read_annotations  # torch
 
@@ -76,7 +78,7 @@ def train_detector_cli(*, data, annotations, preset, out, steps, batch_size, siz
                         keep_every=500)
     return train_detector(cfg, ds, opts, out, imagenet_weights=None if backbone is not None else imagenet, use_fsm=use_fsm,
                           init_checkpoint=init_checkpoint, init_backbone=backbone, teacher=teacher_model,
-                          distill_weight=distill_weight)
+                          distill_weight=distill_weight, distill_score_weight=distill_score_weight)
 
 
 def _detector_checkpoint(path, what: str):

@@ -185,10 +185,11 @@ def _to_float(x):
 
 def train_detector(cfg: DetectorConfig, dataset, opts: TrainOptions, out_dir, *, imagenet_weights=None,
                    init_checkpoint=None, use_fsm: bool | None = None, use_sml: bool = True,
-                   init_backbone=None, teacher=None, distill_weight: float = 1.0) -> TrainResult:
+                   init_backbone=None, teacher=None, distill_weight: float = 1.0,
+                   distill_score_weight: float = 1.0) -> TrainResult:
     """Train RefineFace: L = L_STR + L_STC + L_FSM (SML inside the classification losses), plus
     ``distill_weight`` x a dense distillation loss when a ``teacher`` detector (same anchors and
-    input contract) is given."""
+    input contract) is given (its score terms weighted ``distill_score_weight`` within it)."""
     from rfdeploy.models.losses import DistillationLoss, RefineFaceLoss, same_anchor_layout  # torchvision
 
     torch.manual_seed(opts.seed)
@@ -206,7 +207,7 @@ def train_detector(cfg: DetectorConfig, dataset, opts: TrainOptions, out_dir, *,
         if differ:
             raise ValueError(f"the teacher's outputs do not match the student's anchors: {', '.join(differ)} differ")
         teacher = teacher.to(opts.device).eval().requires_grad_(False)
-        distill = DistillationLoss(cfg)
+        distill = DistillationLoss(cfg, score_weight=distill_score_weight)
 
         def step_fn(model, loss_fn, batch, device):
             return _detector_step(model, loss_fn, batch, device, teacher, distill, distill_weight)

@@ -186,6 +186,25 @@ def test_distillation_pulls_a_different_student_towards_the_teacher(tiny_det_cfg
     assert float(last["kd_total"]) < 0.5 * float(first["kd_total"])
 
 
+def test_distillation_score_weight_scales_only_the_score_terms(tiny_det_cfg):
+    from dataclasses import replace
+
+    from rfdeploy.models.losses import DistillationLoss
+
+    x, t_raw = _teacher_outputs(tiny_det_cfg)
+    student_cfg = replace(tiny_det_cfg, fpn_channels=16, head_channels=16, shared_tower=True)
+    torch.manual_seed(1)
+    raw = build(student_cfg).train().forward_raw(x)
+    one, ten = (DistillationLoss(student_cfg, score_weight=w)(raw, t_raw) for w in (1.0, 10.0))
+    for k in ("kd_cls1", "kd_cls2", "kd_reg1", "kd_reg2"):
+        assert torch.equal(one[k], ten[k])
+    scores, boxes = one["kd_cls1"] + one["kd_cls2"], one["kd_reg1"] + one["kd_reg2"]
+    assert float(scores) > 0 and float(boxes) > 0
+    assert torch.allclose(ten["kd_total"], 10 * scores + boxes) and torch.allclose(one["kd_total"], scores + boxes)
+    with pytest.raises(ValueError, match="score_weight"):
+        DistillationLoss(student_cfg, score_weight=0.0)
+
+
 def test_distillation_targets_zero_where_the_teachers_first_step_rejects(tiny_det_cfg):
     # the teacher's deployed score is 0 on anchors its STC first step rejects, whatever its
     # second step says: a student copying the second step there is penalised, one rejecting is not

@@ -188,3 +188,5 @@ def test_cli_distils_a_lite_student_from_a_teacher_and_takes_its_backbone(tiny_d
     save_checkpoint(build(ranker_config("crface_small", fpn_channels=16, conf_channels=16, bpn_channels=8)), ranker)
     not_detector = CliRunner().invoke(main, args[:-1] + [str(ranker)])
     assert not_detector.exit_code == 2 and "not a detector checkpoint" in not_detector.output
+    zero = CliRunner().invoke(main, args + ["--distill-score-weight", "0"])
+    assert zero.exit_code == 2 and "--distill-score-weight must be > 0" in zero.output
