@@ -8,8 +8,8 @@ takes the ``--top`` convolutions of the detector's graph with the most multiply-
 (640x480 input; shapes from onnx shape inference) and its largest depthwise convolution, and, as a
 dense reference, two large ResNet-style 3x3 convolutions where INT8 GEMM should shine. Each
 becomes a one-node fp32 model (Conv + Relu) and the same model quantized as the project's ``cpu``
-target quantizes (onnxruntime QOperator, uint8 activations, int8 per-channel weights, calibrated
-on 4 random inputs), and the pair is timed
+target quantizes (its onnxruntime settings: QOperator, uint8 activations, int8 per-channel
+weights; min/max over 4 random inputs), and the pair is timed
 in rotating blocks in one process (rfdeploy.runtime.bench.interleaved_blocks). A layer whose
 INT8 version is not 1.7x faster alone cannot make a network of such layers 1.7x faster.
 
@@ -96,8 +96,12 @@ def conv_model(cin: int, cout: int, k: int, groups: int, h: int, w: int, seed: i
 
 
 def quantize_cpu(src: Path, dst: Path, shape: tuple, seed: int) -> None:
-    """The cpu target's settings (rfdeploy.calib.targets): QOperator, U8 activations, S8 per-channel."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    """Quantized with the cpu target's own settings (rfdeploy.calib.calibrate.quantizer_settings:
+    QOperator, U8 activations, S8 per-channel weights, int32 biases), min/max over random inputs."""
+    from onnxruntime.quantization import CalibrationDataReader, quantize_static
+
+    from rfdeploy.calib.calibrate import quantizer_settings
+    from rfdeploy.calib.targets import get_target
 
     rng = np.random.default_rng(seed)
 
@@ -108,8 +112,7 @@ def quantize_cpu(src: Path, dst: Path, shape: tuple, seed: int) -> None:
         def get_next(self):
             return next(self.items, None)
 
-    quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QOperator,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True)
+    quantize_static(str(src), str(dst), Reader(), **quantizer_settings(get_target("cpu")))
 
 
 def main(argv=None) -> int:

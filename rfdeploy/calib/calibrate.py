@@ -457,30 +457,42 @@ def compute_ranges(ctx: CalibContext, sources: list[CalibSource], *, method: str
 # ---------------------------------------------------------------- quantization
 
 
+def quantizer_settings(tgt: Int8Target, fmt: str | None = None) -> dict:
+    """onnxruntime ``quantize_static`` keyword arguments that make a file for ``tgt`` (format ``fmt``,
+    default the target's): format, types, per-channel weights and the extra options."""
+    from onnxruntime.quantization import QuantFormat, QuantType
+
+    fmt = fmt or tgt.quant_format
+    return dict(
+        quant_format=QuantFormat.QOperator if fmt == "QOperator" else QuantFormat.QDQ,
+        per_channel=True,
+        activation_type=QuantType.QInt8 if tgt.signed_activations else QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        extra_options={
+            "ActivationSymmetric": tgt.symmetric_activations,
+            "WeightSymmetric": True,
+            "QuantizeBias": tgt.quantize_bias if fmt == tgt.quant_format else False,
+            # biases stay float: no int32 bias range to protect, and a weight read by several Convs
+            # must keep its own scale (see the module docstring)
+            "QDQDisableWeightAdjustForInt32Bias": True,
+            **tgt.extra_options,
+        },
+    )
+
+
 def quantize_model(ctx: CalibContext, ranges: dict[str, tuple[float, float]], *, keep_float=frozenset(),
                    quant_format: str | None = None, reduce_range: bool = False) -> tuple[onnx.ModelProto, int]:
     """The quantized model (not saved) and how many float-region inputs were rewired to float.
 
     ``quant_format`` overrides the target's (the sensitivity analysis simulates either target with
     Q/DQ). Nodes in ``keep_float`` stay in float."""
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import CalibrationMethod, quantize_static
     from onnxruntime.quantization.calibrate import TensorsData, save_tensors_data
 
-    tgt = ctx.target
-    fmt = quant_format or tgt.quant_format
+    fmt = quant_format or ctx.target.quant_format
     excluded = set(ctx.excluded) | set(keep_float)
-    act = QuantType.QInt8 if tgt.signed_activations else QuantType.QUInt8
     data = TensorsData(CalibrationMethod.MinMax,
                        {k: (np.array(lo, np.float32), np.array(hi, np.float32)) for k, (lo, hi) in ranges.items()})
-    extra = {
-        "ActivationSymmetric": tgt.symmetric_activations,
-        "WeightSymmetric": True,
-        "QuantizeBias": tgt.quantize_bias if fmt == tgt.quant_format else False,
-        # biases stay float: no int32 bias range to protect, and a weight read by several Convs
-        # must keep its own scale (see the module docstring)
-        "QDQDisableWeightAdjustForInt32Bias": True,
-        **tgt.extra_options,
-    }
     model = ctx.model
     if fmt == "QOperator":  # int32 biases are quantized per consumer: no initializer may be shared
         model = onnx.ModelProto()
@@ -496,16 +508,12 @@ def quantize_model(ctx: CalibContext, ranges: dict[str, tuple[float, float]], *,
         try:
             quantize_static(
                 model, out_tmp, None,
-                quant_format=QuantFormat.QOperator if fmt == "QOperator" else QuantFormat.QDQ,
                 op_types_to_quantize=list(ctx.op_types),
-                per_channel=True,
                 reduce_range=reduce_range,
-                activation_type=act,
-                weight_type=QuantType.QInt8,
                 nodes_to_exclude=sorted(excluded),
                 calibrate_method=CalibrationMethod.MinMax,
                 calibration_cache_path=ranges_file,
-                extra_options=extra,
+                **quantizer_settings(ctx.target, fmt),
             )
         except (InputError, ModelFileError):
             raise

@@ -128,13 +128,16 @@ def _default_command(
     return cmd
 
 
-def keep_float32_exact(trt, config) -> None:
+def keep_float32_exact(trt, config) -> bool | None:
     """What the ONNX file computes in float32 runs in float32: TensorRT enables TF32 by default
     (strong typing does not stop it), which on Ampere and later runs float32 convolutions and
     matrix products with a 10-bit mantissa, about 1e-3 relative error against onnxruntime and
-    torch. Precision is decided in the ONNX file (fp16/int8 variants), not by the builder."""
-    if hasattr(trt.BuilderFlag, "TF32"):
-        config.clear_flag(trt.BuilderFlag.TF32)
+    torch. Precision is decided in the ONNX file (fp16/int8 variants), not by the builder.
+    Returns the config's TF32 flag as it now reads (None: this TensorRT has no such flag)."""
+    if not hasattr(trt.BuilderFlag, "TF32"):
+        return None
+    config.clear_flag(trt.BuilderFlag.TF32)
+    return bool(config.get_flag(trt.BuilderFlag.TF32))
 
 
 def build_engine(
@@ -206,7 +209,7 @@ def build_engine(
             for name, r in prof.shapes.items():
                 op.set_shape(name, r.min, r.opt, r.max)
             config.add_optimization_profile(op)
-        keep_float32_exact(trt, config)
+        tf32 = keep_float32_exact(trt, config)
         if workspace_mb is not None:
             config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mb) << 20)
         if opt_level is not None:
@@ -283,8 +286,7 @@ def build_engine(
                 "timing_cache_note": timing_cache_note,
                 "compute_capabilities_requested": list(compute_capabilities) if compute_capabilities else None,
                 "plan_bytes": int(plan.nbytes),
-                # read back from the config the plan was built with (see keep_float32_exact)
-                "tf32": bool(config.get_flag(trt.BuilderFlag.TF32)) if hasattr(trt.BuilderFlag, "TF32") else None,
+                "tf32": tf32,  # read back from the config the plan is built with
             },
             build_seconds=round(time.perf_counter() - t0, 3),
         )

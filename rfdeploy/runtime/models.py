@@ -69,6 +69,11 @@ class ThirdPartyDetector:
     def name(self) -> str:
         return self.onnx.name
 
+    @property
+    def runner(self):
+        """The onnxruntime runner behind the adapter (where the network runs, as for Detector)."""
+        return self.onnx.runner
+
     def run_batch(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """[B,3,H,W] preprocessed -> boxes [B,K,4] in input pixels, scores [B,K] (0-padded)."""
 

@@ -163,13 +163,8 @@ class FacePipeline:
             nms_iou=o.nms_iou,
             max_det=o.max_det,
             device=self._processing_device(runner),
-            host_network=self._network_on_host(),
+            host_network=getattr(runner, "on_host", True),
         )
-
-    def _network_on_host(self) -> bool:
-        """Whether the detector's network runs on the CPU (a third-party one's runner sits in its adapter)."""
-        runner = getattr(self.detector, "runner", None) or getattr(getattr(self.detector, "onnx", None), "runner", None)
-        return getattr(runner, "on_host", True)
 
     def _processing_device(self, runner) -> str | None:
         """Where pre/post-processing runs: the GPU of a torch detector, else the host (None)."""
