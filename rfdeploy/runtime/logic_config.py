@@ -105,7 +105,8 @@ def face_logic_config(
     without limits on the CPU (``host_network``), also by ``HOST_BATCH_PIXELS`` per call, as
     ``tile=auto`` then cuts ``HOST_AUTO_TILE``-px tiles; on a GPU, 1024-px tiles batched as asked). ``score_thr``
     and ``candidate_thr``: None = the detector config's; the output threshold is the ranker
-    config's instead when a ranker runs and carries one (``output_score_threshold`` > 0).
+    config's instead when a ranker runs and carries one (``output_score_threshold`` > 0), and the
+    candidate threshold is at most the ranker's ``candidate_score_threshold`` when one runs.
     Raises InputError for bad settings.
     """
     try:
@@ -128,6 +129,9 @@ def face_logic_config(
             score_thr = ranker_config.output_score_threshold
     if candidate_thr is None:
         candidate_thr = getattr(detector_config, "score_threshold", _FALLBACK_CANDIDATE_THR)
+        # a ranker gets the candidates it was trained on, down to the lowest score it saw
+        if ranker_boxes and ranker_config is not None:
+            candidate_thr = min(candidate_thr, getattr(ranker_config, "candidate_score_threshold", candidate_thr))
     try:
         if host_tiling:
             side = policy.size if policy.mode == "size" else auto_tile

@@ -11,6 +11,18 @@ from rfdeploy.train.augment import GREY_SHARE, RefineFaceAugment
 from rfdeploy.train.recipes import CPU_DETECTOR_PRESETS, default_detector_config, synthetic_dataset, train_default_ranker, with_labelled_sets
 
 
+def parse_size(text: str, option: str) -> tuple[int, int]:
+    """'WIDTHxHEIGHT' -> (width, height), both positive."""
+    parts = str(text).lower().split("x")
+    try:
+        w, h = (int(v) for v in parts)
+    except ValueError:
+        raise InputError(f"{option} must be WIDTHxHEIGHT (e.g. 7680x4320), got {text!r}") from None
+    if w < 1 or h < 1:
+        raise InputError(f"{option} must be positive, got {text!r}")
+    return w, h
+
+
 def _require_scene_folders(d: Path, hint: str) -> None:
     """Composed scenes need face crops and backgrounds (``synth-data``'s input layout)."""
     if not (d / "facecrops").is_dir() or not (d / "backgrounds").is_dir():
@@ -130,8 +142,8 @@ def backbone_config(cfg, source):
 
 
 def train_ranker_cli(*, data, detectors, out, scenes, steps, batch_size, device, time_budget, lr=1e-3,
-                     final_lr_ratio=1e-3, preset="crface_mnet025", init_backbone=None, large_scenes=0, augment=True,
-                     extra_annotations=(), extra_images=None, init_checkpoint=None, seed=0, calib_weight=None):
+                     final_lr_ratio=1e-3, preset="crface_mnet025", init_backbone=None, large_scenes=0,
+                     large_size="3840x2160", augment=True, extra_annotations=(), extra_images=None, init_checkpoint=None, seed=0, calib_weight=None):
     from dataclasses import replace
 
     from rfdeploy.train.recipes import default_ranker_config, roi_ranker_config, small_ranker_config
@@ -147,6 +159,7 @@ def train_ranker_cli(*, data, detectors, out, scenes, steps, batch_size, device,
             raise InputError(f"detector not found: {p}")
     if large_scenes < 0:
         raise InputError(f"--large-scenes must be >= 0, got {large_scenes}")
+    large_wh = parse_size(large_size, "--large-size")
     if extra_images is not None and extra_images < 1:
         raise InputError(f"--extra-images must be >= 1, got {extra_images}")
     if extra_images is not None and not extra_annotations:
@@ -184,5 +197,5 @@ def train_ranker_cli(*, data, detectors, out, scenes, steps, batch_size, device,
     return train_default_ranker(d, ckpts[0], out, device=device, scenes=scenes, steps=steps, batch_size=batch_size,
                                 time_budget_s=time_budget, extra_onnx_detectors=onnx, lr=lr,
                                 final_lr_ratio=final_lr_ratio, cfg=cfg, init_backbone=backbone, augment=augment,
-                                large_scenes=large_scenes, extra_annotations=extra_annotations, extra_images=extra_images,
+                                large_scenes=large_scenes, large_size=large_wh, extra_annotations=extra_annotations, extra_images=extra_images,
                                 init_checkpoint=init_checkpoint, seed=seed)

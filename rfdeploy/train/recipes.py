@@ -166,7 +166,7 @@ def train_default_ranker(data_dir, detector_ckpt, out_dir, *, device="cpu", scen
     labelled sets, e.g. teacher pseudo-labels, spread evenly over each set); oracle = IoU with the
     closest face.
 
-    ``large_scenes``: that many large composed scenes (``large_size``, faces 12-1200 px) whose
+    ``large_scenes``: that many large composed scenes (``large_size``, faces 12 px to 5/9 of its height) whose
     candidates come from the rfdeploy detector's tiled pyramid passes, merged as ``infer`` merges
     them, and from each third-party detector's one full-resolution pass: candidates of different
     passes carry confidences that do not compare, the case CRFace was made for. Each detector
@@ -181,7 +181,8 @@ def train_default_ranker(data_dir, detector_ckpt, out_dir, *, device="cpu", scen
     gen = SceneGenerator(d / "facecrops", d / "backgrounds", out_size=((640, 480), (1920, 1440)), seed=7 + 100 * seed,
                          exclude_crops=NOISY_CROPS)
     ours = Detector(open_runner(detector_ckpt, device=device).activate())
-    detectors = [candidate_source(ours)]
+    low = cfg.candidate_score_threshold  # what the runtime hands this ranker
+    detectors = [candidate_source(ours, min_score=low)]
     third_party = []
     for onnx_path in extra_onnx_detectors:
         det = OnnxDetector(onnx_path)
@@ -193,10 +194,12 @@ def train_default_ranker(data_dir, detector_ckpt, out_dir, *, device="cpu", scen
     images = itertools.chain(composed_scenes(gen, scenes), labelled_images(extra_annotations, extra_images))
     items = build_ranker_samples(images, detectors, cfg)
     if large_scenes:
+        # faces up to 5/9 of the height: 1200 px at 2160 as before, 2400 px at 4320 as in the 8K benchmark
         big = SceneGenerator(d / "facecrops", d / "backgrounds", out_size=tuple(large_size), faces_per_image=(4, 16),
-                             face_size=(12, 1200), seed=11 + 100 * seed, exclude_crops=NOISY_CROPS)
-        tiled = ([candidate_source(ours, tile="auto")] + detectors[1:]
-                 + [candidate_source(det, tile="auto") for det in third_party])
+                             face_size=(12, max(13, large_size[1] * 5 // 9)), seed=11 + 100 * seed,
+                             exclude_crops=NOISY_CROPS)
+        tiled = ([candidate_source(ours, min_score=low, tile="auto")] + detectors[1:]
+                 + [candidate_source(det, min_score=low, tile="auto") for det in third_party])
         items += build_ranker_samples(composed_scenes(big, large_scenes), tiled, cfg)
     prep_s = time.time() - t
     opts = TrainOptions(steps=steps, batch_size=batch_size, device=device, workers=workers, optimizer="adam", lr=lr,

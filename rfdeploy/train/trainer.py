@@ -362,13 +362,17 @@ def train_ranker(cfg: RankerConfig, samples: RankerSamples, opts: TrainOptions, 
                  _ranker_step)
 
 
-def build_ranker_samples(images_and_boxes, detectors, cfg: RankerConfig, *, min_score: float = 0.01) -> list:
+def build_ranker_samples(images_and_boxes, detectors, cfg: RankerConfig, *, min_score: float | None = None) -> list:
     """Run each detector over each (rgb uint8, gt boxes) pair; one sample per (image, detector).
+
+    Candidates below ``min_score`` (default: ``cfg.candidate_score_threshold``, the lowest score
+    the runtime hands this ranker) are left out.
 
     ``detectors``: callables rgb -> (boxes [K,4] xyxy image pixels, scores [K]).
     """
     from rfdeploy.models.losses import oracle_confidence  # torchvision
 
+    min_score = cfg.candidate_score_threshold if min_score is None else min_score
     items = []
     for rgb, gt in images_and_boxes:
         h, w = rgb.shape[:2]

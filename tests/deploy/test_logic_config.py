@@ -209,3 +209,27 @@ def test_a_ranker_with_its_own_threshold_sets_the_output_threshold():
     assert face_logic_config(detector_contract=contract, detector_config=det, ranker_config=own).score_thr == 0.9
     with pytest.raises(ValueError, match="output_score_threshold"):
         ranker_config("crface_mnet025", output_score_threshold=1.0, contract=ranker_contract)
+
+
+def test_a_ranker_gets_candidates_down_to_the_score_it_was_trained_on():
+    """Ranker training keeps candidates down to the ranker config's candidate_score_threshold; the
+    runtime hands it the same ones, while the detector alone keeps its own candidate threshold."""
+    from rfdeploy.core.contract import PreprocessContract
+    from rfdeploy.models.config import DetectorConfig, ranker_config
+    from rfdeploy.runtime.logic_config import face_logic_config
+
+    contract = PreprocessContract()
+    det = DetectorConfig(score_threshold=0.05)
+    ranker_contract = PreprocessContract(resize="long_side", resize_to=320)
+    rk = ranker_config("crface_mnet025", contract=ranker_contract)
+    assert rk.candidate_score_threshold == 0.01
+    kw = dict(detector_contract=contract, detector_config=det, ranker_contract=ranker_contract)
+    assert face_logic_config(**kw).candidate_thr == 0.05
+    assert face_logic_config(**kw, ranker_boxes=1000, ranker_config=rk).candidate_thr == 0.01
+    # a detector threshold already below the ranker's stays; an explicit one always wins
+    low = DetectorConfig(score_threshold=0.005)
+    assert face_logic_config(detector_contract=contract, detector_config=low, ranker_contract=ranker_contract,
+                             ranker_boxes=1000, ranker_config=rk).candidate_thr == 0.005
+    assert face_logic_config(**kw, ranker_boxes=1000, ranker_config=rk, candidate_thr=0.2).candidate_thr == 0.2
+    with pytest.raises(ValueError, match="candidate_score_threshold"):
+        ranker_config("crface_mnet025", candidate_score_threshold=0.0, contract=ranker_contract)

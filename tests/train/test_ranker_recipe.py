@@ -70,6 +70,8 @@ def test_train_ranker_starts_from_the_given_backbone(tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--preset", "crface_small", "--init-backbone", "{onnx}"], "--init-backbone is for crface_mnet025"),
     (["--large-scenes", "-1"], "--large-scenes must be >= 0"),
+    (["--large-size", "7680"], "--large-size must be WIDTHxHEIGHT"),
+    (["--large-size", "0x4320"], "--large-size must be positive"),
     (["--init-backbone", "{missing}"], "not found"),
     (["--extra-annotations", "{missing}"], "annotations not found"),
     (["--extra-images", "0"], "--extra-images must be >= 1"),
