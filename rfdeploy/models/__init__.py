@@ -20,7 +20,7 @@ WEIGHTS_DIR = Path(__file__).parent / "weights"
 # shipped side by side so a first run exports nothing. `python benchmarks/export_bundled.py`
 # re-makes the ONNX files from the checkpoints; a test keeps the two equal.
 DEFAULT_DETECTOR = WEIGHTS_DIR / "refineface_mnet025_default.safetensors"
-DEFAULT_RANKER = WEIGHTS_DIR / "crface_small_default.safetensors"
+DEFAULT_RANKER = WEIGHTS_DIR / "crface_roi_default.safetensors"
 DEFAULT_DETECTOR_ONNX = DEFAULT_DETECTOR.with_suffix(".onnx")
 DEFAULT_RANKER_ONNX = DEFAULT_RANKER.with_suffix(".onnx")
 

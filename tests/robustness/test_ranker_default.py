@@ -39,7 +39,7 @@ def test_the_default_is_the_detector_alone(tiny_ckpt, tiny_ranker_ckpt, photo_di
 def test_with_ranker_uses_the_bundled_ranker(tiny_ckpt, photo_dir):
     res = run_cli("infer", photo_dir / "a_hopper.jpg", "--detector", tiny_ckpt, "--with-ranker", "--backend", "torch")
     assert res.exit_code == 0, res.output
-    assert any(ln.startswith("# ranker crface_small") for ln in res.stderr.splitlines()), res.stderr
+    assert any(ln.startswith("# ranker crface_roi") for ln in res.stderr.splitlines()), res.stderr
 
 
 @pytest.mark.parametrize("extra", [["--with-ranker"], ["--ranker", "r.onnx"]])

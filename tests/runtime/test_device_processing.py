@@ -123,8 +123,16 @@ def test_pipeline_on_torch_ops_agrees_with_host_path(torch_models):
     assert host._logic.device is None and dev._logic.device == "cpu"
     a, b = host.detect(rgb), dev.detect(rgb)
     assert len(a) == len(b) > 0
-    np.testing.assert_allclose(a.boxes, b.boxes, atol=1e-3)
-    np.testing.assert_allclose(a.scores, b.scores, atol=1e-5)
+    # the same boxes; the detector sees the image unresized, so its scores agree to float noise
+    dist = np.abs(a.boxes[:, None, :] - b.boxes[None, :, :]).max(axis=2)
+    match = dist.argmin(axis=1)
+    assert sorted(match.tolist()) == list(range(len(b)))
+    np.testing.assert_allclose(a.boxes, b.boxes[match], atol=1e-3)
+    np.testing.assert_allclose(a.detector_scores, b.detector_scores[match], atol=1e-5)
+    # the ranker sees it downscaled to 320 px, where the torch resize lands within one level of
+    # Pillow's: its refined scores move by a few 1e-3 at most, so near-equal ones may swap places
+    assert np.abs(a.scores - b.scores[match]).max() < 5e-3
+    assert np.any(np.abs(a.scores - a.detector_scores) > 1e-2)  # the ranker did re-score
 
 
 def test_tiled_pipeline_on_torch_ops_finds_the_same_faces(torch_models):
