@@ -12,10 +12,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from eval_dev import holdout_scenes  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -76,12 +81,9 @@ def main():
     from rfdeploy.models import load
     from rfdeploy.models.checkpoint import save_checkpoint
     from rfdeploy.runtime.pipeline import FacePipeline
-    from rfdeploy.train.synth import SceneGenerator, write_wider
 
     out = Path(tempfile.mkdtemp(prefix="rfdeploy-thr-"))
-    gen = SceneGenerator(args.data / "facecrops", args.data / "backgrounds", out_size=((800, 600), (1600, 1200)),
-                         faces_per_image=(2, 12), face_size=(12, 400), seed=123, split="holdout")
-    held = next(Path(write_wider(out / "holdout", args.holdout, gen)).rglob("annotations.json"))
+    held = holdout_scenes(args.data, args.holdout, out)
     pipe = FacePipeline.create(detector=args.checkpoint, use_ranker=False, score_thr=0.0)
     sets = [("held-out composed scenes", held)] + [(str(p), p) for p in args.threshold_set]
     pooled = [matched_scores(pipe, path) for _, path in sets]

@@ -22,6 +22,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bundle_detector import SHARED, at_threshold, fbeta_best_threshold, matched_scores  # noqa: E402
+from eval_dev import holdout_scenes  # noqa: E402
 
 
 def main():
@@ -42,15 +43,12 @@ def main():
     from rfdeploy.models.checkpoint import save_checkpoint
     from rfdeploy.models.config import RankerConfig
     from rfdeploy.runtime.pipeline import FacePipeline
-    from rfdeploy.train.synth import SceneGenerator, write_wider
 
     model = load(args.checkpoint)
     if not isinstance(model.cfg, RankerConfig):
         ap.error(f"{args.checkpoint} is not a ranker checkpoint")
     out = Path(tempfile.mkdtemp(prefix="rfdeploy-rthr-"))
-    gen = SceneGenerator(args.data / "facecrops", args.data / "backgrounds", out_size=((800, 600), (1600, 1200)),
-                         faces_per_image=(2, 12), face_size=(12, 400), seed=123, split="holdout")
-    held = next(Path(write_wider(out / "holdout", args.holdout, gen)).rglob("annotations.json"))
+    held = holdout_scenes(args.data, args.holdout, out)
     pipe = FacePipeline.create(detector=args.detector, ranker=args.checkpoint, use_ranker=True, score_thr=0.0)
     sets = [("held-out composed scenes", held)] + [(str(p), p) for p in args.threshold_set]
     pooled = [matched_scores(pipe, path) for _, path in sets]

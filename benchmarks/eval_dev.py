@@ -19,6 +19,16 @@ import time
 from pathlib import Path
 
 
+def holdout_scenes(data: Path, n: int, out: Path) -> Path:
+    """The held-out composed scenes every benchmark compares on (crops and backgrounds of the
+    held-out split, seed 123): ``n`` scenes written under ``out``; returns their annotations."""
+    from rfdeploy.train.synth import SceneGenerator, write_wider
+
+    gen = SceneGenerator(data / "facecrops", data / "backgrounds", out_size=((800, 600), (1600, 1200)),
+                         faces_per_image=(2, 12), face_size=(12, 400), seed=123, split="holdout")
+    return next(Path(write_wider(out / "holdout", n, gen)).rglob("annotations.json"))
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
@@ -41,13 +51,8 @@ def main():
     if args.holdout:
         import tempfile
 
-        from rfdeploy.train.synth import SceneGenerator, write_wider
-
         out = Path(tempfile.mkdtemp(prefix="rfdeploy-holdout-"))
-        gen = SceneGenerator(data / "facecrops", data / "backgrounds", out_size=((800, 600), (1600, 1200)),
-                             faces_per_image=(2, 12), face_size=(12, 400), seed=123, split="holdout")
-        root = write_wider(out / "holdout", args.holdout, gen)
-        sets["held-out composed scenes"] = next(Path(root).rglob("annotations.json"))
+        sets["held-out composed scenes"] = holdout_scenes(data, args.holdout, out)
     models = data / "models"
     configs = {
         "rfdeploy detector": dict(detector=args.detector, use_ranker=False),

@@ -40,6 +40,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from eval_dev import holdout_scenes  # noqa: E402
 
 GB = 1 << 30
 
@@ -90,15 +93,6 @@ def calibrate_cmd(src: Path, images: list[str], per_video: int, dst: Path, metho
     for i in images:
         cmd += ["--images", i]
     return cmd + list(extra)
-
-
-def holdout_annotations(data: Path, out: Path, n: int) -> Path:
-    from rfdeploy.train.synth import SceneGenerator, write_wider
-
-    gen = SceneGenerator(data / "facecrops", data / "backgrounds", out_size=((800, 600), (1600, 1200)),
-                         faces_per_image=(2, 12), face_size=(12, 400), seed=123, split="holdout")
-    root = write_wider(out / "holdout", n, gen)
-    return next(Path(root).rglob("annotations.json"))
 
 
 def ap50(detector: Path, sets: dict[str, Path]) -> dict[str, float]:
@@ -210,7 +204,7 @@ def main() -> None:
     det_files = {k: v for k, v in files.items() if k.startswith("det.")}
     if not args.skip_accuracy:
         sets = {"dev": args.data / "realfaces" / "dev" / "annotations.json",
-                "held-out": holdout_annotations(args.data, out, args.holdout)}
+                "held-out": holdout_scenes(args.data, args.holdout, out)}
         results["ap50"] = {"fp32": ap50(det, sets)}
         for k, p in det_files.items():
             results["ap50"][k] = ap50(p, sets)

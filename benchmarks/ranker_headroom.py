@@ -24,12 +24,14 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def oracle_scores(boxes: np.ndarray, gt_boxes: np.ndarray) -> np.ndarray:
-    """Each box's IoU with the true box it overlaps most (0 without any)."""
-    from rfdeploy.eval.ap import box_iou
+    """Each box's IoU with the true box it overlaps most (0 without any): the oracle a ranker
+    trains towards (``losses.oracle_confidence``)."""
+    import torch
 
-    if len(boxes) == 0 or len(gt_boxes) == 0:
-        return np.zeros(len(boxes), np.float32)
-    return box_iou(boxes, gt_boxes).max(axis=1).astype(np.float32)
+    from rfdeploy.models.losses import oracle_confidence
+
+    return oracle_confidence(torch.as_tensor(np.asarray(boxes, np.float32).reshape(-1, 4)),
+                             torch.as_tensor(np.asarray(gt_boxes, np.float32).reshape(-1, 4))).numpy()
 
 
 def candidate_recall(boxes: np.ndarray, gt_boxes: np.ndarray, iou: float = 0.5) -> int:
@@ -80,10 +82,10 @@ def main():
     args = ap.parse_args()
 
     from rfdeploy.runtime.pipeline import FacePipeline
-    from rfdeploy.train.synth import SceneGenerator, write_wider
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from eval_8k import make_scenes
+    from eval_dev import holdout_scenes
 
     out = Path(tempfile.mkdtemp(prefix="rfdeploy-headroom-"))
     sets = {}
@@ -91,10 +93,7 @@ def main():
     if "dev" in wanted:
         sets["dev photos"] = (args.data / "realfaces" / "dev" / "annotations.json", None)
     if "holdout" in wanted:
-        gen = SceneGenerator(args.data / "facecrops", args.data / "backgrounds", out_size=((800, 600), (1600, 1200)),
-                             faces_per_image=(2, 12), face_size=(12, 400), seed=123, split="holdout")
-        root = write_wider(out / "holdout", args.holdout, gen)
-        sets[f"{args.holdout} held-out composed scenes"] = (next(Path(root).rglob("annotations.json")), None)
+        sets[f"{args.holdout} held-out composed scenes"] = (holdout_scenes(args.data, args.holdout, out), None)
     if "8k" in wanted:
         sets[f"{args.scenes} 8K scenes, tiled"] = (make_scenes(args.data, args.scenes, out), "auto")
     models = args.data / "models"

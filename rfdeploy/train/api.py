@@ -143,7 +143,8 @@ def backbone_config(cfg, source):
 
 def train_ranker_cli(*, data, detectors, out, scenes, steps, batch_size, device, time_budget, lr=1e-3,
                      final_lr_ratio=1e-3, preset="crface_mnet025", init_backbone=None, large_scenes=0,
-                     large_size="3840x2160", augment=True, extra_annotations=(), extra_images=None, init_checkpoint=None, seed=0, calib_weight=None):
+                     large_size="3840x2160", augment=True, extra_annotations=(), extra_images=None,
+                     init_checkpoint=None, seed=0, calib_weight=None):
     from dataclasses import replace
 
     from rfdeploy.train.recipes import default_ranker_config, roi_ranker_config, small_ranker_config
@@ -197,5 +198,6 @@ def train_ranker_cli(*, data, detectors, out, scenes, steps, batch_size, device,
     return train_default_ranker(d, ckpts[0], out, device=device, scenes=scenes, steps=steps, batch_size=batch_size,
                                 time_budget_s=time_budget, extra_onnx_detectors=onnx, lr=lr,
                                 final_lr_ratio=final_lr_ratio, cfg=cfg, init_backbone=backbone, augment=augment,
-                                large_scenes=large_scenes, large_size=large_wh, extra_annotations=extra_annotations, extra_images=extra_images,
+                                large_scenes=large_scenes, large_size=large_wh, extra_annotations=extra_annotations,
+                                extra_images=extra_images,
                                 init_checkpoint=init_checkpoint, seed=seed)
